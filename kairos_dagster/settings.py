@@ -1,0 +1,111 @@
+"""Typed settings read from the environment.
+
+Every variable is documented in the README. A bad value fails at load with a message that names
+the variable, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value Kairos cannot use."""
+
+
+def _path(env: Mapping[str, str], name: str, default: str) -> Path:
+    raw = env.get(name, "").strip() or default
+    p = Path(raw).expanduser()
+    return p if p.is_absolute() else (Path.cwd() / p)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise SettingsError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _monday(env: Mapping[str, str], name: str, default: str) -> dt.date:
+    raw = env.get(name, "").strip() or default
+    try:
+        value = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an ISO date (YYYY-MM-DD), got {raw!r}") from None
+    if value.weekday() != 0:
+        raise SettingsError(f"{name} must be a Monday (weekly partitions start on Mondays), got {raw} "
+                            f"({value.strftime('%A')})")
+    if value < dt.date(1998, 1, 5):
+        raise SettingsError(f"{name} must be on or after 1998-01-05 (start of SHARADAR history), got {raw}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be 1/0 (or true/false), got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    duckdb_path: Path
+    data_source: str  # "synthetic" | "nasdaq"
+    start_date: dt.date
+    synthetic_tickers: int
+    synthetic_seed: int
+    output_dir: Path
+    models_dir: Path
+    ml_retrain_weeks: int
+    ml_retune_weeks: int
+    xgb_device: str  # "cpu" | "cuda"
+    auto_paper: bool
+
+    @property
+    def nasdaq_key_present(self) -> bool:
+        return bool(os.environ.get("NASDAQ_DATA_LINK_API_KEY", "").strip())
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    has_key = bool(env.get("NASDAQ_DATA_LINK_API_KEY", "").strip())
+    source = env.get("KAIROS_DATA_SOURCE", "").strip().lower() or ("nasdaq" if has_key else "synthetic")
+    if source not in {"synthetic", "nasdaq"}:
+        raise SettingsError(f"KAIROS_DATA_SOURCE must be 'synthetic' or 'nasdaq', got {source!r}")
+    if source == "nasdaq" and not has_key:
+        raise SettingsError("KAIROS_DATA_SOURCE=nasdaq needs NASDAQ_DATA_LINK_API_KEY to be set")
+    device = env.get("KAIROS_XGB_DEVICE", "").strip().lower() or "cpu"
+    if device not in {"cpu", "cuda"}:
+        raise SettingsError(f"KAIROS_XGB_DEVICE must be 'cpu' or 'cuda', got {device!r}")
+    duckdb_path = _path(env, "KAIROS_DUCKDB_PATH", "data/kairos.duckdb")
+    return Settings(
+        duckdb_path=duckdb_path,
+        data_source=source,
+        start_date=_monday(env, "KAIROS_START_DATE", "2016-01-04"),
+        synthetic_tickers=_int(env, "KAIROS_SYNTHETIC_TICKERS", 500, minimum=20, maximum=20_000),
+        synthetic_seed=_int(env, "KAIROS_SYNTHETIC_SEED", 7, minimum=0),
+        output_dir=_path(env, "KAIROS_OUTPUT_DIR", "outputs"),
+        models_dir=_path(env, "KAIROS_MODELS_DIR", str(duckdb_path.parent / "models")),
+        ml_retrain_weeks=_int(env, "KAIROS_ML_RETRAIN_WEEKS", 13, minimum=1, maximum=520),
+        ml_retune_weeks=_int(env, "KAIROS_ML_RETUNE_WEEKS", 52, minimum=1, maximum=1040),
+        xgb_device=device,
+        auto_paper=_bool(env, "KAIROS_AUTO_PAPER", False),
+    )
