@@ -1,0 +1,73 @@
+"""Weekly partitions: the key is the Monday of a trading week (New York time).
+
+Windows run from Monday 00:00 to the next Monday 00:00 so that `date >= start AND date < end` on a
+DATE column selects exactly that week. `end_offset=1` makes the current week exist, so the Friday
+schedule and a Thursday rebalance (Friday holiday) can materialize it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+
+from dagster import (
+    BackfillPolicy,
+    PartitionsDefinition,
+    TimeWindow,
+    TimeWindowPartitionMapping,
+    WeeklyPartitionsDefinition,
+)
+
+from dagster import BetaWarning, PreviewWarning
+
+from kairos_dagster import calendar
+from kairos_dagster.settings import load_settings
+
+# BackfillPolicy and pools are marked beta/preview in dagster 1.13; we rely on them deliberately.
+warnings.filterwarnings("ignore", category=BetaWarning)
+warnings.filterwarnings("ignore", category=PreviewWarning)
+
+TIMEZONE = "America/New_York"
+SINGLE_RUN = BackfillPolicy.single_run()
+
+
+def weekly_partitions(start_date: dt.date | None = None) -> WeeklyPartitionsDefinition:
+    start = start_date or load_settings().start_date
+    return WeeklyPartitionsDefinition(
+        start_date=start.isoformat(), day_offset=1, timezone=TIMEZONE, end_offset=1, fmt="%Y-%m-%d"
+    )
+
+
+WEEKLY = weekly_partitions()
+
+
+def lookback_mapping(weeks: int) -> TimeWindowPartitionMapping:
+    """Map a week to itself plus `weeks` weeks before it (clipped at the first partition)."""
+    return TimeWindowPartitionMapping(start_offset=-weeks, allow_nonexistent_upstream_partitions=True)
+
+
+def weeks_for_sessions(sessions: int) -> int:
+    """Weeks of history that hold at least `sessions` XNYS sessions (with slack for holidays)."""
+    return (sessions + 4) // 5 + 2
+
+
+def window_dates(window: TimeWindow) -> tuple[dt.date, dt.date]:
+    """A partition time window as [start, end) dates."""
+    return window.start.date(), window.end.date()
+
+
+def week_key(d: dt.date) -> str:
+    """The partition key (Monday, ISO) of the week that holds `d`."""
+    return calendar.week_start(d).isoformat()
+
+
+def key_window(key: str) -> tuple[dt.date, dt.date]:
+    """[Monday, next Monday) of a partition key."""
+    monday = dt.date.fromisoformat(key)
+    return monday, monday + dt.timedelta(days=7)
+
+
+def keys_between(partitions_def: PartitionsDefinition, start: dt.date, end: dt.date) -> list[str]:
+    """Existing partition keys whose week intersects [start, end]."""
+    first, last = week_key(start), week_key(end)
+    return [k for k in partitions_def.get_partition_keys() if first <= k <= last]

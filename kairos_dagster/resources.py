@@ -1,0 +1,29 @@
+"""Dagster resources: the SHARADAR data source (the warehouse and broker resources live in their packages)."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+
+from kairos_dagster.sources.source import MarketSource, NasdaqSource, SyntheticSource
+
+
+class SharadarSource(ConfigurableResource):
+    """Where SHARADAR tables come from: `synthetic` (offline default) or `nasdaq` (Nasdaq Data Link).
+
+    The API key arrives through `EnvVar("NASDAQ_DATA_LINK_API_KEY")` and is never logged.
+    """
+
+    kind: str = "synthetic"
+    api_key: str | None = None
+    base_url: str = "https://data.nasdaq.com/api/v3"
+    synthetic_seed: int = 7
+    synthetic_tickers: int = 500
+
+    def build(self) -> MarketSource:
+        if self.kind == "synthetic":
+            return SyntheticSource(self.synthetic_seed, self.synthetic_tickers)
+        if self.kind == "nasdaq":
+            if not self.api_key:
+                raise ValueError("data source 'nasdaq' needs NASDAQ_DATA_LINK_API_KEY")
+            return NasdaqSource(self.api_key, self.base_url)
+        raise ValueError(f"unknown data source kind {self.kind!r} (expected 'synthetic' or 'nasdaq')")

@@ -1,0 +1,87 @@
+"""One interface over the two SHARADAR sources: Nasdaq Data Link and the synthetic market."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from kairos_dagster import calendar
+from kairos_dagster.sources.schemas import schema
+
+NEW_YORK = ZoneInfo("America/New_York")
+# SHARADAR publishes a session's prices in the evening; before this hour the latest complete day is the previous one.
+PUBLISH_HOUR = 18
+
+
+class MarketSource(Protocol):
+    name: str
+
+    def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
+        """Rows of SHARADAR `table` whose point-in-time column lies in [start, end] (inclusive)."""
+        ...
+
+    def latest_date(self, table: str) -> dt.date | None:
+        """The newest point-in-time date the source holds for `table`."""
+        ...
+
+
+def last_published_session(now: dt.datetime | None = None) -> dt.date:
+    """The latest session whose data is published at `now` (New York time)."""
+    now = (now or dt.datetime.now(NEW_YORK)).astimezone(NEW_YORK)
+    today = now.date()
+    if calendar.is_session(today) and now.hour >= PUBLISH_HOUR:
+        return today
+    return calendar.previous_session(today)
+
+
+class SyntheticSource:
+    """The synthetic market, published up to the last completed session (never the future)."""
+
+    name = "synthetic"
+
+    def __init__(self, seed: int, n_tickers: int, *, now: dt.datetime | None = None) -> None:
+        from kairos_dagster.sources.synthetic import SyntheticMarket
+
+        self.market = SyntheticMarket(seed=seed, n_tickers=n_tickers)
+        self.as_of = last_published_session(now)
+
+    def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
+        spec = schema(table)
+        if spec.pit_column is None:
+            return self.market.table(spec.name)
+        end = self.as_of if end is None else min(end, self.as_of)
+        if start is not None and start > end:
+            return spec.empty()
+        return self.market.table(spec.name, start, end)
+
+    def latest_date(self, table: str) -> dt.date | None:
+        spec = schema(table)
+        if spec.pit_column is None:
+            return None
+        if spec.name == "SEP" or spec.name == "DAILY":
+            return self.as_of
+        recent = self.fetch(table, self.as_of - dt.timedelta(days=200), self.as_of)
+        return recent.get_column(spec.pit_column).max() if recent.height else None
+
+
+class NasdaqSource:
+    """SHARADAR through the Nasdaq Data Link datatables API."""
+
+    name = "nasdaq"
+
+    def __init__(self, api_key: str, base_url: str) -> None:
+        from kairos_dagster.sources.nasdaq import NasdaqDataLinkClient
+
+        self.client = NasdaqDataLinkClient(api_key, base_url)
+
+    def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
+        spec = schema(table)
+        if spec.pit_column is None:
+            return self.client.fetch_table(spec.name)
+        return self.client.fetch_range(spec.name, start, end)
+
+    def latest_date(self, table: str) -> dt.date | None:
+        return self.client.latest_date(schema(table).name)

@@ -1,0 +1,68 @@
+"""Sync core: fetch a window of a SHARADAR table from a source and validate it (no dagster import)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+
+from kairos_dagster.sources.schemas import DAILY, SEP, SF1, SF2, SF3, SF3_KNOWN_LAG_DAYS, TICKERS, TableSchema
+from kairos_dagster.sources.source import MarketSource
+from kairos_dagster.sources.validate import ValidationResult, validate_rows
+
+
+@dataclass(frozen=True)
+class SyncTable:
+    schema: TableSchema
+    partition_column: str  # the warehouse column that places a row in a weekly partition
+
+    @property
+    def asset(self) -> str:
+        return self.schema.warehouse_table
+
+
+SYNC_TABLES: dict[str, SyncTable] = {
+    t.asset: t
+    for t in (
+        SyncTable(SEP, "date"),
+        SyncTable(DAILY, "date"),
+        SyncTable(SF1, "datekey"),
+        SyncTable(SF2, "filingdate"),
+        # 13F holdings become known 45 days after the quarter: the sync stores that date as `datekey`.
+        SyncTable(SF3, "datekey"),
+    )
+}
+
+
+def fetch_window(source: MarketSource, table: SyncTable, start: dt.date, end: dt.date) -> pl.DataFrame:
+    """Rows of `table` whose partition column lies in [start, end)."""
+    last = end - dt.timedelta(days=1)
+    if table.schema is SF3:
+        lag = dt.timedelta(days=SF3_KNOWN_LAG_DAYS)
+        rows = source.fetch(SF3.name, start - lag, last - lag)
+        return rows.with_columns((pl.col("calendardate") + pl.duration(days=SF3_KNOWN_LAG_DAYS)).alias("datekey"))
+    return source.fetch(table.schema.name, start, last)
+
+
+def sync_window(
+    source: MarketSource, table: SyncTable, start: dt.date, end: dt.date, known_tickers: pl.Series | None
+) -> ValidationResult:
+    """Fetch and validate one window; the clean frame is what the warehouse stores."""
+    rows = fetch_window(source, table, start, end)
+    result = validate_rows(
+        table.schema, rows, start=start, end=end, date_col=table.partition_column, known_tickers=known_tickers
+    )
+    sort_cols = [c for c in ("ticker", table.partition_column) if c in result.clean.columns]
+    result.clean = result.clean.sort(sort_cols, maintain_order=True)
+    return result
+
+
+def fetch_tickers(source: MarketSource) -> pl.DataFrame:
+    """The TICKERS table; duplicate (table, ticker) rows are an error (the key must be unique)."""
+    df = source.fetch(TICKERS.name, None, None)
+    dups = df.filter(pl.struct(list(TICKERS.key)).is_duplicated())
+    if dups.height:
+        sample = dups.select("table", "ticker").unique().head(5).rows()
+        raise ValueError(f"TICKERS has {dups.height} rows with a duplicate (table, ticker) key, e.g. {sample}")
+    return df.sort(["table", "ticker"])

@@ -1,0 +1,213 @@
+"""DuckDB table conventions and atomic writes (no dagster import).
+
+Every asset is the table of the same name in schema `main`. A partitioned table carries a DATE
+column (its partition expression, `date` unless the asset says otherwise); writing a window of weeks
+is one transaction — delete the window, insert the new rows — so a process killed between the two
+statements leaves the previous rows intact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STAGING = "_kairos_incoming"
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse operation that cannot proceed; the message names the table and the reason."""
+
+
+def ident(name: str) -> str:
+    """A safely quoted SQL identifier (table or column names are never user free text)."""
+    if not _IDENT.match(name):
+        raise WarehouseError(f"invalid table or column name {name!r}")
+    return f'"{name}"'
+
+
+@contextmanager
+def connect(path: Path | str, *, read_only: bool = False, retries: int = 20, wait_s: float = 0.5) -> Iterator[
+    duckdb.DuckDBPyConnection
+]:
+    """Open the warehouse; waits briefly for another process's lock, then fails with a clear message."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WarehouseError(f"warehouse {path} does not exist yet: run a sync first (`kairos sync` or `make demo`)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for _ in range(max(1, retries)):
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:  # the file lock held by another process
+            last = exc
+            time.sleep(wait_s)
+    else:
+        raise WarehouseError(
+            f"warehouse {path} is locked by another process (a run in progress?): {last}"
+        ) from last
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [table]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return {name: dtype for name, dtype in rows}
+
+
+def _check_frame(table: str, df: pl.DataFrame) -> None:
+    untyped = [c for c, t in df.schema.items() if t == pl.Null]
+    if untyped:
+        raise WarehouseError(f"{table}: columns {untyped} have no type (all null without a cast)")
+    for c in df.columns:
+        ident(c)
+
+
+def _sync_schema(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Create the table from the staged frame, or add columns the frame has and the table lacks."""
+    if not table_exists(con, table):
+        con.execute(f"CREATE TABLE {ident(table)} AS SELECT * FROM {_STAGING} LIMIT 0")
+        return
+    existing = table_columns(con, table)
+    staged = con.execute(f"DESCRIBE {_STAGING}").fetchall()
+    for name, dtype, *_ in staged:
+        if name not in existing:
+            con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)} {dtype}")
+
+
+def replace_window(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    df: pl.DataFrame,
+    column: str,
+    start: dt.date,
+    end: dt.date,
+    *,
+    scope: dict[str, str] | None = None,
+    after_delete: Callable[[], None] | None = None,
+) -> int:
+    """Atomically replace the rows of `table` with `column` in [start, end) by `df`.
+
+    Every row of `df` must lie in the window: an asset writes exactly its partitions. `scope`
+    narrows the delete to rows with these column values (a table shared by several writers).
+    `after_delete` is a test hook run between the delete and the insert.
+    """
+    _check_frame(table, df)
+    if column not in df.columns:
+        raise WarehouseError(f"{table}: partition column {column!r} is missing from the output")
+    if df.height:
+        col = df.get_column(column)
+        if col.null_count():
+            raise WarehouseError(f"{table}: {col.null_count()} rows have a null {column}")
+        lo, hi = col.min(), col.max()
+        if lo < start or hi >= end:
+            raise WarehouseError(
+                f"{table}: rows dated {lo}..{hi} fall outside the partition window {start}..{end - dt.timedelta(days=1)}"
+            )
+    con.register(_STAGING, df)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _sync_schema(con, table)
+            scope_sql = "".join(f" AND {ident(k)} = ?" for k in (scope or {}))
+            con.execute(
+                f"DELETE FROM {ident(table)} WHERE {ident(column)} >= ? AND {ident(column)} < ?{scope_sql}",
+                [start, end, *(scope or {}).values()],
+            )
+            if after_delete is not None:
+                after_delete()
+            con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {_STAGING}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    except duckdb.Error as exc:
+        raise WarehouseError(f"{table}: write of {start}..{end} failed: {exc}") from exc
+    finally:
+        con.unregister(_STAGING)
+    return df.height
+
+
+def replace_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> int:
+    """Atomically replace the whole table by `df` (unpartitioned assets)."""
+    _check_frame(table, df)
+    con.register(_STAGING, df)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM {_STAGING}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    except duckdb.Error as exc:
+        raise WarehouseError(f"{table}: write failed: {exc}") from exc
+    finally:
+        con.unregister(_STAGING)
+    return df.height
+
+
+def read_window(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    column: str | None,
+    start: dt.date | None,
+    end: dt.date | None,
+    *,
+    columns: Sequence[str] | None = None,
+    where: str | None = None,
+) -> pl.DataFrame:
+    """Rows of `table` with `column` in [start, end), sorted by (ticker, column) when both exist."""
+    if not table_exists(con, table):
+        raise WarehouseError(f"table {table!r} does not exist in the warehouse: materialize the asset {table} first")
+    existing = table_columns(con, table)
+    cols = list(columns) if columns else list(existing)
+    missing = [c for c in cols if c not in existing]
+    if missing:
+        raise WarehouseError(f"table {table!r} has no columns {missing}")
+    select = ", ".join(ident(c) for c in cols)
+    clauses, params = [], []
+    if column is not None and start is not None:
+        clauses.append(f"{ident(column)} >= ?")
+        params.append(start)
+    if column is not None and end is not None:
+        clauses.append(f"{ident(column)} < ?")
+        params.append(end)
+    if where:
+        clauses.append(f"({where})")
+    sql = f"SELECT {select} FROM {ident(table)}"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    order = [c for c in ("ticker", column) if c and c in existing]
+    if order:
+        sql += " ORDER BY " + ", ".join(ident(c) for c in order)
+    return con.execute(sql, params).pl()
+
+
+def date_range(con: duckdb.DuckDBPyConnection, table: str, column: str) -> tuple[dt.date | None, dt.date | None, int]:
+    """(min, max, rows) of a table's date column; (None, None, 0) when the table is missing or empty."""
+    if not table_exists(con, table):
+        return None, None, 0
+    lo, hi, n = con.execute(f"SELECT min({ident(column)}), max({ident(column)}), count(*) FROM {ident(table)}").fetchone()
+    return lo, hi, int(n)
