@@ -1,0 +1,153 @@
+"""Optuna tuning of the XGBoost classifier with purged walk-forward CV inside the training window.
+
+Objective (maximised): the mean over CV folds of the fold's mean per-date Spearman rank IC between
+the predicted probability and ``ret_5d_f`` on the fold's out-of-sample dates. Rank IC is what the
+portfolio consumes (it ranks names by the score); AUC of the top-quintile label is used instead only
+when no return column is given. Pruning: after each fold the running mean is reported as an
+intermediate value and ``MedianPruner`` stops trials that trail the median of earlier trials.
+
+Folds: the training dates are cut into ``n_folds + 1`` contiguous blocks; fold k validates on block
+k (k = 1..n_folds) and fits on rows whose label horizon ended before the block's first date minus
+``embargo_weeks`` weeks (purge + embargo by label end date), an expanding window.
+
+Search space: max_depth 2..6, learning_rate 0.01..0.2 (log), num_boost_round 50..400, subsample
+0.5..1, colsample_bytree 0.5..1, min_child_weight 1..100 (log), reg_lambda 1e-3..10 (log); CV fits
+use no early stopping (the fold's OOS block must not choose its own tree count).
+
+Storage: ``None`` keeps the study in memory; a string with ``://`` is an Optuna RDB URL (e.g.
+``sqlite:///tune.db``); any other path is a file: ``*.db``/``*.sqlite`` become SQLite, anything else
+(or ``<dir>/<study_name>.journal`` for an existing directory) an append-only JournalStorage file,
+safe for several processes on one machine. ``load_if_exists=True``, so parallel workers (give each a
+different ``seed``, or they propose the same startup trials) add their trials to one study.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import polars as pl
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from kairos_dagster.ml.dataset import LABEL_END, DatasetError, with_label_end
+from kairos_dagster.ml.metrics import auc, ic_stats, rank_ic_by_date
+from kairos_dagster.ml.train import DEFAULT_PARAMS, predict_proba, train_classifier
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    best_params: dict[str, Any]  # DEFAULT_PARAMS merged with the best trial's parameters
+    summary: dict[str, Any]  # study name, trial counts, best value and trial, objective, folds
+
+
+def resolve_storage(storage: str | Path | None, study_name: str) -> str | optuna.storages.BaseStorage | None:
+    """Map the ``storage`` argument to something ``optuna.create_study`` accepts (module docstring)."""
+    if storage is None:
+        return None
+    if isinstance(storage, str) and "://" in storage:
+        return storage
+    path = Path(storage)
+    if path.is_dir():
+        path = path / f"{study_name}.journal"
+    if path.suffix in (".db", ".sqlite", ".sqlite3"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path.resolve()}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "max_depth": trial.suggest_int("max_depth", 2, 6),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+        "num_boost_round": trial.suggest_int("num_boost_round", 50, 400, step=50),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+        "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 100.0, log=True),
+        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
+    }
+
+
+def cv_folds(frame: pl.DataFrame, n_folds: int, embargo_weeks: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Purged, embargoed, expanding walk-forward folds (fit rows, OOS rows)."""
+    if LABEL_END not in frame.columns:
+        frame = with_label_end(frame)
+    dates = frame["date"].unique().sort()
+    if len(dates) < 2 * (n_folds + 1):
+        raise DatasetError(f"tuning window has {len(dates)} dates; {n_folds} CV folds need at least "
+                           f"{2 * (n_folds + 1)}")
+    bounds = [round(i * len(dates) / (n_folds + 1)) for i in range(n_folds + 2)]
+    folds = []
+    for k in range(1, n_folds + 1):
+        first, last = dates[bounds[k]], dates[bounds[k + 1] - 1]
+        cutoff = first - dt.timedelta(weeks=embargo_weeks)
+        fit = frame.filter(pl.col(LABEL_END) < cutoff)
+        oos = frame.filter(pl.col("date").is_between(first, last))
+        if fit.height == 0:
+            raise DatasetError(f"CV fold {k}: no fit rows with label ending before {cutoff}")
+        folds.append((fit, oos))
+    return folds
+
+
+def fold_score(oos: pl.DataFrame, proba: pl.Series, label: str, ret_col: str | None) -> float:
+    if ret_col is None:
+        return auc(oos[label].to_numpy(), proba.to_numpy())
+    ic = rank_ic_by_date(oos.with_columns(proba.alias("_p")), "_p", ret_col)["rank_ic"]
+    return ic_stats(ic)["rank_ic"]
+
+
+def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_trials: int = 8, seed: int,
+         storage: str | Path | None = None, study_name: str, n_jobs: int = 1, n_folds: int = 3,
+         embargo_weeks: int = 1, ret_col: str | None = "ret_5d_f", base_params: Mapping[str, Any] | None = None,
+         n_threads: int = 2, device: str = "cpu", worker: str | None = None) -> TuneResult:
+    """Run ``n_trials`` more trials of the study and return the study's best parameters."""
+    if ret_col is not None and ret_col not in train_frame.columns:
+        raise DatasetError(f"tuning rows lack the return column {ret_col!r} the objective needs")
+    base = {**DEFAULT_PARAMS, **(base_params or {}), "valid_fraction": 0.0}
+    folds = cv_folds(train_frame.sort(["date", "ticker"]), n_folds, embargo_weeks)
+    worker = worker or f"pid{os.getpid()}"
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {**base, **suggest_params(trial)}
+        trial.set_user_attr("worker", worker)
+        scores = []
+        for k, (fit, oos) in enumerate(folds):
+            model = train_classifier(fit, features, label, params, seed=seed, device=device,
+                                     n_threads=n_threads, ret_col=ret_col)
+            s = fold_score(oos, predict_proba(model, oos), label, ret_col)
+            scores.append(0.0 if math.isnan(s) else s)
+            trial.report(sum(scores) / len(scores), step=k)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return sum(scores) / len(scores)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=resolve_storage(storage, study_name), study_name=study_name, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        load_if_exists=True,
+    )
+    study.optimize(objective, n_trials=n_trials, n_jobs=n_jobs)
+    states = [t.state for t in study.trials]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"study {study_name}: no trial completed ({len(states)} trials)")
+    best = study.best_trial
+    summary = {
+        "study_name": study_name, "n_trials": len(states),
+        "n_complete": len(complete),
+        "n_pruned": sum(s == optuna.trial.TrialState.PRUNED for s in states),
+        "best_value": best.value, "best_trial": best.number, "best_trial_params": best.params,
+        "objective": "mean_rank_ic" if ret_col else "auc", "n_folds": n_folds, "embargo_weeks": embargo_weeks,
+        "seed": seed, "rows": train_frame.height,
+        "train_start": train_frame["date"].min(), "train_end": train_frame["date"].max(),
+    }
+    best_params = {**DEFAULT_PARAMS, **(base_params or {}), **best.params}
+    return TuneResult(best_params=best_params, summary=summary)
