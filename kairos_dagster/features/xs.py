@@ -1,0 +1,107 @@
+"""Cross-sectional verbs (Zipline-style) as polars expressions.
+
+Every verb works per date by default (``by=("date",)``) and optionally per group as well (e.g.
+``by=("date", "sector")``). Conventions shared by all verbs:
+
+- NaN and ±inf are treated as missing: they become null, stay null and are not counted in means,
+  standard deviations, ranks or bucket sizes.
+- Standard deviations are population (ddof=0) unless ``ddof`` says otherwise.
+- A group whose standard deviation is 0 (or which has a single value) gives a null z-score rather than
+  ±inf: there is no cross-sectional information in it.
+- Rows whose group key is null form no group: their result is null (a null sector is not a sector).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+By = str | Sequence[str]
+
+
+def _keys(by: By) -> list[str]:
+    return [by] if isinstance(by, str) else list(by)
+
+
+def clean(col: str | pl.Expr) -> pl.Expr:
+    """The column as Float64 with NaN/±inf turned into null (missing)."""
+    e = pl.col(col) if isinstance(col, str) else col
+    e = e.cast(pl.Float64)
+    return pl.when(e.is_finite()).then(e).otherwise(None)
+
+
+def _null_if_key_null(e: pl.Expr, keys: list[str]) -> pl.Expr:
+    cond = pl.all_horizontal(pl.col(k).is_not_null() for k in keys)
+    return pl.when(cond).then(e).otherwise(None)
+
+
+def _name(col: str | pl.Expr) -> str | None:
+    return col if isinstance(col, str) else None
+
+
+def _alias(e: pl.Expr, col: str | pl.Expr) -> pl.Expr:
+    n = _name(col)
+    return e.alias(n) if n is not None else e
+
+
+def demean(col: str | pl.Expr, by: By = ("date",)) -> pl.Expr:
+    """x minus the mean of x over its group (nulls ignored)."""
+    keys = _keys(by)
+    x = clean(col)
+    return _alias(_null_if_key_null(x - x.mean().over(keys), keys), col)
+
+
+def zscore(col: str | pl.Expr, by: By = ("date",), ddof: int = 0) -> pl.Expr:
+    """(x - mean) / std over the group; population std (ddof=0); null where std is 0 or undefined."""
+    keys = _keys(by)
+    x = clean(col)
+    sd = x.std(ddof=ddof).over(keys)
+    z = pl.when(sd > 0).then((x - x.mean().over(keys)) / sd).otherwise(None)
+    return _alias(_null_if_key_null(z, keys), col)
+
+
+def winsorize(col: str | pl.Expr, lower: float = -3.0, upper: float = 3.0) -> pl.Expr:
+    """Clip x into [lower, upper] (for z-scores: at ±3 standard deviations). Nulls stay null."""
+    if lower > upper:
+        raise ValueError(f"winsorize: lower bound {lower} is above upper bound {upper}")
+    return _alias(clean(col).clip(lower, upper), col)
+
+
+def winsorize_quantile(
+    col: str | pl.Expr, lower_q: float = 0.01, upper_q: float = 0.99, by: By = ("date",)
+) -> pl.Expr:
+    """Clip x at its group's lower/upper quantiles (linear interpolation), per date by default."""
+    if not 0.0 <= lower_q <= upper_q <= 1.0:
+        raise ValueError(f"winsorize_quantile: need 0 <= lower_q <= upper_q <= 1, got {lower_q}, {upper_q}")
+    keys = _keys(by)
+    x = clean(col)
+    lo = x.quantile(lower_q, "linear").over(keys)
+    hi = x.quantile(upper_q, "linear").over(keys)
+    return _alias(_null_if_key_null(pl.min_horizontal(pl.max_horizontal(x, lo), hi), keys), col)
+
+
+def zscore_clipped(col: str | pl.Expr, by: By = ("date",), limit: float = 3.0) -> pl.Expr:
+    """The z-score over the group, winsorized at ±limit (the standard way factors enter composites)."""
+    return winsorize(zscore(col, by), -limit, limit)
+
+
+def rank_pct(col: str | pl.Expr, by: By = ("date",)) -> pl.Expr:
+    """Average rank / number of non-null values in the group: in (0, 1], ties share a rank."""
+    keys = _keys(by)
+    x = clean(col)
+    r = x.rank("average").over(keys) / x.count().over(keys)
+    return _alias(_null_if_key_null(r, keys), col)
+
+
+def neutralize(col: str | pl.Expr, group: str = "sector", by: By = ("date",)) -> pl.Expr:
+    """Remove the group mean per date (e.g. sector-neutral): demean over (date, group)."""
+    return demean(col, [*_keys(by), group])
+
+
+def quantile_bucket(col: str | pl.Expr, n: int = 5, by: By = ("date",)) -> pl.Expr:
+    """Bucket 1..n by rank within the group (n=5: quintiles, 5 = highest). Ties share a bucket."""
+    if n < 1:
+        raise ValueError(f"quantile_bucket: n must be >= 1, got {n}")
+    b = (rank_pct(col, by) * n).ceil().clip(1, n).cast(pl.Int32)
+    return _alias(b, col)

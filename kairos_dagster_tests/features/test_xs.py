@@ -1,0 +1,86 @@
+import datetime as dt
+import math
+
+import polars as pl
+import pytest
+
+from kairos_dagster.features import xs
+
+D1, D2 = dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+
+
+def frame() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "date": [D1, D1, D1, D1, D2, D2, D2],
+            "ticker": ["A", "B", "C", "D", "A", "B", "C"],
+            "sector": ["T", "T", "E", "E", "T", "T", None],
+            "x": [1.0, 2.0, 3.0, None, 10.0, float("nan"), 30.0],
+        }
+    )
+
+
+def test_zscore_population_std_and_nulls():
+    out = frame().with_columns(z=xs.zscore("x"))["z"].to_list()
+    # D1: values 1,2,3 (null not counted): mean 2, population std sqrt(2/3)
+    s = math.sqrt(2 / 3)
+    assert out[0] == pytest.approx(-1 / s) and out[1] == pytest.approx(0.0) and out[2] == pytest.approx(1 / s)
+    assert out[3] is None
+    # D2: NaN is missing; values 10, 30 -> mean 20, std 10
+    assert out[4] == pytest.approx(-1.0) and out[5] is None and out[6] == pytest.approx(1.0)
+
+
+def test_zscore_ddof1_and_constant_group_is_null():
+    df = pl.DataFrame({"date": [D1] * 3 + [D2] * 2, "x": [1.0, 2.0, 3.0, 5.0, 5.0]})
+    z = df.with_columns(z=xs.zscore("x", ddof=1))["z"].to_list()
+    assert z[0] == pytest.approx(-1.0) and z[2] == pytest.approx(1.0)
+    assert z[3] is None and z[4] is None
+
+
+def test_grouped_zscore_and_neutralize_null_group_is_null():
+    df = frame().with_columns(zs=xs.zscore("x", by=["date", "sector"]), n=xs.neutralize("x", "sector"))
+    zs = df["zs"].to_list()
+    assert zs[0] == pytest.approx(-1.0) and zs[1] == pytest.approx(1.0)
+    assert zs[2] is None  # sector E on D1 has a single non-null value: std 0
+    n = df["n"].to_list()
+    assert n[0] == pytest.approx(-0.5) and n[1] == pytest.approx(0.5) and n[2] == pytest.approx(0.0)
+    assert n[6] is None  # null sector
+
+
+def test_demean_and_winsorize():
+    df = frame().with_columns(d=xs.demean("x"), w=xs.winsorize("x", 1.5, 2.5))
+    assert df["d"].to_list()[:3] == pytest.approx([-1.0, 0.0, 1.0])
+    assert df["w"].to_list()[:3] == pytest.approx([1.5, 2.0, 2.5])
+    assert df["w"][3] is None
+    with pytest.raises(ValueError, match="lower bound"):
+        xs.winsorize("x", 3, 1)
+
+
+def test_zscore_clipped_at_3():
+    df = pl.DataFrame({"date": [D1] * 11, "x": [0.0] * 10 + [100.0]})
+    z = df.with_columns(z=xs.zscore_clipped("x"))["z"]
+    # the outlier's raw z is sqrt(10) = 3.16 > 3
+    assert z.max() == pytest.approx(3.0)
+    assert z[0] == pytest.approx(-1 / math.sqrt(10))
+
+
+def test_winsorize_quantile():
+    df = pl.DataFrame({"date": [D1] * 5, "x": [1.0, 2.0, 3.0, 4.0, 100.0]})
+    w = df.with_columns(w=xs.winsorize_quantile("x", 0.25, 0.75))["w"].to_list()
+    assert w == pytest.approx([2.0, 2.0, 3.0, 4.0, 4.0])
+
+
+def test_rank_pct_ties_and_nulls():
+    df = pl.DataFrame({"date": [D1] * 5, "x": [3.0, 1.0, 3.0, None, 2.0]})
+    r = df.with_columns(r=xs.rank_pct("x"))["r"].to_list()
+    assert r[0] == pytest.approx(0.875) and r[1] == pytest.approx(0.25) and r[4] == pytest.approx(0.5)
+    assert r[3] is None
+
+
+def test_quantile_bucket():
+    df = pl.DataFrame({"date": [D1] * 10 + [D2] * 3, "x": [float(i) for i in range(10)] + [1.0, None, 2.0]})
+    b = df.with_columns(b=xs.quantile_bucket("x", 5))["b"].to_list()
+    assert b[:10] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert b[10:] == [3, None, 5]
+    with pytest.raises(ValueError):
+        xs.quantile_bucket("x", 0)
