@@ -1,0 +1,88 @@
+"""Pre-rebalance gates (seed 000 §6.2 checklist and §6.4 alert table).
+
+Each gate is a GateResult; a failed 'block' gate stops the rebalance, a failed 'warn' gate asks for a
+review. The asset checks and the CLI render these; this module only decides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from kairos_dagster.portfolio.config import Risk4Config
+from kairos_dagster.portfolio.risk4 import PortfolioResult
+
+Severity = Literal["block", "warn"]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    severity: Severity
+    message: str
+    value: float | int | str | None = None
+
+    @property
+    def blocks(self) -> bool:
+        return not self.passed and self.severity == "block"
+
+
+def evaluate_gates(signal_date: dt.date, feat_matrix_dates: Iterable[dt.date], result: PortfolioResult | None,
+                   config: Risk4Config) -> list[GateResult]:
+    """All gates in a fixed order. `feat_matrix_dates`: the dates feat_matrix_v2 holds (or just its max).
+
+    `result` is None when the portfolio could not be built (e.g. the signal date is missing); the gates
+    that need it then fail as blocking ('not evaluated') rather than pass by default.
+    """
+    dates = sorted(set(feat_matrix_dates))
+    latest = dates[-1] if dates else None
+    has_date = signal_date in set(dates)
+    gates = [GateResult(
+        "feat_matrix_has_signal_date", has_date, "block",
+        f"feat_matrix_v2 has signal date {signal_date}" if has_date
+        else f"CRITICAL: feat_matrix_v2 has no rows at signal date {signal_date} (latest {latest}); data is stale",
+        str(latest) if latest else None)]
+    if result is None:
+        for name in ("ml_alpha_coverage", "min_eligible_block", "min_eligible_warn", "sector_coverage",
+                     "turnover", "max_position"):
+            gates.append(GateResult(name, False, "block", "not evaluated: no portfolio was built", None))
+        return gates
+
+    cov = result.alpha_coverage
+    gates.append(GateResult(
+        "ml_alpha_coverage", cov >= config.gate_min_alpha_coverage, "block",
+        f"{config.alpha_column} present for {cov:.1%} of ADV-eligible rows "
+        f"({result.n_missing_alpha} missing; need >= {config.gate_min_alpha_coverage:.0%})", cov))
+    n = result.n_eligible
+    gates.append(GateResult(
+        "min_eligible_block", n >= config.gate_min_eligible_block, "block",
+        f"{n} eligible stocks (block below {config.gate_min_eligible_block})", n))
+    gates.append(GateResult(
+        "min_eligible_warn", n >= config.gate_min_eligible_warn, "warn",
+        f"{n} eligible stocks (warn below {config.gate_min_eligible_warn})", n))
+    n_sec = result.universe_sector_weights.height
+    gates.append(GateResult(
+        "sector_coverage", n_sec >= config.gate_expected_sectors, "warn",
+        f"{n_sec} of {config.gate_expected_sectors} sectors in the eligible universe", n_sec))
+    to = result.turnover_final
+    if result.fresh_start:
+        gates.append(GateResult("turnover", True, "warn", f"fresh start (no prior holdings); initial build {to:.1%}", to))
+    else:
+        gates.append(GateResult(
+            "turnover", to <= config.gate_turnover_warn, "warn",
+            f"one-way turnover vs prior {to:.1%} (warn above {config.gate_turnover_warn:.0%})", to))
+    top = result.picks.sort(["weight", "ticker"], descending=[True, False]).head(1)
+    w_max = float(top.get_column("weight")[0]) if top.height else 0.0
+    who = f" ({top.get_column('ticker')[0]})" if top.height else ""
+    gates.append(GateResult(
+        "max_position", w_max <= config.gate_position_warn, "warn",
+        f"largest position {w_max:.2%}{who} (warn above {config.gate_position_warn:.0%})", w_max))
+    return gates
+
+
+def blocking_failures(gates: Iterable[GateResult]) -> list[GateResult]:
+    """The failed 'block' gates; the rebalance may proceed only when this is empty."""
+    return [g for g in gates if g.blocks]
