@@ -1,0 +1,165 @@
+"""Shared rolling / exponential primitives for the technical feature tables.
+
+Every table works on the whole ticker-sorted column at once: rolling windows run over the
+concatenated tickers and each feature carries a `lookback` (rows of the same ticker it needs before
+the row); rows whose in-ticker index `_i` is below it are masked to null. Windows that would reach
+into the previous ticker are therefore exactly the masked ones, and nothing loops over tickers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+ANNUALIZE = math.sqrt(252.0)
+IDX = "_i"  # in-ticker row index (0 = first stored session of the ticker)
+_I = pl.col(IDX)
+# Weight left on data older than a truncated exponential window: small enough that TA-Lib's
+# seeded recursion and ours agree to 1e-6 right after our warm-up.
+EXP_TRUNCATION_TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One output column: a polars expression over the whole column plus the in-ticker history
+    (rows before the current one) it reads; rows with less history are null."""
+
+    name: str
+    expr: pl.Expr
+    lookback: int
+
+    def masked(self) -> pl.Expr:
+        return pl.when(_I >= self.lookback).then(self.expr).otherwise(None).alias(self.name)  # noqa: SIM300
+
+
+def exp_window(alpha: float, tol: float = EXP_TRUNCATION_TOL) -> int:
+    """Rows L of a truncated exponential average such that (1-alpha)^L <= tol."""
+    return math.ceil(math.log(tol) / math.log(1.0 - alpha))
+
+
+def truncated_ewm(x: pl.Expr, alpha: float, window: int) -> pl.Expr:
+    """Exponential average over exactly the last `window` rows, weights alpha*(1-alpha)^k normalised.
+
+    Uses the whole-column recursion S_t = a*x_t + (1-a)*S_{t-1}; then
+    S_t - (1-a)^L * S_{t-L} = a * sum_{k<L} (1-a)^k x_{t-k} exactly, whatever preceded t-L (earlier
+    history or the previous ticker). Lookback of the result: window - 1 plus that of `x`.
+    """
+    decay = (1.0 - alpha) ** window
+    # fill: the very first row of a shifted/diffed column is null; masked rows are garbage anyway
+    s = x.fill_null(0.0).ewm_mean(alpha=alpha, adjust=False)
+    return (s - decay * s.shift(window)) / (1.0 - decay)
+
+
+def ema(x: pl.Expr, period: int) -> tuple[pl.Expr, int]:
+    """TA-Lib EMA (alpha = 2/(n+1)) truncated to the window where older data weighs < tol."""
+    alpha = 2.0 / (period + 1.0)
+    w = exp_window(alpha)
+    return truncated_ewm(x, alpha, w), w - 1
+
+
+def wilder(x: pl.Expr, period: int) -> tuple[pl.Expr, int]:
+    """Wilder smoothing (alpha = 1/n) as used by TA-Lib RSI, ATR and ADX, truncated likewise."""
+    alpha = 1.0 / period
+    w = exp_window(alpha)
+    return truncated_ewm(x, alpha, w), w - 1
+
+
+def lin_slope(y: pl.Expr, window: int) -> pl.Expr:
+    """OLS slope of y on time (per row) over the last `window` rows.
+
+    A fixed-weight window sum (polars evaluates weighted windows directly), so the value never
+    depends on rounding carried in from earlier rows.
+    """
+    c = (window - 1) / 2.0
+    weights = [k - c for k in range(window)]
+    denom = sum(w * w for w in weights)
+    # polars cannot weight windows holding nulls: fill, then null every window that had one
+    has_null = y.is_null().cast(pl.Int32).rolling_sum(window) > 0
+    return pl.when(~has_null).then(y.fill_null(0.0).rolling_sum(window, weights=weights) / denom)
+
+
+def rolling_max_drawdown(
+    price: str, window: int, ticker: str = "ticker"
+) -> tuple[list[list[pl.Expr]], pl.Expr]:
+    """Maximum drawdown (min over u <= s in the window of p_s / p_u - 1, <= 0) over the last `window` rows.
+
+    Block decomposition: split each ticker's rows into blocks of `window` rows; a window ending at
+    t is a suffix of the previous block plus a prefix of t's block, and the worst drop is in the
+    suffix, in the prefix, or from the suffix's peak to the prefix's trough. All are cumulative ops
+    per block; each candidate is a ratio of two stored prices, so the result is exact and independent
+    of where the blocks fall. Returns (stages of helper columns to add first, the result).
+    """
+    p = pl.col(price)
+    blk = [ticker, f"_blk{window}"]
+    pre = f"_mdd{window}"
+    helpers = [
+        (_I // window).alias(f"_blk{window}"),
+    ]
+    stage2 = [
+        # prefix of the block ending at t: worst ratio and trough
+        (p / p.cum_max().over(blk)).cum_min().over(blk).alias(f"{pre}_pdd"),
+        p.cum_min().over(blk).alias(f"{pre}_pmin"),
+        # suffix of the block starting at a: worst ratio and peak
+        (p.cum_min(reverse=True).over(blk) / p).cum_min(reverse=True).over(blk).alias(f"{pre}_sdd"),
+        p.cum_max(reverse=True).over(blk).alias(f"{pre}_smax"),
+    ]
+    lag = window - 1
+    same_block = (_I % window) == window - 1  # the window is exactly t's block
+    cross = pl.min_horizontal(
+        pl.col(f"{pre}_pdd"),
+        pl.col(f"{pre}_sdd").shift(lag),
+        pl.col(f"{pre}_pmin") / pl.col(f"{pre}_smax").shift(lag),
+    )
+    expr = pl.when(same_block).then(pl.col(f"{pre}_pdd")).otherwise(cross) - 1.0
+    return [helpers, stage2], expr
+
+
+def with_row_index(frame: pl.DataFrame | pl.LazyFrame, ticker: str = "ticker") -> pl.LazyFrame:
+    """Add `_i`, the in-ticker row index, to a ticker-sorted frame."""
+    return frame.lazy().with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over(ticker).alias(IDX))
+
+
+def check_sorted_unique(frame: pl.DataFrame, table: str, keys: Sequence[str] = ("ticker", "date")) -> None:
+    """Raise if the frame is not strictly sorted by (ticker, date): rolling windows assume it."""
+    t, d = (pl.col(k) for k in keys)
+    bad = frame.select(keys).with_row_index("_row").filter(
+        (t < t.shift(1)) | ((t == t.shift(1)) & (d <= d.shift(1)))
+    )
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise ValueError(
+            f"{table}: rows must be strictly sorted by ({', '.join(keys)}) with no duplicates; "
+            f"first violation at row {r['_row']}: ticker={r[keys[0]]!r} date={r[keys[1]]}"
+        )
+
+
+def check_columns(frame: pl.DataFrame, table: str, columns: Iterable[str], *, no_nulls: bool = True) -> None:
+    """Raise naming the table and column when a required column is missing or holds nulls."""
+    cols = list(columns)
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{table}: missing required column(s) {missing}; has {frame.columns}")
+    if not no_nulls:
+        return
+    counts = frame.select(pl.col(cols).null_count()).row(0, named=True)
+    for c, n in counts.items():
+        if n:
+            r = frame.filter(pl.col(c).is_null()).row(0, named=True)
+            raise ValueError(
+                f"{table}: column {c!r} has {n} null value(s), first at "
+                f"ticker={r.get('ticker')!r} date={r.get('date')}"
+            )
+
+
+def build_table(
+    lf: pl.LazyFrame, features: Sequence[Feature], keys: Sequence[str] = ("ticker", "date"),
+    helpers: Sequence[Sequence[pl.Expr]] = (),
+) -> pl.DataFrame:
+    """Evaluate declared features (masked by their lookback) over a frame that already has `_i`;
+    `helpers` are stages of intermediate columns added first, in order."""
+    for stage in helpers:
+        lf = lf.with_columns(stage)
+    return lf.select(*keys, *(f.masked() for f in features)).collect()

@@ -1,0 +1,514 @@
+"""Phase 2: technical feature tables and forward targets (pure polars).
+
+Each table is a list of `Feature`s (name, expression, lookback) generated from windows x operators,
+the way Qlib's Alpha158 config declares its features. Input `prices` is SEP-shaped (ticker, date,
+open, high, low, close, volume, closeadj, closeunadj), strictly sorted by (ticker, date), holding each
+ticker's contiguous stored history. Every table returns ticker, date + its columns for every input
+row; rows without enough in-ticker history are null.
+
+Price conventions: returns and return-based statistics use `closeadj` (dividend-adjusted); indicators
+that mix open/high/low/close (TA-Lib definitions, candle shapes, ranges) use the split-adjusted OHLC
+so the bar is internally consistent. Volume is split-adjusted; close*volume is dollar volume.
+
+No look-ahead and no dependence on where stored history starts: each value at d reads a fixed
+trailing window of at most `lookback_sessions` rows (<= 756); recursive TA-Lib smoothers are truncated
+exponential windows (see rolling.truncated_ewm). Only `feat_targets` looks forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from kairos_dagster.features.rolling import (
+    ANNUALIZE,
+    IDX,
+    Feature,
+    build_table,
+    check_columns,
+    check_sorted_unique,
+    ema,
+    lin_slope,
+    rolling_max_drawdown,
+    wilder,
+)
+
+PRICE_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume", "closeadj")
+MAX_LOOKBACK = 756  # 3 years of sessions: the most history any value may read
+
+O, H, L, C, V, CA = (pl.col(c) for c in ("open", "high", "low", "close", "volume", "closeadj"))  # noqa: E741
+RET = CA / CA.shift(1) - 1.0  # daily total return, lookback 1
+LOG_HL = (H / L).log()
+LOG_CO = (C / O).log()
+DOLLAR_VOL = C * V
+EPS = 1e-12  # Qlib's guard against high == low in the K-bar ratios
+
+
+def _safe_div(num: pl.Expr, den: pl.Expr) -> pl.Expr:
+    """num/den, null where den == 0 (a flat bar or zero volume is data, not an error)."""
+    return pl.when(den != 0).then(num / den).otherwise(None)
+
+
+# --------------------------------------------------------------------------------------------- price action
+RET_HORIZONS = (1, 5, 10, 21, 63, 126, 252)
+
+
+def _price_action() -> list[Feature]:
+    return [
+        # total return over h sessions
+        *(Feature(f"ret_{h}d", CA / CA.shift(h) - 1.0, h) for h in RET_HORIZONS),
+        # overnight gap: today's open vs yesterday's close
+        Feature("gap_overnight", O / C.shift(1) - 1.0, 1),
+        # intraday range relative to the close
+        Feature("range_intraday", (H - L) / C, 0),
+        # where the close sits in the day's range (0 = low, 1 = high)
+        Feature("close_location", _safe_div(C - L, H - L), 0),
+        # distance of the close from the 252-session high / low
+        Feature("dist_high_252", C / H.rolling_max(252) - 1.0, 251),
+        Feature("dist_low_252", C / L.rolling_min(252) - 1.0, 251),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- trend
+def _macd() -> list[Feature]:
+    e12, lb12 = ema(C, 12)
+    e26, lb26 = ema(C, 26)
+    macd = e12 - e26
+    sig, lb9 = ema(macd, 9)
+    lb_macd = max(lb12, lb26)
+    return [
+        Feature("ema_12", e12, lb12),
+        Feature("ema_26", e26, lb26),
+        # MACD line, signal (EMA 9 of MACD) and histogram, TA-Lib MACD(12, 26, 9)
+        Feature("macd", macd, lb_macd),
+        Feature("macd_signal", sig, lb_macd + lb9),
+        Feature("macd_hist", macd - sig, lb_macd + lb9),
+    ]
+
+
+def true_range() -> pl.Expr:
+    """TA-Lib TRANGE: max(high, prev close) - min(low, prev close); lookback 1."""
+    pc = C.shift(1)
+    return pl.max_horizontal(H, pc) - pl.min_horizontal(L, pc)
+
+
+def _adx(n: int = 14) -> list[Feature]:
+    up, dn = H - H.shift(1), L.shift(1) - L
+    plus_dm = pl.when((up > dn) & (up > 0)).then(up).otherwise(0.0)
+    minus_dm = pl.when((dn > up) & (dn > 0)).then(dn).otherwise(0.0)
+    s_tr, lb = wilder(true_range(), n)
+    s_pdm, _ = wilder(plus_dm, n)
+    s_mdm, _ = wilder(minus_dm, n)
+    lb += 1  # the DMs and the true range read the previous bar
+    pdi = 100.0 * _safe_div(s_pdm, s_tr)
+    mdi = 100.0 * _safe_div(s_mdm, s_tr)
+    # DX = 0 when both DIs are 0 (flat market); TA-Lib then keeps the previous ADX instead
+    dx = pl.when(pdi + mdi > 0).then(100.0 * (pdi - mdi).abs() / (pdi + mdi)).otherwise(0.0)
+    adx, lb_adx = wilder(dx, n)
+    return [
+        Feature(f"plus_di_{n}", pdi, lb),
+        Feature(f"minus_di_{n}", mdi, lb),
+        # trend strength: Wilder average of DX, TA-Lib ADX
+        Feature(f"adx_{n}", adx, lb + lb_adx),
+    ]
+
+
+def _rsi(n: int = 14) -> Feature:
+    d = C - C.shift(1)
+    gain, lb = wilder(pl.when(d > 0).then(d).otherwise(0.0), n)
+    loss, _ = wilder(pl.when(d < 0).then(-d).otherwise(0.0), n)
+    # TA-Lib RSI: 100 * avg gain / (avg gain + avg loss), 0 when nothing moved
+    return Feature(f"rsi_{n}", pl.when(gain + loss > 0).then(100.0 * gain / (gain + loss)).otherwise(0.0), lb + 1)
+
+
+def _aroon(n: int = 25) -> list[Feature]:
+    # TA-Lib AROON looks at n+1 bars; ties go to the most recent bar
+    hh, ll = H.rolling_max(n + 1), L.rolling_min(n + 1)
+    since_high = pl.min_horizontal([pl.when(H.shift(j) == hh).then(pl.lit(j)) for j in range(n + 1)])
+    since_low = pl.min_horizontal([pl.when(L.shift(j) == ll).then(pl.lit(j)) for j in range(n + 1)])
+    up = 100.0 * (n - since_high) / n
+    down = 100.0 * (n - since_low) / n
+    return [
+        Feature(f"aroon_up_{n}", up, n),
+        Feature(f"aroon_down_{n}", down, n),
+        Feature(f"aroon_osc_{n}", up - down, n),
+    ]
+
+
+SMA_WINDOWS = (10, 20, 50, 200)
+SLOPE_WINDOWS = (20, 60)
+
+
+def _trend() -> list[Feature]:
+    return [
+        # close relative to its simple moving average
+        *(Feature(f"sma_ratio_{w}", C / C.rolling_mean(w) - 1.0, w - 1) for w in SMA_WINDOWS),
+        *_macd(),
+        *_adx(14),
+        _rsi(14),
+        # OLS slope of log(closeadj) per session: drift of the trend
+        *(Feature(f"slope_{w}", lin_slope(CA.log(), w), w - 1) for w in SLOPE_WINDOWS),
+        *_aroon(25),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- statistical
+STAT_WINDOWS = (21, 63)
+# operator name -> (expression builder over window w, extra lookback beyond w - 1)
+STAT_OPERATORS: dict[str, tuple[Callable[[int], pl.Expr], int]] = {
+    "ret_mean": (lambda w: RET.rolling_mean(w), 1),  # average daily return
+    "ret_std": (lambda w: RET.rolling_std(w), 1),  # dispersion of daily returns (sample std)
+    "ret_skew": (lambda w: RET.rolling_skew(w, bias=True), 1),  # asymmetry (population skewness)
+    "ret_kurt": (lambda w: RET.rolling_kurtosis(w, fisher=True, bias=True), 1),  # tails (excess kurtosis)
+}
+
+
+def _statistical() -> list[Feature]:
+    mdd = [Feature(f"mdd_{w}", rolling_max_drawdown("closeadj", w)[1], w - 1) for w in (63, 252)]
+    return [
+        *(
+            Feature(f"{op}_{w}", build(w), w - 1 + extra)
+            for op, (build, extra) in STAT_OPERATORS.items()
+            for w in STAT_WINDOWS
+        ),
+        # lag-1 autocorrelation of daily returns over 63 sessions (mean reversion vs momentum)
+        Feature("autocorr_1_63", pl.rolling_corr(RET, RET.shift(1), window_size=63), 64),
+        # z-score of the close vs its 20-session mean (population std, as Bollinger)
+        Feature("zscore_20", _safe_div(C - C.rolling_mean(20), C.rolling_std(20, ddof=0)), 19),
+        # worst peak-to-trough drop of closeadj inside the window (<= 0)
+        *mdd,
+    ]
+
+
+def _statistical_helpers() -> list[list[pl.Expr]]:
+    stages: list[list[pl.Expr]] = [[], []]
+    for w in (63, 252):
+        st, _ = rolling_max_drawdown("closeadj", w)
+        stages[0] += st[0]
+        stages[1] += st[1]
+    return stages
+
+
+# --------------------------------------------------------------------------------------------- volume / volatility
+VOL_WINDOWS = (10, 20, 60)
+OBV_WINDOW = 252  # OBV is a trailing 252-session sum so it does not depend on where history starts
+
+
+def realized_vol(w: int) -> pl.Expr:
+    """Annualized sample std of daily closeadj returns over w sessions; lookback w."""
+    return RET.rolling_std(w) * ANNUALIZE
+
+
+def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
+    mid = C.rolling_mean(n)
+    sd = C.rolling_std(n, ddof=0)  # TA-Lib BBANDS uses the population std
+    up, lo = mid + k * sd, mid - k * sd
+    return [
+        Feature(f"bb_upper_{n}", up, n - 1),
+        Feature(f"bb_middle_{n}", mid, n - 1),
+        Feature(f"bb_lower_{n}", lo, n - 1),
+        Feature(f"bb_width_{n}", (up - lo) / mid, n - 1),  # band width relative to the middle
+        Feature(f"bb_pctb_{n}", _safe_div(C - lo, up - lo), n - 1),  # %b: position inside the bands
+    ]
+
+
+def _vol_volatility() -> list[Feature]:
+    atr, lb_atr = wilder(true_range(), 14)
+    signed_vol = pl.when(C > C.shift(1)).then(V).when(C < C.shift(1)).then(-V).otherwise(0.0)  # noqa: SIM300
+    obv = signed_vol.rolling_sum(OBV_WINDOW)
+    return [
+        # close-to-close realized volatility, annualized
+        *(Feature(f"vol_{w}", realized_vol(w), w) for w in VOL_WINDOWS),
+        # Parkinson: high-low range estimator, annualized
+        Feature("parkinson_vol_20", ((LOG_HL**2).rolling_mean(20) / (4 * math.log(2)) * 252).sqrt(), 19),
+        # Garman-Klass: range + open-close estimator, annualized
+        Feature(
+            "gk_vol_20",
+            ((0.5 * LOG_HL**2 - (2 * math.log(2) - 1) * LOG_CO**2).rolling_mean(20) * 252).clip(0.0).sqrt(),
+            19,
+        ),
+        # average true range (Wilder, TA-Lib ATR) and its percent of the close (NATR)
+        Feature("atr_14", atr, lb_atr + 1),
+        Feature("natr_14", 100.0 * atr / C, lb_atr + 1),
+        *_bollinger(20, 2.0),
+        # volume vs its 20-session mean, in std units
+        Feature("volume_z_20", _safe_div(V - V.rolling_mean(20), V.rolling_std(20)), 19),
+        # on-balance volume summed over the trailing 252 sessions
+        Feature("obv", obv, OBV_WINDOW),
+        # 20-session OLS slope of that OBV, in units of average daily volume
+        Feature("obv_slope_20", _safe_div(lin_slope(obv, 20), V.rolling_mean(20)), OBV_WINDOW + 19),
+        # short vs long volume activity
+        Feature("volume_ratio_5_20", _safe_div(V.rolling_mean(5), V.rolling_mean(20)), 19),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- price shape (Qlib K-bar)
+_RANGE = H - L + EPS
+KBAR: dict[str, pl.Expr] = {
+    "kmid": (C - O) / O,  # body relative to the open
+    "klen": (H - L) / O,  # full bar length relative to the open
+    "kmid2": (C - O) / _RANGE,  # body as a share of the range
+    "kup": (H - pl.max_horizontal(O, C)) / O,  # upper shadow relative to the open
+    "kup2": (H - pl.max_horizontal(O, C)) / _RANGE,  # upper shadow as a share of the range
+    "klow": (pl.min_horizontal(O, C) - L) / O,  # lower shadow relative to the open
+    "klow2": (pl.min_horizontal(O, C) - L) / _RANGE,  # lower shadow as a share of the range
+    "ksft": (2 * C - H - L) / O,  # close shifted toward high or low, relative to the open
+    "ksft2": (2 * C - H - L) / _RANGE,  # same, as a share of the range
+}
+KBAR_WINDOWS = (5, 10, 20)
+
+
+def _price_shape() -> list[Feature]:
+    return [
+        *(Feature(name, e, 0) for name, e in KBAR.items()),
+        # rolling means of each K-bar shape
+        *(Feature(f"{name}_mean_{w}", e.rolling_mean(w), w - 1) for name, e in KBAR.items() for w in KBAR_WINDOWS),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- ADV / liquidity
+ADV_WINDOWS = (20, 60)
+
+
+def _adv() -> list[Feature]:
+    amihud_day = pl.when(DOLLAR_VOL > 0).then(RET.abs() / DOLLAR_VOL * 1e6)
+    return [
+        # average daily dollar volume (close * volume)
+        *(Feature(f"adv_{w}", DOLLAR_VOL.rolling_mean(w), w - 1) for w in ADV_WINDOWS),
+        # average daily share turnover: volume / shares outstanding
+        Feature("turnover_20", pl.col("_turnover").rolling_mean(20), 19),
+        # Amihud illiquidity: mean |return| per $1M traded, over days that traded
+        Feature(
+            "amihud_20",
+            _safe_div(amihud_day.fill_null(0.0).rolling_sum(20), (DOLLAR_VOL > 0).cast(pl.Float64).rolling_sum(20)),
+            20,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- vol sizing
+VOL_FLOOR = 0.05  # 5% annualized: keeps alpha / vol_blend finite for near-constant series
+VOL_BLEND_WEIGHTS = {20: 0.5, 60: 0.5}  # vol_blend = 0.5 * vol_20 + 0.5 * vol_60
+
+
+def _vol_sizing() -> list[Feature]:
+    blend = pl.sum_horizontal([wt * realized_vol(w) for w, wt in VOL_BLEND_WEIGHTS.items()])
+    down = pl.min_horizontal(RET, pl.lit(0.0))
+    return [
+        # position-sizing volatility: blend of short and long realized vol, floored
+        Feature("vol_blend", blend.clip(lower_bound=VOL_FLOOR), max(VOL_BLEND_WEIGHTS)),
+        # downside semi-deviation (root mean square of negative returns), annualized
+        Feature("downside_vol_60", (down**2).rolling_mean(60).sqrt() * ANNUALIZE, 60),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- beta
+BETA_WINDOWS = (63, 252)
+MKT = pl.col("mkt_ret")
+
+
+def _beta() -> list[Feature]:
+    out: list[Feature] = []
+    for w in BETA_WINDOWS:
+        mr, mm = RET.rolling_mean(w), MKT.rolling_mean(w)
+        cov = (RET * MKT).rolling_mean(w) - mr * mm
+        var_m = (MKT**2).rolling_mean(w) - mm**2
+        var_r = (RET**2).rolling_mean(w) - mr**2
+        beta = _safe_div(cov, var_m)
+        out += [
+            # sensitivity to the cap-weighted universe return
+            Feature(f"beta_{w}", beta, w),
+            # correlation with the market
+            Feature(f"corr_{w}", _safe_div(cov, (var_m * var_r).sqrt()), w),
+            # residual (idiosyncratic) volatility after the market, annualized
+            Feature(f"idio_vol_{w}", (var_r - beta * cov).clip(0.0).sqrt() * ANNUALIZE, w),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- table functions
+def _prepare(prices: pl.DataFrame, table: str, extra: tuple[str, ...] = ()) -> pl.LazyFrame:
+    check_columns(prices, table, PRICE_COLUMNS + extra)
+    check_sorted_unique(prices, table)
+    return prices.lazy().with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("ticker").alias(IDX))
+
+
+def feat_price_action(prices: pl.DataFrame) -> pl.DataFrame:
+    """Returns over 1..252 sessions, overnight gap, intraday range, close location, 252-day high/low distance."""
+    return build_table(_prepare(prices, "feat_price_action"), PRICE_ACTION)
+
+
+def feat_trend(prices: pl.DataFrame) -> pl.DataFrame:
+    """SMA ratios, EMA 12/26, MACD, ADX/DI, RSI (TA-Lib definitions), log-price slopes, Aroon."""
+    return build_table(_prepare(prices, "feat_trend"), TREND)
+
+
+def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
+    """Return moments (21, 63), lag-1 autocorrelation, price z-score, max drawdown (63, 252)."""
+    return build_table(_prepare(prices, "feat_statistical"), STATISTICAL, helpers=_statistical_helpers())
+
+
+def feat_vol_volatility(prices: pl.DataFrame) -> pl.DataFrame:
+    """Realized / range volatilities, ATR, Bollinger, volume z-score, OBV, volume ratio."""
+    return build_table(_prepare(prices, "feat_vol_volatility"), VOL_VOLATILITY)
+
+
+def feat_price_shape(prices: pl.DataFrame) -> pl.DataFrame:
+    """Qlib Alpha158 K-bar shapes and their 5/10/20-session means."""
+    return build_table(_prepare(prices, "feat_price_shape"), PRICE_SHAPE)
+
+
+def feat_adv(
+    prices: pl.DataFrame, daily: pl.DataFrame | None = None, shares: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Dollar ADV 20/60, share turnover and Amihud illiquidity.
+
+    Turnover needs shares outstanding: pass `shares` (ticker, date, shares — split-adjusted like SEP
+    volume) or the DAILY table (ticker, date, marketcap in USD millions). From DAILY, shares =
+    marketcap * 1e6 / closeunadj are the shares on that date and volume / close are split-adjusted by
+    the same factor, so turnover = close * volume / (marketcap * 1e6) (dollar volume over market cap),
+    which is free of later splits. A missing shares/marketcap value makes that day's turnover null,
+    and so the 20-session mean.
+    """
+    lf = _prepare(prices, "feat_adv")
+    if shares is not None:
+        check_columns(shares, "shares", ("ticker", "date", "shares"))
+        lf = lf.join(shares.lazy().select("ticker", "date", "shares"), on=["ticker", "date"], how="left",
+                     maintain_order="left", validate="m:1")
+        turnover = _safe_div(V, pl.col("shares"))
+    elif daily is not None:
+        check_columns(daily, "daily", ("ticker", "date", "marketcap"), no_nulls=False)
+        lf = lf.join(daily.lazy().select("ticker", "date", "marketcap"), on=["ticker", "date"], how="left",
+                     maintain_order="left", validate="m:1")
+        turnover = _safe_div(DOLLAR_VOL, pl.col("marketcap") * 1e6)
+    else:
+        raise ValueError("feat_adv: pass `daily` (marketcap) or `shares` to compute share turnover")
+    return build_table(lf.with_columns(turnover.alias("_turnover")), ADV)
+
+
+def feat_vol_sizing(prices: pl.DataFrame) -> pl.DataFrame:
+    """`vol_blend` = max(0.5 * vol_20 + 0.5 * vol_60, 5%) annualized, and 60-session downside vol."""
+    return build_table(_prepare(prices, "feat_vol_sizing"), VOL_SIZING)
+
+
+def feat_beta(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
+    """Beta, correlation and idiosyncratic vol vs `mkt_ret` (date, mkt_ret) over 63 and 252 sessions.
+
+    A session without a market return makes every window containing it null.
+    """
+    check_columns(mkt_ret, "mkt_ret", ("date", "mkt_ret"))
+    dup = mkt_ret.filter(pl.col("date").is_duplicated())
+    if dup.height:
+        raise ValueError(f"mkt_ret: duplicate date {dup['date'][0]}")
+    lf = _prepare(prices, "feat_beta").join(
+        mkt_ret.lazy().select("date", "mkt_ret"), on="date", how="left", maintain_order="left"
+    )
+    return build_table(lf, BETA)
+
+
+# --------------------------------------------------------------------------------------------- targets
+TARGET_HORIZONS = (1, 5, 21)
+LABEL_HORIZON = 5
+TOP_QUINTILE = 0.8
+
+
+def feat_targets(prices: pl.DataFrame, universe: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Forward returns ret_{1,5,21}d_f = closeadj[t+h] / closeadj[t] - 1 in the ticker's own sessions,
+    `label_end_date` (the session the 5-day horizon ends on; purge on it) and `label_top_quintile_5d`.
+
+    THE ONLY LOOK-AHEAD TABLE: never a feature. Rows whose horizon runs past the stored history are
+    null. Forward returns come from the full price history; if `universe` (ticker, date) is given the
+    output keeps only those rows, and the label's cross-section per date is the rows returned:
+    1 when ret_5d_f ranks in the top 20% of its date (average rank / count > 0.8), else 0, null where
+    ret_5d_f is null.
+    """
+    lf = _prepare(prices, "feat_targets").with_columns(pl.len().over("ticker").alias("_n"))
+    left = pl.col("_n") - 1 - pl.col(IDX)  # sessions of this ticker after the row
+
+    def fwd(e: pl.Expr, h: int) -> pl.Expr:
+        return pl.when(left >= h).then(e)
+
+    lf = lf.select(
+        "ticker", "date",
+        *(fwd(CA.shift(-h) / CA - 1.0, h).alias(f"ret_{h}d_f") for h in TARGET_HORIZONS),
+        fwd(pl.col("date").shift(-LABEL_HORIZON), LABEL_HORIZON).alias("label_end_date"),
+    )
+    if universe is not None:
+        check_columns(universe, "universe", ("ticker", "date"))
+        lf = lf.join(universe.lazy().select("ticker", "date").unique(), on=["ticker", "date"], how="semi",
+                     maintain_order="left")
+    y = pl.col(f"ret_{LABEL_HORIZON}d_f")
+    pct = y.rank("average").over("date") / y.count().over("date")
+    return lf.with_columns(
+        pl.when(y.is_not_null()).then((pct > TOP_QUINTILE).cast(pl.Int8)).alias("label_top_quintile_5d")
+    ).collect()
+
+
+def label_end_dates(dates: pl.Series, horizon: int = LABEL_HORIZON) -> pl.Series:
+    """XNYS session `horizon` sessions after each date (the calendar, not a ticker's own rows)."""
+    from kairos_dagster import calendar as cal
+
+    if dates.null_count():
+        raise ValueError("label_end_dates: dates contain nulls")
+    if dates.len() == 0:
+        return pl.Series("label_end_date", [], dtype=pl.Date)
+    lo, hi = dates.min(), dates.max()
+    days = cal.sessions_array(lo, cal.sessions_offset(hi, horizon + 5))
+    arr = dates.to_numpy().astype("datetime64[D]")
+    pos = np.searchsorted(days, arr, side="right") - 1 + horizon
+    return pl.Series("label_end_date", days[pos]).cast(pl.Date)
+
+
+# --------------------------------------------------------------------------------------------- registry
+PRICE_ACTION = _price_action()
+TREND = _trend()
+STATISTICAL = _statistical()
+VOL_VOLATILITY = _vol_volatility()
+PRICE_SHAPE = _price_shape()
+ADV = _adv()
+VOL_SIZING = _vol_sizing()
+BETA = _beta()
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What the asset layer needs to wire a table: the pure function, its inputs (positional, by
+    warehouse/asset name), its value columns, and the sessions of history it reads before its first
+    output date (`lookback_sessions`) or after its last one (`lookahead_sessions`, targets only)."""
+
+    name: str
+    fn: Callable[..., pl.DataFrame]
+    inputs: tuple[str, ...]
+    columns: tuple[str, ...]
+    lookback_sessions: int
+    lookahead_sessions: int = 0
+
+
+def _spec(name: str, fn: Callable[..., pl.DataFrame], feats: list[Feature], inputs: tuple[str, ...]) -> TableSpec:
+    lb = max(f.lookback for f in feats)
+    assert lb <= MAX_LOOKBACK, f"{name}: lookback {lb} exceeds {MAX_LOOKBACK}"
+    return TableSpec(name, fn, inputs, tuple(f.name for f in feats), lb)
+
+
+TECHNICAL_TABLES: dict[str, TableSpec] = {
+    s.name: s
+    for s in (
+        _spec("feat_price_action", feat_price_action, PRICE_ACTION, ("sep_base",)),
+        _spec("feat_trend", feat_trend, TREND, ("sep_base",)),
+        _spec("feat_statistical", feat_statistical, STATISTICAL, ("sep_base",)),
+        _spec("feat_vol_volatility", feat_vol_volatility, VOL_VOLATILITY, ("sep_base",)),
+        _spec("feat_price_shape", feat_price_shape, PRICE_SHAPE, ("sep_base",)),
+        _spec("feat_adv", feat_adv, ADV, ("sep_base", "daily")),
+        _spec("feat_vol_sizing", feat_vol_sizing, VOL_SIZING, ("sep_base",)),
+        _spec("feat_beta", feat_beta, BETA, ("sep_base", "mkt_ret")),
+        TableSpec(
+            "feat_targets", feat_targets, ("sep_base", "universe"),
+            (*(f"ret_{h}d_f" for h in TARGET_HORIZONS), "label_end_date", "label_top_quintile_5d"),
+            lookback_sessions=0, lookahead_sessions=max(TARGET_HORIZONS),
+        ),
+    )
+}
