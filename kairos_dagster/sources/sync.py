@@ -66,3 +66,45 @@ def fetch_tickers(source: MarketSource) -> pl.DataFrame:
         sample = dups.select("table", "ticker").unique().head(5).rows()
         raise ValueError(f"TICKERS has {dups.height} rows with a duplicate (table, ticker) key, e.g. {sample}")
     return df.sort(["table", "ticker"])
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """One table's state for `kairos sync --check-only`: what the warehouse holds versus the source."""
+
+    asset: str
+    held_latest: dt.date | None
+    source_latest: dt.date | None
+    first_week: str | None  # the partition range to materialize, None when up to date
+    last_week: str | None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.first_week is None
+
+
+def plan_sync(
+    asset: str,
+    held_latest: dt.date | None,
+    source_latest: dt.date | None,
+    *,
+    start_date: dt.date,
+    current_week: str,
+    force: bool = False,
+) -> SyncStatus:
+    """Which weeks a table needs: from the week of its latest held date (re-synced, it may be partial)
+    through the week of the source's latest date; everything from `start_date` when nothing is held."""
+    from kairos_dagster.calendar import week_start
+
+    if source_latest is None:
+        return SyncStatus(asset, held_latest, source_latest, None, None)
+    last = min(week_start(source_latest).isoformat(), current_week)
+    if held_latest is None:
+        first = week_start(start_date).isoformat()
+    elif held_latest >= source_latest and not force:
+        return SyncStatus(asset, held_latest, source_latest, None, None)
+    else:
+        first = max(week_start(min(held_latest, source_latest)).isoformat(), week_start(start_date).isoformat())
+    if first > last:
+        return SyncStatus(asset, held_latest, source_latest, None, None)
+    return SyncStatus(asset, held_latest, source_latest, first, last)

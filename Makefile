@@ -1,0 +1,38 @@
+# `make demo` and `make test` each bootstrap .venv on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kairos-installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: demo test bench ui lint venv clean-data
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip uv >/dev/null
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/kairos demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check kairos_dagster kairos_dagster_tests benchmarks
+
+clean-data:
+	rm -rf data/kairos.duckdb data/kairos.duckdb.wal data/models outputs .dagster_home

@@ -1,0 +1,74 @@
+"""Run asset selections through the Dagster instance, so CLI runs show up in the UI's run history."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    define_asset_job,
+)
+
+from kairos_dagster.partitions import WEEKLY
+from kairos_dagster.settings import PROJECT_ROOT
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to the repository's .dagster_home with the project's dagster.yaml in it."""
+    home = Path(os.environ.get("DAGSTER_HOME") or (PROJECT_ROOT / ".dagster_home"))
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    source = PROJECT_ROOT / "dagster.yaml"
+    if not target.exists() and source.exists():
+        shutil.copyfile(source, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def get_instance() -> DagsterInstance:
+    dagster_home()
+    return DagsterInstance.get()
+
+
+def run_selection(
+    defs: Definitions,
+    selection: AssetSelection | Sequence[str],
+    *,
+    partition_key: str | None = None,
+    partition_range: tuple[str, str] | None = None,
+    run_config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    instance: DagsterInstance | None = None,
+    raise_on_error: bool = True,
+) -> ExecuteInProcessResult:
+    """Materialize `selection` for one partition, a range of partitions in a single run, or unpartitioned."""
+    if not isinstance(selection, AssetSelection):
+        selection = AssetSelection.assets(*[AssetKey(s) for s in selection])
+    run_tags = dict(tags or {})
+    if partition_range is not None:
+        start, end = partition_range
+        if start == end:
+            partition_key = start
+        else:
+            run_tags[RANGE_START_TAG], run_tags[RANGE_END_TAG] = start, end
+    # An ad-hoc job over the selection, built the way `dagster asset materialize` builds it.
+    adhoc = define_asset_job("kairos_cli_run", selection=selection, partitions_def=WEEKLY)
+    resolved = Definitions.merge(defs, Definitions(jobs=[adhoc])).resolve_job_def("kairos_cli_run")
+    return resolved.execute_in_process(
+        run_config=dict(run_config or {}),
+        instance=instance or get_instance(),
+        partition_key=partition_key,
+        tags=run_tags,
+        raise_on_error=raise_on_error,
+    )

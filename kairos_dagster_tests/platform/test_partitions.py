@@ -1,0 +1,28 @@
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from kairos_dagster.partitions import key_window, keys_between, weekly_partitions, window_dates
+
+NY = ZoneInfo("America/New_York")
+
+
+def test_keys_are_mondays_and_windows_start_at_midnight_new_york():
+    p = weekly_partitions(dt.date(2024, 1, 1))
+    keys = p.get_partition_keys(current_time=dt.datetime(2024, 3, 6, 12, tzinfo=NY))
+    assert keys[0] == "2024-01-01"
+    assert all(dt.date.fromisoformat(k).weekday() == 0 for k in keys)
+    w = p.time_window_for_partition_key("2024-03-04")
+    assert w.start == dt.datetime(2024, 3, 4, tzinfo=NY) and w.end == dt.datetime(2024, 3, 11, tzinfo=NY)
+    assert window_dates(w) == (dt.date(2024, 3, 4), dt.date(2024, 3, 11)) == key_window("2024-03-04")
+
+
+def test_current_week_exists_thanks_to_end_offset():
+    p = weekly_partitions(dt.date(2024, 1, 1))
+    # Thursday of a week whose Friday is a holiday: the current week must already be a partition.
+    keys = p.get_partition_keys(current_time=dt.datetime(2024, 3, 28, 8, tzinfo=NY))
+    assert keys[-1] == "2024-03-25"
+
+
+def test_keys_between():
+    p = weekly_partitions(dt.date(2024, 1, 1))
+    assert keys_between(p, dt.date(2024, 1, 3), dt.date(2024, 1, 16)) == ["2024-01-01", "2024-01-08", "2024-01-15"]

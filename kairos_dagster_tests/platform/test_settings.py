@@ -1,0 +1,38 @@
+import datetime as dt
+
+import pytest
+
+from kairos_dagster.settings import SettingsError, load_settings
+
+
+def test_defaults_without_key_are_synthetic():
+    s = load_settings({})
+    assert s.data_source == "synthetic"
+    assert s.start_date == dt.date(2016, 1, 4)
+    assert s.synthetic_tickers == 500 and s.synthetic_seed == 7
+    assert s.duckdb_path.name == "kairos.duckdb" and s.output_dir.name == "outputs"
+
+
+def test_key_switches_default_to_nasdaq():
+    assert load_settings({"NASDAQ_DATA_LINK_API_KEY": "k"}).data_source == "nasdaq"
+    assert load_settings({"NASDAQ_DATA_LINK_API_KEY": "k", "KAIROS_DATA_SOURCE": "synthetic"}).data_source == "synthetic"
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"KAIROS_START_DATE": "2016-01-05"}, "KAIROS_START_DATE"),  # a Tuesday
+        ({"KAIROS_START_DATE": "soon"}, "KAIROS_START_DATE"),
+        ({"KAIROS_SYNTHETIC_TICKERS": "many"}, "KAIROS_SYNTHETIC_TICKERS"),
+        ({"KAIROS_SYNTHETIC_TICKERS": "3"}, "KAIROS_SYNTHETIC_TICKERS"),
+        ({"KAIROS_SYNTHETIC_SEED": "-1"}, "KAIROS_SYNTHETIC_SEED"),
+        ({"KAIROS_DATA_SOURCE": "bloomberg"}, "KAIROS_DATA_SOURCE"),
+        ({"KAIROS_DATA_SOURCE": "nasdaq"}, "NASDAQ_DATA_LINK_API_KEY"),
+        ({"KAIROS_ML_RETRAIN_WEEKS": "0"}, "KAIROS_ML_RETRAIN_WEEKS"),
+        ({"KAIROS_XGB_DEVICE": "tpu"}, "KAIROS_XGB_DEVICE"),
+        ({"KAIROS_AUTO_PAPER": "maybe"}, "KAIROS_AUTO_PAPER"),
+    ],
+)
+def test_bad_values_name_the_variable(env, name):
+    with pytest.raises(SettingsError, match=name):
+        load_settings(env)

@@ -1,0 +1,108 @@
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import polars as pl
+import pytest
+
+from kairos_dagster.warehouse import store
+
+D = dt.date
+
+
+def _week(start: dt.date, value: float, tickers=("AAA", "BBB")) -> pl.DataFrame:
+    days = [start + dt.timedelta(days=i) for i in range(5)]
+    return pl.DataFrame(
+        {"ticker": [t for t in tickers for _ in days], "date": days * len(tickers), "close": [value] * (5 * len(tickers))}
+    )
+
+
+def test_replace_window_is_idempotent_and_scoped(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with store.connect(path) as con:
+        store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 1), D(2024, 1, 8))
+        store.replace_window(con, "prices", _week(D(2024, 1, 8), 2.0), "date", D(2024, 1, 8), D(2024, 1, 15))
+        before = store.read_window(con, "prices", None, None, None)
+        for _ in range(3):
+            store.replace_window(con, "prices", _week(D(2024, 1, 8), 2.0), "date", D(2024, 1, 8), D(2024, 1, 15))
+        after = store.read_window(con, "prices", None, None, None)
+        assert after.equals(before)
+        # a new version of week 2 replaces only week 2
+        store.replace_window(con, "prices", _week(D(2024, 1, 8), 3.0, ("AAA",)), "date", D(2024, 1, 8), D(2024, 1, 15))
+        got = store.read_window(con, "prices", "date", D(2024, 1, 1), D(2024, 1, 15))
+        assert got.filter(pl.col("date") < D(2024, 1, 8)).height == 10
+        assert got.filter(pl.col("date") >= D(2024, 1, 8)).get_column("close").to_list() == [3.0] * 5
+
+
+def test_rows_outside_the_window_are_refused(tmp_path):
+    with store.connect(tmp_path / "w.duckdb") as con:
+        with pytest.raises(store.WarehouseError, match="outside the partition window"):
+            store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 2), D(2024, 1, 8))
+        assert not store.table_exists(con, "prices")
+
+
+def test_new_columns_are_added_and_missing_table_is_a_clear_error(tmp_path):
+    with store.connect(tmp_path / "w.duckdb") as con:
+        with pytest.raises(store.WarehouseError, match="materialize the asset prices"):
+            store.read_window(con, "prices", "date", None, None)
+        store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 1), D(2024, 1, 8))
+        wider = _week(D(2024, 1, 8), 2.0).with_columns(pl.lit(5.0).alias("volume"))
+        store.replace_window(con, "prices", wider, "date", D(2024, 1, 8), D(2024, 1, 15))
+        got = store.read_window(con, "prices", None, None, None)
+        assert got.columns == ["ticker", "date", "close", "volume"]
+        assert got.filter(pl.col("date") < D(2024, 1, 8)).get_column("volume").null_count() == 10
+
+
+def test_failed_insert_rolls_back_the_delete(tmp_path):
+    with store.connect(tmp_path / "w.duckdb") as con:
+        store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 1), D(2024, 1, 8))
+        bad = _week(D(2024, 1, 1), 1.0).with_columns(pl.lit("x").alias("close"))  # text into a DOUBLE column
+        with pytest.raises(store.WarehouseError, match="prices"):
+            store.replace_window(con, "prices", bad, "date", D(2024, 1, 1), D(2024, 1, 8))
+        assert store.read_window(con, "prices", None, None, None).get_column("close").to_list() == [1.0] * 10
+
+
+WRITER = textwrap.dedent(
+    """
+    import datetime as dt, pathlib, sys, time
+    import polars as pl
+    from kairos_dagster.warehouse import store
+    path, flag = sys.argv[1], pathlib.Path(sys.argv[2])
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(5)]
+    df = pl.DataFrame({"ticker": ["AAA"] * 5, "date": days, "close": [99.0] * 5})
+    def hang():
+        flag.write_text("deleted")
+        time.sleep(600)
+    with store.connect(path) as con:
+        store.replace_window(con, "prices", df, "date", dt.date(2024, 1, 1), dt.date(2024, 1, 8), after_delete=hang)
+    """
+)
+
+
+def test_writer_killed_between_delete_and_insert_leaves_previous_rows(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with store.connect(path) as con:
+        store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 1), D(2024, 1, 8))
+        before = store.read_window(con, "prices", None, None, None)
+    flag = tmp_path / "flag"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(flag)], env=os.environ.copy())
+    try:
+        for _ in range(600):
+            if flag.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert flag.exists(), "the writer never reached the point between delete and insert"
+        # The delete has run inside the open transaction; kill the process the hard way.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with duckdb.connect(str(path)) as con:
+        after = store.read_window(con, "prices", None, None, None)
+    assert after.equals(before)
