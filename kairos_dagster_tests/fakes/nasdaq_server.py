@@ -121,7 +121,9 @@ class FakeNasdaqServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-nasdaq", daemon=True)
+        # A short poll interval makes stop() quick (shutdown waits for the next poll).
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="fake-nasdaq", daemon=True)
         self._thread.start()
         return self.base_url
 
@@ -176,6 +178,9 @@ class FakeNasdaqServer:
     def _pick_fault(self, has_cursor: bool) -> str | None:
         with self._lock:
             if self._forced:
+                # A forced invalid-cursor fault waits for a call that carries a cursor.
+                if self._forced[0] == "cursor" and not has_cursor:
+                    return None
                 return self._forced.popleft()
             if self.fault_rate and self._rng.random() < self.fault_rate:
                 choices = [f for f in self.faults if f != "cursor" or has_cursor]
@@ -210,9 +215,7 @@ class FakeNasdaqServer:
 
         cursor_id = query.get("qopts.cursor_id")
         fault = self._pick_fault(cursor_id is not None)
-        if fault == "slow":
-            time.sleep(self.slow_seconds)  # the client has timed out by now; we answer anyway
-        elif fault == "drop":
+        if fault == "drop":
             return 0, b"", "drop"
         elif fault in _ERRORS:
             return _error(fault)
@@ -284,9 +287,9 @@ class FakeNasdaqServer:
             elif kind == "width" and rows:
                 rows[len(rows) // 2] = rows[len(rows) // 2][:-1]
             elif kind == "wrong_type" and rows:
-                i = next((j for j, c in enumerate(columns) if c["type"] != "String"), None)
+                i = next((j for j, c in enumerate(columns) if c["type"] not in ("String", "Date")), None)
                 if i is not None:
-                    rows[0][i] = "not-a-" + columns[i]["type"].lower()
+                    rows[0][i] = "not-a-number"
         with self._lock:
             if malformed is not None and malformed[1] == page:
                 self.counts["malformed"] += 1
@@ -336,8 +339,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         status, body, outcome = self.fake.handle(unquote(parts.path), query, self.headers.get("x-api-token"))
-        with self.fake._lock:
+        with self.fake._lock:  # counted before any delay, so a test sees it once the client moved on
             self.fake.counts[outcome] += 1
+        if outcome == "slow":
+            time.sleep(self.fake.slow_seconds)  # the client has timed out by now; we answer anyway
         if status == 0:  # "drop": close the connection without an answer
             self.close_connection = True
             return
