@@ -185,6 +185,10 @@ class NasdaqDataLinkClient:
                 unknown = [c for c in columns if c not in table_schema.columns]
                 if unknown:
                     raise ValueError(f"table {table}: unknown columns {unknown}")
+        empty = [k for k, v in (filters or {}).items()
+                 if v is None or (isinstance(v, (list, tuple, set, frozenset)) and not v)]
+        if empty:  # `col=None` or `col=` would silently match nothing (or everything)
+            raise ValueError(f"table {table}: filters {empty} have no value")
         params: dict[str, str] = {k: _encode(v) for k, v in (filters or {}).items()}
         if columns is not None:
             params["qopts.columns"] = ",".join(columns)

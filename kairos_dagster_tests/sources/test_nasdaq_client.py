@@ -104,6 +104,8 @@ def test_bad_filters_are_clear_errors(server) -> None:
         client.fetch_range("SEP", date(2024, 2, 1), date(2024, 1, 1))
     with pytest.raises(ValueError, match="unknown columns"):
         client.fetch_table("SEP", columns=["ticker", "closee"])
+    with pytest.raises(ValueError, match=r"table SEP: filters \['ticker'\] have no value"):
+        client.fetch_table("SEP", {"ticker": []})
     with pytest.raises(ValueError, match="per_page"):
         make_client(server, per_page=10_001)
     assert server.total_calls == 0
