@@ -100,8 +100,13 @@ def neutralize(col: str | pl.Expr, group: str = "sector", by: By = ("date",)) ->
 
 
 def quantile_bucket(col: str | pl.Expr, n: int = 5, by: By = ("date",)) -> pl.Expr:
-    """Bucket 1..n by rank within the group (n=5: quintiles, 5 = highest). Ties share a bucket."""
+    """Bucket 1..n by rank within the group (n=5: quintiles, 5 = highest): floor((rank - 0.5) * n / count) + 1,
+    ranks averaged over ties (ties share a bucket)."""
     if n < 1:
         raise ValueError(f"quantile_bucket: n must be >= 1, got {n}")
-    b = (rank_pct(col, by) * n).ceil().clip(1, n).cast(pl.Int32)
-    return _alias(b, col)
+    keys = _keys(by)
+    x = clean(col)
+    # midpoint rule: symmetric for any group size (4 names in 5 buckets -> 1, 2, 4, 5)
+    pos = (x.rank("average").over(keys) - 0.5) * n / x.count().over(keys)
+    b = (pos.floor() + 1).clip(1, n).cast(pl.Int32)
+    return _alias(_null_if_key_null(b, keys), col)

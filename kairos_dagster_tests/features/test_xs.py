@@ -81,6 +81,8 @@ def test_quantile_bucket():
     df = pl.DataFrame({"date": [D1] * 10 + [D2] * 3, "x": [float(i) for i in range(10)] + [1.0, None, 2.0]})
     b = df.with_columns(b=xs.quantile_bucket("x", 5))["b"].to_list()
     assert b[:10] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    assert b[10:] == [3, None, 5]
+    assert b[10:] == [2, None, 4]  # two names in five buckets: symmetric
+    four = pl.DataFrame({"date": [D1] * 4, "x": [4.0, 3.0, 2.0, 1.0]}).with_columns(b=xs.quantile_bucket("x", 5))
+    assert four["b"].to_list() == [5, 4, 2, 1]
     with pytest.raises(ValueError):
         xs.quantile_bucket("x", 0)

@@ -1,0 +1,65 @@
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kairos_dagster import calendar
+from kairos_dagster.features import factor_report as fr
+
+
+def planted(n_tickers: int = 60, seed: int = 3) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    dates = calendar.sessions_between(dt.date(2023, 1, 2), dt.date(2023, 12, 29))
+    n = n_tickers * len(dates)
+    good = rng.normal(size=n)
+    noise = rng.normal(size=n)
+    y = 0.01 * good + 0.03 * rng.normal(size=n)
+    return pl.DataFrame(
+        {"ticker": np.tile([f"T{i}" for i in range(n_tickers)], len(dates)), "date": [d for d in dates for _ in range(n_tickers)],
+         "good": good, "noise": noise, "bad": -good, "ret_5d_f": y}
+    )
+
+
+def test_planted_factor_positive_noise_zero():
+    ic, summary = fr.factor_report(planted(), ["good", "noise", "bad"])
+    s = {r["factor"]: r for r in summary.iter_rows(named=True)}
+    assert s["good"]["mean_ic"] > 0.2 and s["good"]["t_stat"] > 10 and s["good"]["q5_minus_q1"] > 0.01
+    assert abs(s["noise"]["mean_ic"]) < 0.05 and abs(s["noise"]["t_stat"]) < 3
+    assert s["bad"]["mean_ic"] == pytest.approx(-s["good"]["mean_ic"])
+    # rebalance dates only: one period per trading week
+    assert s["good"]["n_periods"] == len(calendar.rebalance_dates_between(dt.date(2023, 1, 2), dt.date(2023, 12, 29)))
+    assert set(ic.columns) == {"factor", "date", "week", "ic", "q5_minus_q1", "n"}
+    assert (ic["week"].dt.weekday() == 1).all() and (ic["n"] == 60).all()
+    md = fr.to_markdown(summary)
+    assert md.splitlines()[0].startswith("| factor | mean_ic") and "| good |" in md
+    assert md.index("| good |") < md.index("| noise |")
+
+
+def test_hand_computed_ic_spread_and_stats():
+    d1, d2 = dt.date(2024, 1, 5), dt.date(2024, 1, 12)  # Fridays: rebalance dates
+    f = [1.0, 2.0, 3.0, 4.0, 5.0]
+    df = pl.DataFrame({
+        "ticker": list("ABCDE") * 2, "date": [d1] * 5 + [d2] * 5, "f": f + f,
+        "ret_5d_f": [0.01, 0.02, 0.03, 0.05, 0.04] + [0.05, 0.04, 0.03, 0.02, float("nan")],
+    })
+    ic, s = fr.factor_report(df, ["f"], min_names=4)
+    assert ic["ic"].to_list() == pytest.approx([0.9, -1.0])
+    assert ic["n"].to_list() == [5, 4]  # NaN target is missing, not counted
+    assert ic["q5_minus_q1"].to_list() == pytest.approx([0.03, -0.03])
+    row = s.row(0, named=True)
+    assert row["mean_ic"] == pytest.approx(-0.05) and row["std_ic"] == pytest.approx(np.std([0.9, -1.0], ddof=1))
+    assert row["t_stat"] == pytest.approx(-0.05 / row["std_ic"] * np.sqrt(2)) and row["n_periods"] == 2
+    # too few names: no IC, but the factor still appears in the summary
+    ic5, s5 = fr.factor_report(df, ["f"], min_names=6)
+    assert ic5["ic"].null_count() == 2 and s5["n_periods"].to_list() == [None]
+
+
+def test_sessions_mode_and_errors():
+    df = planted(n_tickers=20).filter(pl.col("date") <= dt.date(2023, 1, 31))
+    ic = fr.factor_ic(df, ["good"], periods="sessions")
+    assert ic.height == df["date"].n_unique()
+    with pytest.raises(ValueError, match="missing columns \\['nope'\\]"):
+        fr.factor_ic(df, ["nope"])
+    with pytest.raises(ValueError, match="periods"):
+        fr.factor_ic(df, ["good"], periods="monthly")
