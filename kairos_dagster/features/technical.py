@@ -74,19 +74,26 @@ def _price_action() -> list[Feature]:
 
 
 # --------------------------------------------------------------------------------------------- trend
-def _macd() -> list[Feature]:
+# Recursive and multi-stage indicators materialize their intermediates as helper columns, stage by
+# stage (stage k may read stages < k), so each smoother runs once over the column.
+def _c(name: str) -> pl.Expr:
+    return pl.col(name)
+
+
+def _macd() -> tuple[list[list[pl.Expr]], list[Feature]]:
     e12, lb12 = ema(C, 12)
     e26, lb26 = ema(C, 26)
-    macd = e12 - e26
-    sig, lb9 = ema(macd, 9)
+    sig, lb9 = ema(_c("_macd"), 9)
     lb_macd = max(lb12, lb26)
-    return [
-        Feature("ema_12", e12, lb12),
-        Feature("ema_26", e26, lb26),
+    stages = [[e12.alias("_ema12"), e26.alias("_ema26")], [(_c("_ema12") - _c("_ema26")).alias("_macd")],
+              [sig.alias("_macd_sig")]]
+    return stages, [
+        Feature("ema_12", _c("_ema12"), lb12),
+        Feature("ema_26", _c("_ema26"), lb26),
         # MACD line, signal (EMA 9 of MACD) and histogram, TA-Lib MACD(12, 26, 9)
-        Feature("macd", macd, lb_macd),
-        Feature("macd_signal", sig, lb_macd + lb9),
-        Feature("macd_hist", macd - sig, lb_macd + lb9),
+        Feature("macd", _c("_macd"), lb_macd),
+        Feature("macd_signal", _c("_macd_sig"), lb_macd + lb9),
+        Feature("macd_hist", _c("_macd") - _c("_macd_sig"), lb_macd + lb9),
     ]
 
 
@@ -96,7 +103,7 @@ def true_range() -> pl.Expr:
     return pl.max_horizontal(H, pc) - pl.min_horizontal(L, pc)
 
 
-def _adx(n: int = 14) -> list[Feature]:
+def _adx(n: int = 14) -> tuple[list[list[pl.Expr]], list[Feature]]:
     up, dn = H - H.shift(1), L.shift(1) - L
     plus_dm = pl.when((up > dn) & (up > 0)).then(up).otherwise(0.0)
     minus_dm = pl.when((dn > up) & (dn > 0)).then(dn).otherwise(0.0)
@@ -104,55 +111,74 @@ def _adx(n: int = 14) -> list[Feature]:
     s_pdm, _ = wilder(plus_dm, n)
     s_mdm, _ = wilder(minus_dm, n)
     lb += 1  # the DMs and the true range read the previous bar
-    pdi = 100.0 * _safe_div(s_pdm, s_tr)
-    mdi = 100.0 * _safe_div(s_mdm, s_tr)
+    pdi = 100.0 * _safe_div(_c("_s_pdm"), _c("_s_tr"))
+    mdi = 100.0 * _safe_div(_c("_s_mdm"), _c("_s_tr"))
+    pdi_, mdi_ = _c("_pdi"), _c("_mdi")
     # DX = 0 when both DIs are 0 (flat market); TA-Lib then keeps the previous ADX instead
-    dx = pl.when(pdi + mdi > 0).then(100.0 * (pdi - mdi).abs() / (pdi + mdi)).otherwise(0.0)
-    adx, lb_adx = wilder(dx, n)
-    return [
-        Feature(f"plus_di_{n}", pdi, lb),
-        Feature(f"minus_di_{n}", mdi, lb),
+    dx = pl.when(pdi_ + mdi_ > 0).then(100.0 * (pdi_ - mdi_).abs() / (pdi_ + mdi_)).otherwise(0.0)
+    adx, lb_adx = wilder(_c("_dx"), n)
+    stages = [[s_tr.alias("_s_tr"), s_pdm.alias("_s_pdm"), s_mdm.alias("_s_mdm")],
+              [pdi.alias("_pdi"), mdi.alias("_mdi")], [dx.alias("_dx")], [adx.alias("_adx")]]
+    return stages, [
+        Feature(f"plus_di_{n}", pdi_, lb),
+        Feature(f"minus_di_{n}", mdi_, lb),
         # trend strength: Wilder average of DX, TA-Lib ADX
-        Feature(f"adx_{n}", adx, lb + lb_adx),
+        Feature(f"adx_{n}", _c("_adx"), lb + lb_adx),
     ]
 
 
-def _rsi(n: int = 14) -> Feature:
+def _rsi(n: int = 14) -> tuple[list[list[pl.Expr]], list[Feature]]:
     d = C - C.shift(1)
     gain, lb = wilder(pl.when(d > 0).then(d).otherwise(0.0), n)
     loss, _ = wilder(pl.when(d < 0).then(-d).otherwise(0.0), n)
+    g, lo = _c("_rsi_gain"), _c("_rsi_loss")
     # TA-Lib RSI: 100 * avg gain / (avg gain + avg loss), 0 when nothing moved
-    return Feature(f"rsi_{n}", pl.when(gain + loss > 0).then(100.0 * gain / (gain + loss)).otherwise(0.0), lb + 1)
+    rsi = pl.when(g + lo > 0).then(100.0 * g / (g + lo)).otherwise(0.0)
+    return [[gain.alias("_rsi_gain"), loss.alias("_rsi_loss")]], [Feature(f"rsi_{n}", rsi, lb + 1)]
 
 
-def _aroon(n: int = 25) -> list[Feature]:
+def _aroon(n: int = 25) -> tuple[list[list[pl.Expr]], list[Feature]]:
     # TA-Lib AROON looks at n+1 bars; ties go to the most recent bar
-    hh, ll = H.rolling_max(n + 1), L.rolling_min(n + 1)
+    hh, ll = _c("_aroon_hh"), _c("_aroon_ll")
     since_high = pl.min_horizontal([pl.when(H.shift(j) == hh).then(pl.lit(j)) for j in range(n + 1)])
     since_low = pl.min_horizontal([pl.when(L.shift(j) == ll).then(pl.lit(j)) for j in range(n + 1)])
-    up = 100.0 * (n - since_high) / n
-    down = 100.0 * (n - since_low) / n
-    return [
+    stages = [[H.rolling_max(n + 1).alias("_aroon_hh"), L.rolling_min(n + 1).alias("_aroon_ll")],
+              [since_high.alias("_since_high"), since_low.alias("_since_low")]]
+    up = 100.0 * (n - _c("_since_high")) / n
+    down = 100.0 * (n - _c("_since_low")) / n
+    return stages, [
         Feature(f"aroon_up_{n}", up, n),
         Feature(f"aroon_down_{n}", down, n),
         Feature(f"aroon_osc_{n}", up - down, n),
     ]
 
 
+def _merge_stages(*parts: tuple[list[list[pl.Expr]], list[Feature]]) -> tuple[list[list[pl.Expr]], list[Feature]]:
+    depth = max(len(st) for st, _ in parts)
+    stages: list[list[pl.Expr]] = [[] for _ in range(depth)]
+    feats: list[Feature] = []
+    for st, fs in parts:
+        for k, stage in enumerate(st):
+            stages[k] += stage
+        feats += fs
+    return stages, feats
+
+
 SMA_WINDOWS = (10, 20, 50, 200)
 SLOPE_WINDOWS = (20, 60)
 
 
-def _trend() -> list[Feature]:
-    return [
+def _trend() -> tuple[list[list[pl.Expr]], list[Feature]]:
+    stages, feats = _merge_stages(_macd(), _adx(14), _rsi(14), _aroon(25))
+    by_name = {f.name: f for f in feats}
+    return stages, [
         # close relative to its simple moving average
         *(Feature(f"sma_ratio_{w}", C / C.rolling_mean(w) - 1.0, w - 1) for w in SMA_WINDOWS),
-        *_macd(),
-        *_adx(14),
-        _rsi(14),
+        *(by_name[k] for k in ("ema_12", "ema_26", "macd", "macd_signal", "macd_hist")),
+        *(by_name[k] for k in ("adx_14", "plus_di_14", "minus_di_14", "rsi_14")),
         # OLS slope of log(closeadj) per session: drift of the trend
         *(Feature(f"slope_{w}", lin_slope(CA.log(), w), w - 1) for w in SLOPE_WINDOWS),
-        *_aroon(25),
+        *(by_name[k] for k in ("aroon_up_25", "aroon_down_25", "aroon_osc_25")),
     ]
 
 
@@ -216,10 +242,14 @@ def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
     ]
 
 
-def _vol_volatility() -> list[Feature]:
-    atr, lb_atr = wilder(true_range(), 14)
+def _vol_volatility_helpers() -> list[list[pl.Expr]]:
     signed_vol = pl.when(C > C.shift(1)).then(V).when(C < C.shift(1)).then(-V).otherwise(0.0)  # noqa: SIM300
-    obv = signed_vol.rolling_sum(OBV_WINDOW)
+    return [[wilder(true_range(), 14)[0].alias("_atr"), signed_vol.rolling_sum(OBV_WINDOW).alias("_obv")]]
+
+
+def _vol_volatility() -> list[Feature]:
+    _, lb_atr = wilder(true_range(), 14)
+    atr, obv = _c("_atr"), _c("_obv")
     return [
         # close-to-close realized volatility, annualized
         *(Feature(f"vol_{w}", realized_vol(w), w) for w in VOL_WINDOWS),
@@ -344,7 +374,7 @@ def feat_price_action(prices: pl.DataFrame) -> pl.DataFrame:
 
 def feat_trend(prices: pl.DataFrame) -> pl.DataFrame:
     """SMA ratios, EMA 12/26, MACD, ADX/DI, RSI (TA-Lib definitions), log-price slopes, Aroon."""
-    return build_table(_prepare(prices, "feat_trend"), TREND)
+    return build_table(_prepare(prices, "feat_trend"), TREND, helpers=TREND_HELPERS)
 
 
 def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
@@ -354,7 +384,7 @@ def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
 
 def feat_vol_volatility(prices: pl.DataFrame) -> pl.DataFrame:
     """Realized / range volatilities, ATR, Bollinger, volume z-score, OBV, volume ratio."""
-    return build_table(_prepare(prices, "feat_vol_volatility"), VOL_VOLATILITY)
+    return build_table(_prepare(prices, "feat_vol_volatility"), VOL_VOLATILITY, helpers=_vol_volatility_helpers())
 
 
 def feat_price_shape(prices: pl.DataFrame) -> pl.DataFrame:
@@ -465,7 +495,7 @@ def label_end_dates(dates: pl.Series, horizon: int = LABEL_HORIZON) -> pl.Series
 
 # --------------------------------------------------------------------------------------------- registry
 PRICE_ACTION = _price_action()
-TREND = _trend()
+TREND_HELPERS, TREND = _trend()
 STATISTICAL = _statistical()
 VOL_VOLATILITY = _vol_volatility()
 PRICE_SHAPE = _price_shape()
