@@ -19,12 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import numpy as np
 import polars as pl
 
 from kairos_dagster.sources import schemas
@@ -357,52 +356,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet; never log the key
         pass
-
-
-# ---------------------------------------------------------------------- small hand-made provider
-
-
-def handmade_provider(n_tickers: int = 6, n_days: int = 30, seed: int = 1,
-                      start: date = date(2024, 1, 2)) -> Callable[[str], pl.DataFrame]:
-    """Tiny deterministic SHARADAR-shaped tables (every schema column, some nulls) for client tests."""
-    tickers = [f"T{i:03d}" for i in range(n_tickers)]
-    days = [start + timedelta(days=i) for i in range(n_days)]
-
-    def frame(ts: schemas.TableSchema, n: int, keys: dict[str, list[Any]]) -> pl.DataFrame:
-        # One generator per table, so a table is the same on every call.
-        rng = np.random.default_rng([seed, *ts.name.encode()])
-        cols: dict[str, Any] = {}
-        for name, dtype in ts.columns.items():
-            if name in keys:
-                cols[name] = keys[name]
-            elif dtype == pl.Date:
-                cols[name] = [start + timedelta(days=int(d)) for d in rng.integers(0, n_days, n)]
-            elif dtype == pl.Float64:
-                v = rng.normal(100, 30, n).round(4)
-                cols[name] = [None if rng.random() < 0.05 else float(x) for x in v]
-            elif dtype == pl.Int64:
-                cols[name] = [int(x) for x in rng.integers(0, 10_000, n)]
-            else:
-                cols[name] = [f"{name}-{int(x)}" for x in rng.integers(0, 50, n)]
-        return pl.DataFrame(cols, schema=ts.polars_schema)
-
-    def provider(name: str) -> pl.DataFrame:
-        ts = schemas.schema(name)
-        if ts.name in ("SEP", "DAILY"):
-            n = n_tickers * n_days
-            keys = {"ticker": [t for t in tickers for _ in days], "date": days * n_tickers}
-        elif ts.name == "SF1":
-            n = n_tickers * 2 * 3
-            keys = {"ticker": [t for t in tickers for _ in range(6)],
-                    "dimension": ["ARQ", "ART", "MRQ"] * (2 * n_tickers),
-                    "datekey": [days[(i * 7) % n_days] for i in range(n)]}
-        elif ts.name == "SF2":
-            n = n_tickers * 5
-            keys = {"ticker": [t for t in tickers for _ in range(5)],
-                    "filingdate": [days[(i * 3) % n_days] for i in range(n)], "rownum": list(range(n))}
-        else:
-            n = n_tickers * 3
-            keys = {"ticker": [t for t in tickers for _ in range(3)]}
-        return frame(ts, n, keys)
-
-    return provider

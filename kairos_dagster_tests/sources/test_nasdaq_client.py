@@ -19,24 +19,37 @@ from kairos_dagster.sources.nasdaq import (
     NasdaqPageError,
     redact,
 )
-from kairos_dagster_tests.fakes.nasdaq_server import FakeNasdaqServer, handmade_provider
+from kairos_dagster.sources.synthetic import SyntheticMarket
+from kairos_dagster_tests.fakes.nasdaq_server import FakeNasdaqServer
 
 KEY = "sEcReT-kEy-4242"
-TIMEOUT = 0.25  # client timeout; the fake's slow fault answers after SLOW seconds
-SLOW = 0.6
+TIMEOUT = 0.5  # client timeout; the fake's slow fault answers after SLOW seconds
+SLOW = 1.0
+PER_PAGE = 200
+# The fake serves six months of a small synthetic market: SEP is several pages at PER_PAGE.
+START, END = date(2023, 10, 1), date(2024, 3, 31)
 
 
 @pytest.fixture(scope="module")
 def provider() -> Callable[[str], pl.DataFrame]:
+    market = SyntheticMarket(seed=7, n_tickers=12)
     tables: dict[str, pl.DataFrame] = {}
-    make = handmade_provider(n_tickers=6, n_days=30, seed=3)
 
     def cached(name: str) -> pl.DataFrame:
         if name not in tables:
-            tables[name] = make(name)
+            dated = schemas.schema(name).pit_column is not None
+            tables[name] = market.table(name, START, END) if dated else market.table(name)
         return tables[name]
 
+    # Generate up front: a first request that waits for generation would time out in the client.
+    for name in ("SEP", "SF1", "SF2", "SF3", "TICKERS"):
+        cached(name)
+
     return cached
+
+
+def n_pages(rows: int, per_page: int = PER_PAGE) -> int:
+    return max(1, -(-rows // per_page))
 
 
 @pytest.fixture
@@ -48,7 +61,7 @@ def server(provider: Callable[[str], pl.DataFrame]) -> Iterator[FakeNasdaqServer
 
 def make_client(server: FakeNasdaqServer, **kw) -> NasdaqDataLinkClient:
     key = kw.pop("api_key", KEY)
-    opts = {"timeout": TIMEOUT, "backoff_base": 0.001, "backoff_max": 0.01, "per_page": 40, **kw}
+    opts = {"timeout": TIMEOUT, "backoff_base": 0.001, "backoff_max": 0.01, "per_page": PER_PAGE, **kw}
     return NasdaqDataLinkClient(key, server.base_url, **opts)
 
 
@@ -59,39 +72,53 @@ def test_paging_returns_every_row_once_in_schema(server, provider) -> None:
     client = make_client(server)
     got = client.fetch_table("SEP")
     expected = provider("SEP")
-    assert expected.height == 180
+    pages = n_pages(expected.height)
+    assert pages >= 3 and expected.height % PER_PAGE  # several pages, the last one partial
     assert_frame_equal(got, expected)  # exact columns, order, dtypes and rows
     assert got.schema == schemas.SEP.polars_schema
-    assert server.counts["ok"] == 5  # 180 rows / 40 a page
+    assert server.counts["ok"] == pages
     params = [r["params"] for r in server.requests]
     assert all(r["auth"] == "query" for r in server.requests)
-    assert all(p["qopts.per_page"] == "40" for p in params)
+    assert all(p["qopts.per_page"] == str(PER_PAGE) for p in params)
     assert "qopts.cursor_id" not in params[0]
-    assert len({p["qopts.cursor_id"] for p in params[1:]}) == 4
+    assert len({p["qopts.cursor_id"] for p in params[1:]}) == pages - 1
+
+
+def test_untimed_table_with_integer_columns(server, provider) -> None:
+    got = make_client(server).fetch_table("TICKERS")
+    assert got.schema == schemas.TICKERS.polars_schema
+    assert_frame_equal(got, provider("TICKERS"))
 
 
 def test_range_and_list_filters(server, provider) -> None:
     client = make_client(server)
     sep = provider("SEP")
-    got = client.fetch_range("SEP", date(2024, 1, 5), date(2024, 1, 9))
-    assert_frame_equal(got, sep.filter(pl.col("date").is_between(date(2024, 1, 5), date(2024, 1, 9))))
-    assert got.height == 6 * 5
-    assert server.requests[0]["params"]["date.gte"] == "2024-01-05"
-    assert server.requests[0]["params"]["date.lte"] == "2024-01-09"
+    days = sep["date"].unique().sort()
+    lo, hi = days[5], days[9]
+    got = client.fetch_range("SEP", lo, hi)
+    expected = sep.filter(pl.col("date").is_between(lo, hi))
+    assert 0 < got.height < sep.height
+    assert_frame_equal(got, expected)
+    assert server.requests[0]["params"]["date.gte"] == lo.isoformat()
+    assert server.requests[0]["params"]["date.lte"] == hi.isoformat()
 
-    got = client.fetch_table("SEP", {"ticker": ["T001", "T004"], "date.gt": date(2024, 1, 30)})
-    assert_frame_equal(got, sep.filter(pl.col("ticker").is_in(["T001", "T004"]),
-                                       pl.col("date") > date(2024, 1, 30)))
-    assert got.height == 2
+    pair = sep["ticker"].unique().sort()[:2].to_list()
+    got = client.fetch_table("SEP", {"ticker": pair, "date.gt": days[-4]})
+    assert_frame_equal(got, sep.filter(pl.col("ticker").is_in(pair), pl.col("date") > days[-4]))
+    assert got.height == 2 * 3
+    assert server.requests[-1]["params"]["ticker"] == ",".join(pair)
 
     sf1 = provider("SF1")
-    got = client.fetch_range("SF1", date(2024, 1, 8), None, {"dimension": ["ARQ", "ART"]})
-    expected = sf1.filter(pl.col("dimension").is_in(["ARQ", "ART"]), pl.col("datekey") >= date(2024, 1, 8))
+    mid = date(2024, 1, 1)
+    got = client.fetch_range("SF1", mid, None, {"dimension": ["ARQ", "ART"]})
+    expected = sf1.filter(pl.col("dimension").is_in(["ARQ", "ART"]), pl.col("datekey") >= mid)
     assert 0 < got.height < sf1.height
     assert_frame_equal(got, expected)
 
-    got = client.fetch_range("SF2", None, date(2024, 1, 10))
-    assert_frame_equal(got, provider("SF2").filter(pl.col("filingdate") <= date(2024, 1, 10)))
+    sf2 = provider("SF2")
+    got = client.fetch_range("SF2", None, mid)
+    assert 0 < got.height < sf2.height
+    assert_frame_equal(got, sf2.filter(pl.col("filingdate") <= mid))
 
 
 def test_bad_filters_are_clear_errors(server) -> None:
@@ -122,10 +149,10 @@ def test_column_selection(server, provider) -> None:
 
 def test_latest_date(server, provider) -> None:
     client = make_client(server)
-    assert client.latest_date("SEP", today=date(2024, 6, 1)) == provider("SEP")["date"].max()
-    assert client.latest_date("SF1", today=date(2024, 2, 1)) == provider("SF1")["datekey"].max()
+    assert client.latest_date("SEP", today=date(2024, 4, 5)) == provider("SEP")["date"].max()
+    assert client.latest_date("SF1", today=date(2024, 9, 1)) == provider("SF1")["datekey"].max()
     # Rows dated after `today` still count: it is the newest date the source holds.
-    assert client.latest_date("SF2", today=date(2023, 1, 1)) == provider("SF2")["filingdate"].max()
+    assert client.latest_date("SF2", today=date(2023, 6, 1)) == provider("SF2")["filingdate"].max()
 
 
 def test_latest_date_of_an_empty_table_is_none() -> None:
@@ -160,7 +187,7 @@ def test_each_transient_fault_is_retried(server, provider, fault) -> None:
     server.inject(fault, fault)  # two in a row on page 1
     assert_frame_equal(client.fetch_table("SEP"), provider("SEP"))
     assert server.counts[fault] == 2
-    assert server.counts["ok"] == 5
+    assert server.counts["ok"] == n_pages(provider("SEP").height)
     assert len(sleeps) == 2 and all(0 <= s <= 0.01 for s in sleeps)  # injected sleep, capped backoff
 
 
@@ -169,7 +196,7 @@ def test_invalid_cursor_restarts_the_query(server, provider) -> None:
     server.inject("cursor")  # hits the first call that carries a cursor (page 2)
     assert_frame_equal(client.fetch_table("SEP"), provider("SEP"))
     assert server.counts["cursor"] == 1
-    assert server.counts["ok"] == 1 + 5  # page 1, then the whole query again
+    assert server.counts["ok"] == 1 + n_pages(provider("SEP").height)  # page 1, then the whole query again
 
 
 def test_invalid_cursor_restarts_are_bounded(server) -> None:
@@ -219,7 +246,7 @@ def test_unknown_table_fails_at_once(server) -> None:
     ("kind", "message"),
     [
         ("missing_column", r"table SEP page 2: missing columns \['ticker'\]"),
-        ("width", "table SEP page 2: row 20 has 9 values but there are 10 columns"),
+        ("width", f"table SEP page 2: row {PER_PAGE // 2} has 9 values but there are 10 columns"),
         ("wrong_type", "table SEP page 2: column 'open' has a value of the wrong type"),
     ],
 )
@@ -262,17 +289,19 @@ def test_key_never_in_messages_logs_or_repr(server, caplog) -> None:
 
 def test_faulty_server_gives_the_same_tables(provider) -> None:
     """With a fault on 20% of calls the fetched tables equal the fault-free ones."""
-    tables = ("SEP", "SF1", "SF2")
+    # Page sizes that give each table several pages.
+    tables = {"SEP": 50, "SF1": 4, "SF2": 3}
     with FakeNasdaqServer(provider, api_key=KEY) as url:
-        clean_client = NasdaqDataLinkClient(KEY, url, per_page=25, timeout=TIMEOUT)
-        clean = {t: clean_client.fetch_range(t, None, None) for t in tables}
+        clean = {t: NasdaqDataLinkClient(KEY, url, per_page=n).fetch_range(t, None, None)
+                 for t, n in tables.items()}
     faulty = FakeNasdaqServer(provider, api_key=KEY, fault_rate=0.2, seed=5, slow_seconds=SLOW)
     with faulty as url:
-        client = NasdaqDataLinkClient(KEY, url, per_page=25, timeout=TIMEOUT, backoff_base=0.001,
-                                      backoff_max=0.01)
-        for t in tables:
+        for t, n in tables.items():
+            client = NasdaqDataLinkClient(KEY, url, per_page=n, timeout=TIMEOUT, backoff_base=0.001,
+                                          backoff_max=0.01)
+            assert n_pages(clean[t].height, n) >= 4
             assert_frame_equal(client.fetch_range(t, None, None), clean[t])
-            assert clean[t].height > 25  # several pages
     faults = faulty.total_calls - faulty.counts["ok"]
     assert faults >= 3, faulty.counts
     assert 0.05 < faults / faulty.total_calls < 0.4, faulty.counts
+    assert len(set(faulty.counts) - {"ok"}) >= 4, faulty.counts  # several kinds of fault, not one
