@@ -67,7 +67,8 @@ class Risk4Config:
         _require(0 <= self.lambda_tc < 1, "lambda_tc", self.lambda_tc, "in [0, 1)")
         _require(0 <= self.max_turnover <= 1, "max_turnover", self.max_turnover, "in [0, 1]")
         _require(self.target_vol > 0, "target_vol", self.target_vol, "> 0")
-        _require(self.max_gross > 0, "max_gross", self.max_gross, "> 0")
+        # Long-only cash account: vol targeting may only scale down (weights and picks sum to <= 1).
+        _require(0 < self.max_gross <= 1, "max_gross", self.max_gross, "in (0, 1] (no leverage)")
         _require(self.cov_window >= 2, "cov_window", self.cov_window, "at least 2")
         _require(2 <= self.cov_min_obs <= self.cov_window, "cov_min_obs", self.cov_min_obs,
                  "between 2 and cov_window")

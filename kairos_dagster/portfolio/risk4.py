@@ -172,6 +172,9 @@ def apply_caps(weights: pl.DataFrame, sector_caps: pl.DataFrame, max_position: f
     if total_b <= 0:
         return CapResult(weights.with_columns(pl.lit(0.0).alias("weight")), 1.0, True, "no positive alpha_z")
     b = b_all / total_b
+    # Shares below 1e-15 of the book are zero: they cannot matter, and a subnormal share would make the
+    # water level (cap / share) overflow.
+    b = np.where(b >= 1e-15, b, 0.0)
     codes, caps = _sector_codes(weights, sector_caps)
     n_sec = len(caps)
     pos = b > 0
@@ -426,7 +429,8 @@ def _validate_returns(returns: pl.DataFrame, signal_date: dt.date) -> None:
 
 
 def vol_scale(weights: pl.DataFrame, est_vol: float, sector_caps: pl.DataFrame, config: Risk4Config) -> float:
-    """k = min(target_vol / est_vol, max_gross, cap room); cap room keeps caps when max_gross > 1."""
+    """k = min(target_vol / est_vol, max_gross, cap room). max_gross <= 1, so k only scales down and caps
+    hold; the cap room term keeps them even so if a book arrives with a position at its cap and k > 1."""
     w = weights.filter(pl.col("weight") > 0)
     if w.height == 0 or est_vol <= 0:
         return 0.0
