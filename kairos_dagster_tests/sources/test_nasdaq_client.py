@@ -242,6 +242,12 @@ def test_unknown_table_fails_at_once(server) -> None:
     assert server.total_calls == 1 and server.counts["unknown_table"] == 1
 
 
+def test_rejected_request_is_not_retried(server) -> None:
+    with pytest.raises(NasdaqDataLinkError, match="table SEP page 1: request rejected.*HTTP 400 QECx04"):
+        make_client(server).fetch_table("SEP", {"tickr": "AAA"})  # a filter the server does not know
+    assert server.total_calls == 1 and server.counts["bad_filter"] == 1
+
+
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
