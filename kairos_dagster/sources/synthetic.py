@@ -72,6 +72,15 @@ def _d(x: np.ndarray) -> pl.Series:
     return pl.Series(x.astype("datetime64[D]")).cast(pl.Date)
 
 
+def _tick(st: sp.Static, i: np.ndarray) -> pl.Series:
+    """Ticker column for index array `i` (a polars gather: far cheaper than numpy unicode arrays)."""
+    return _ticker_series(st).gather(i)
+
+
+def _ticker_series(st: sp.Static) -> pl.Series:
+    return pl.Series("ticker", st.ticker.tolist(), dtype=pl.String)
+
+
 def _nan_to_null(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(pl.col(pl.Float64).fill_nan(None))
 
@@ -142,7 +151,7 @@ class SyntheticMarket:
         trend, vol = (a[t] for a in sp.regimes(self.seed))
         alpha = p.alpha_5d[t, i]
         return _nan_to_null(pl.DataFrame({
-            "ticker": st.ticker[i],
+            "ticker": _tick(st, i),
             "date": _d(sp.all_sessions()[t]),
             "expected_ret_5d": alpha + 5 * st.beta[i] * np.asarray(sp.MARKET_MU)[trend],
             "alpha_5d": alpha,
@@ -208,7 +217,7 @@ class SyntheticMarket:
                       * (1.0 + 0.5 * np.minimum(np.abs(r) / sig, 6.0)) * (1.0 + 0.3 * vol[t]))
         dates = _d(sp.all_sessions()[t])
         return pl.DataFrame({
-            "ticker": st.ticker[i], "date": dates, "open": open_, "high": high, "low": low, "close": close,
+            "ticker": _tick(st, i), "date": dates, "open": open_, "high": high, "low": low, "close": close,
             "volume": np.round(dollar_vol / close), "closeadj": px["closeadj"],
             "closeunadj": px["closeunadj"], "lastupdated": dates,
         })
@@ -255,7 +264,7 @@ class SyntheticMarket:
         ev = np.where(has, ev, mcap)
         with np.errstate(divide="ignore", invalid="ignore"):
             out = pl.DataFrame({
-                "ticker": st.ticker[i], "date": _d(sp.all_sessions()[t]), "ev": ev / 1e6,
+                "ticker": _tick(st, i), "date": _d(sp.all_sessions()[t]), "ev": ev / 1e6,
                 "evebit": ev / ttm_at("ebit"), "evebitda": ev / ttm_at("ebitda"), "marketcap": mcap / 1e6,
                 "pb": mcap / bs_at("equity"), "pe": mcap / ttm_at("netinc"), "ps": mcap / ttm_at("revenue"),
             })
@@ -268,9 +277,7 @@ class SyntheticMarket:
         q = self._quarterly()
         sess = sp.all_sessions()
         lo64, hi64 = np.datetime64(lo, "D"), np.datetime64(hi, "D")
-        # Quarters reported while listed (filing within the listing), by fundamentals-filing tickers.
-        valid = ((fu.dk_idx >= st.first_idx) & (fu.dk_idx <= st.last_idx) & st.has_fundamentals
-                 & (fu.dk_idx < len(sess)))
+        valid = sp.sf1_valid(fu, st)
         rp = fu.reportperiod[:, None]
         frames = []
         for dim in ("ARQ", "ART", "MRQ"):  # three dimensions, each vectorized over quarters x tickers
@@ -284,7 +291,6 @@ class SyntheticMarket:
                 vals["netinccmn"] = vals["netinc"]
             # Prices on the row's datekey (the session on or before it for MR rows dated a quarter end).
             t_px = np.searchsorted(sess, datekey[kq, ii], "right") - 1
-            t_px = np.clip(t_px, st.first_idx[ii], None)
             px = self._prices(p, st, t_px, ii)
             # As-reported share count: shares at the report period (split basis of that time).
             t_rp = np.clip(np.searchsorted(sess, fu.reportperiod[kq], "right") - 1, st.first_idx[ii], None)
@@ -318,7 +324,8 @@ class SyntheticMarket:
             frames.append(pl.DataFrame({
                 "ticker": st.ticker[ii], "dimension": np.full(len(kq), dim),
                 "calendardate": _d(rpd), "datekey": _d(datekey[kq, ii]), "reportperiod": _d(rpd),
-                "fiscalperiod": [f"{y}-Q{qq}" for y, qq in zip(year.tolist(), qtr.tolist(), strict=True)],
+                "fiscalperiod": pl.Series([f"{y}-Q{qq}" for y, qq in zip(year.tolist(), qtr.tolist(), strict=True)],
+                                          dtype=pl.String),
                 "lastupdated": _d(ar_dk), **vals,
             }))
         return _nan_to_null(pl.concat(frames, how="diagonal"))
@@ -427,7 +434,7 @@ class SyntheticMarket:
                                                     np.array(_INDUSTRIES)[st.industry_idx]))
         # scalemarketcap from the listing size (the live feed uses the max observed cap: not point-in-time).
         scale = np.array([lab for _, lab in _SCALES])[np.searchsorted([b for b, _ in _SCALES], st.mcap0)]
-        valid = (fu.dk_idx >= st.first_idx) & (fu.dk_idx <= st.last_idx)
+        valid = sp.sf1_valid(fu, st)
         any_q = valid.any(axis=0)
         first_q = fu.reportperiod[np.argmax(valid, axis=0)]
         last_q = fu.reportperiod[len(fu.reportperiod) - 1 - np.argmax(valid[::-1], axis=0)]

@@ -243,6 +243,13 @@ def fundamentals(seed: int, n: int) -> Fundamentals:
     )
 
 
+def sf1_valid(fu: Fundamentals, st: Static) -> np.ndarray:
+    """(quarters x tickers): quarters that have SF1 rows: ended and filed while listed, not an ETF."""
+    rp_idx = np.searchsorted(all_sessions(), fu.reportperiod, "right") - 1
+    return ((rp_idx[:, None] >= st.first_idx) & (fu.dk_idx <= st.last_idx) & st.has_fundamentals
+            & (fu.dk_idx < len(all_sessions())))
+
+
 def ttm(x: np.ndarray) -> np.ndarray:
     """Trailing four-quarter sum along axis 0 (the first three quarters sum what exists, scaled to 4)."""
     c = np.cumsum(x, axis=0)
@@ -371,7 +378,7 @@ def _build(seed: int, n: int, last_year: int) -> Panel:
     del filed
     kk = np.maximum(k_latest, 0)
     cols = np.arange(n)[None, :]
-    has_f = (k_latest >= 0) & (fu.dk_idx[kk, cols] >= st.first_idx) & st.has_fundamentals & alive
+    has_f = (k_latest >= 0) & sf1_valid(fu, st)[kk, cols] & alive
     k_latest = np.where(has_f, k_latest, -1).astype(np.int32)
     roe_ttm = ttm(fu.netinc) / fu.equity
     quality = np.where(has_f, roe_ttm[kk, cols], np.nan)
