@@ -250,3 +250,18 @@ def test_build_portfolio_end_to_end_and_prior_only_names():
     row = res3.picks.filter(pl.col("ticker") == low)
     assert row.height == 1 and row["rank"][0] is None and row["weight"][0] > 0
     assert res3.picks.get_column("rank").is_null().to_list()[-1]  # unranked names sort last
+
+
+def test_build_portfolio_at_5000_tickers_reports_timing(capsys):
+    import time
+
+    f = make_frame(5000, seed=11)
+    rets = make_returns(f.get_column("ticker").to_list())
+    first = build_portfolio(f, None, rets, ML_CONFIG)
+    t0 = time.perf_counter()
+    res = build_portfolio(f.with_columns(pl.col(A).reverse()), first.picks.select("ticker", "weight", "sector"),
+                          rets, ML_CONFIG)
+    elapsed = time.perf_counter() - t0  # reported, never asserted
+    with capsys.disabled():
+        print(f"\nbuild_portfolio: {res.n_eligible} eligible, {res.picks.height} positions in {elapsed:.3f}s")
+    assert res.n_eligible > 4000 and check_caps(res.picks, res.universe_sector_weights, 0.03) == []
