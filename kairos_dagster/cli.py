@@ -146,7 +146,7 @@ def sync_cmd(
             for t in chosen:
                 held[t.asset] = store.date_range(con, t.asset, t.partition_column)[1]
     for t in chosen:
-        st = plan_sync(t.asset, held.get(t.asset), source.latest_date(t.schema.name),
+        st = plan_sync(t.asset, held.get(t.asset), t.partition_date(source.latest_date(t.schema.name)),
                        start_date=settings.start_date, current_week=current_week, force=force)
         statuses.append(st)
         todo = "up to date" if st.up_to_date else f"needs weeks {st.first_week} .. {st.last_week}"

@@ -17,7 +17,6 @@ from dagster import (
     define_asset_job,
 )
 
-from kairos_dagster.partitions import WEEKLY
 from kairos_dagster.settings import PROJECT_ROOT
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -63,7 +62,7 @@ def run_selection(
         else:
             run_tags[RANGE_START_TAG], run_tags[RANGE_END_TAG] = start, end
     # An ad-hoc job over the selection, built the way `dagster asset materialize` builds it.
-    adhoc = define_asset_job("kairos_cli_run", selection=selection, partitions_def=WEEKLY)
+    adhoc = define_asset_job("kairos_cli_run", selection=selection)
     resolved = Definitions.merge(defs, Definitions(jobs=[adhoc])).resolve_job_def("kairos_cli_run")
     return resolved.execute_in_process(
         run_config=dict(run_config or {}),

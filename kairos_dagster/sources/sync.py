@@ -21,6 +21,12 @@ class SyncTable:
     def asset(self) -> str:
         return self.schema.warehouse_table
 
+    def partition_date(self, source_date: dt.date | None) -> dt.date | None:
+        """A source point-in-time date expressed in this table's partition column."""
+        if source_date is None or self.schema is not SF3:
+            return source_date
+        return source_date + dt.timedelta(days=SF3_KNOWN_LAG_DAYS)
+
 
 SYNC_TABLES: dict[str, SyncTable] = {
     t.asset: t

@@ -199,7 +199,7 @@ def read_window(
     sql = f"SELECT {select} FROM {ident(table)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
-    order = [c for c in ("ticker", column) if c and c in existing]
+    order = [c for c in ("ticker", column or "date") if c in existing]
     if order:
         sql += " ORDER BY " + ", ".join(ident(c) for c in order)
     return con.execute(sql, params).pl()
