@@ -493,7 +493,7 @@ def panel(seed: int, n: int, last_year: int) -> Panel:
             return cached
         built = _build(seed, n, last_year)
         _CACHE[(seed, n)] = built
-        # Bound memory: keep only the most recent few markets.
-        while len(_CACHE) > 3:
+        # Bound memory (a 5,000-ticker panel is ~2 GB): keep the two most recent markets.
+        while len(_CACHE) > 2:
             _CACHE.pop(next(iter(_CACHE)))
         return built
