@@ -8,7 +8,6 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import polars as pl
-from scipy.stats import rankdata
 
 ML_METRICS_SCHEMA = {
     "model_name": pl.String,
@@ -29,7 +28,7 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
         return math.nan
-    r = rankdata(np.asarray(p, dtype=np.float64))
+    r = pl.Series(np.asarray(p, dtype=np.float64)).rank("average").to_numpy()
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 

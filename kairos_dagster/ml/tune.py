@@ -10,7 +10,7 @@ Folds: the training dates are cut into ``n_folds + 1`` contiguous blocks; fold k
 k (k = 1..n_folds) and fits on rows whose label horizon ended before the block's first date minus
 ``embargo_weeks`` weeks (purge + embargo by label end date), an expanding window.
 
-Search space: max_depth 2..6, learning_rate 0.01..0.2 (log), num_boost_round 50..400, subsample
+Search space: max_depth 2..6, learning_rate 0.01..0.2 (log), num_boost_round max_boost_rounds/8..max_boost_rounds (log; default 400), subsample
 0.5..1, colsample_bytree 0.5..1, min_child_weight 1..100 (log), reg_lambda 1e-3..10 (log); CV fits
 use no early stopping (the fold's OOS block must not choose its own tree count).
 
@@ -62,11 +62,12 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str | optuna
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
+def suggest_params(trial: optuna.Trial, max_boost_rounds: int = 400) -> dict[str, Any]:
     return {
         "max_depth": trial.suggest_int("max_depth", 2, 6),
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
-        "num_boost_round": trial.suggest_int("num_boost_round", 50, 400, step=50),
+        "num_boost_round": trial.suggest_int("num_boost_round", max(5, max_boost_rounds // 8), max_boost_rounds,
+                                             log=True),
         "subsample": trial.suggest_float("subsample", 0.5, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
         "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 100.0, log=True),
@@ -105,7 +106,8 @@ def fold_score(oos: pl.DataFrame, proba: pl.Series, label: str, ret_col: str | N
 def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_trials: int = 8, seed: int,
          storage: str | Path | None = None, study_name: str, n_jobs: int = 1, n_folds: int = 3,
          embargo_weeks: int = 1, ret_col: str | None = "ret_5d_f", base_params: Mapping[str, Any] | None = None,
-         n_threads: int = 2, device: str = "cpu", worker: str | None = None) -> TuneResult:
+         n_threads: int = 2, device: str = "cpu", worker: str | None = None,
+         max_boost_rounds: int = 400) -> TuneResult:
     """Run ``n_trials`` more trials of the study and return the study's best parameters."""
     if ret_col is not None and ret_col not in train_frame.columns:
         raise DatasetError(f"tuning rows lack the return column {ret_col!r} the objective needs")
@@ -114,7 +116,7 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
     worker = worker or f"pid{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
-        params = {**base, **suggest_params(trial)}
+        params = {**base, **suggest_params(trial, max_boost_rounds)}
         trial.set_user_attr("worker", worker)
         scores = []
         for k, (fit, oos) in enumerate(folds):

@@ -1,0 +1,132 @@
+import datetime as dt
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kairos_dagster.calendar import rebalance_dates_between, sessions_between, sessions_offset
+from kairos_dagster.ml.dataset import (
+    DatasetError,
+    feature_matrix,
+    fit_categories,
+    label_end_dates,
+    training_rows,
+)
+from kairos_dagster.ml.train import predict_proba, train_classifier
+from kairos_dagster_tests.ml.synth import FEATURES, make_market
+
+LABEL = "label_top_quintile_5d"
+START, END = dt.date(2020, 1, 6), dt.date(2020, 12, 31)
+
+
+@pytest.fixture(scope="module")
+def market():
+    return make_market(START, END, n_tickers=40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def rows(market):
+    f, t = market
+    out, stats = training_rows(f, t, FEATURES, LABEL, start=START, end=dt.date(2020, 9, 30),
+                               label_end=dt.date(2020, 10, 7))
+    return out
+
+
+def test_label_end_dates_match_calendar():
+    days = sessions_between(dt.date(2020, 11, 20), dt.date(2021, 1, 8))
+    got = label_end_dates(pl.Series(days)).to_list()
+    assert got == [sessions_offset(d, 5) for d in days]
+
+
+def test_training_rows_are_weekly_rebalance_dates_inside_the_horizon(market, rows):
+    assert set(rows["date"].unique()) == set(rebalance_dates_between(START, dt.date(2020, 9, 30)))
+    assert rows["label_end_date"].max() <= dt.date(2020, 10, 7)
+    assert rows.height == 40 * rows["date"].n_unique()
+    daily, _ = training_rows(*market, FEATURES, LABEL, start=START, end=dt.date(2020, 3, 31),
+                             label_end=dt.date(2020, 4, 8), rows="daily")
+    assert daily["date"].n_unique() == len(sessions_between(START, dt.date(2020, 3, 31)))
+
+
+@pytest.mark.parametrize("features, match", [
+    (["f_signal_a", "ret_5d_f"], "feat_targets"),
+    (["f_signal_a", "label_top_quintile_5d"], "feat_targets"),
+    (["f_signal_a", "ret_21d_f"], "feat_targets"),
+    (["f_signal_a", "nope"], r"features is missing columns \['nope'\]"),
+])
+def test_targets_can_never_be_features(market, features, match):
+    f, t = market
+    f = f.with_columns(pl.lit(0.0).alias("ret_21d_f"))
+    with pytest.raises(DatasetError, match=match):
+        training_rows(f, t, features, LABEL, start=START, end=dt.date(2020, 6, 30), label_end=dt.date(2020, 7, 8))
+
+
+def test_bad_input_is_named(market):
+    f, t = market
+    kw = dict(start=START, end=dt.date(2020, 6, 30), label_end=dt.date(2020, 7, 8))
+    dup = pl.concat([f, f.filter((pl.col("ticker") == "T007") & (pl.col("date") == dt.date(2020, 3, 6)))])
+    with pytest.raises(DatasetError, match="ticker=T007 date=2020-03-06"):
+        training_rows(dup, t, FEATURES, LABEL, **kw)
+    inf = f.with_columns(pl.when((pl.col("ticker") == "T003") & (pl.col("date") == dt.date(2020, 2, 14)))
+                         .then(np.inf).otherwise(pl.col("f_noise_2")).alias("f_noise_2"))
+    rows_, _ = training_rows(inf, t, FEATURES, LABEL, **kw)
+    with pytest.raises(DatasetError, match=r"\['f_noise_2'\] at ticker=T003 date=2020-02-14"):
+        feature_matrix(rows_, FEATURES, fit_categories(rows_, FEATURES))
+    with pytest.raises(DatasetError, match="no rows on 1 training dates.*2020-05-15"):
+        training_rows(f.filter(pl.col("date") != dt.date(2020, 5, 15)), t, FEATURES, LABEL, **kw)
+    with pytest.raises(DatasetError, match="look-ahead"):
+        training_rows(f, t, FEATURES, LABEL, start=START, end=dt.date(2020, 6, 30), label_end=dt.date(2020, 7, 1))
+    bad = t.with_columns(pl.when(pl.col("ticker") == "T001").then(2).otherwise(pl.col(LABEL)).alias(LABEL))
+    with pytest.raises(DatasetError, match="must be 0/1.*ticker=T001"):
+        training_rows(f, bad, FEATURES, LABEL, **kw)
+
+
+def test_null_labels_are_dropped_and_counted(market):
+    f, t = market
+    t = t.with_columns(pl.when(pl.col("ticker") == "T000").then(None).otherwise(pl.col(LABEL)).alias(LABEL))
+    out, stats = training_rows(f, t, FEATURES, LABEL, start=START, end=dt.date(2020, 6, 30),
+                               label_end=dt.date(2020, 7, 8))
+    assert "T000" not in out["ticker"].to_list()
+    assert stats["rows_null_label"] == out["date"].n_unique()
+
+
+def test_categoricals_are_encoded_by_sorted_vocabulary_unseen_is_missing(rows):
+    cats = fit_categories(rows, FEATURES)
+    assert cats == {"sector": ["Energy", "Health", "Tech"]}
+    frame = rows.head(3).with_columns(pl.Series("sector", ["Tech", "Utilities", None]))
+    x = feature_matrix(frame, FEATURES, cats)
+    col = x[:, FEATURES.index("sector")]
+    assert col[0] == 2.0 and math.isnan(col[1]) and math.isnan(col[2])
+
+
+def test_training_is_deterministic_byte_for_byte(market, rows):
+    f, _ = market
+    params = {"num_boost_round": 80}
+    a = train_classifier(rows, FEATURES, LABEL, params, seed=11)
+    b = train_classifier(rows, FEATURES, LABEL, params, seed=11)
+    score = f.filter(pl.col("date") >= dt.date(2020, 10, 12))
+    pa, pb = predict_proba(a, score, FEATURES), predict_proba(b, score, FEATURES)
+    assert pa.to_numpy().tobytes() == pb.to_numpy().tobytes()
+    assert bytes(a.booster.save_raw("ubj")) == bytes(b.booster.save_raw("ubj"))
+    c = train_classifier(rows, FEATURES, LABEL, params, seed=12)
+    assert predict_proba(c, score).to_numpy().tobytes() != pa.to_numpy().tobytes()
+    assert pa.min() > 0 and pa.max() < 1 and pa.len() == score.height
+
+
+def test_early_stopping_on_purged_time_tail(rows):
+    m = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 400, "early_stopping_rounds": 10,
+                                                 "learning_rate": 0.3}, seed=1)
+    assert m.booster.num_boosted_rounds() == m.best_iteration + 1 < 400
+    n_dates = rows["date"].n_unique()
+    assert m.n_valid_rows == 40 * round(0.2 * n_dates)
+    assert m.n_fit_rows == 40 * (n_dates - round(0.2 * n_dates) - 1)  # one week purged before the tail
+    assert {"auc", "rank_ic", "icir"} <= set(m.valid_metrics)
+    assert m.feature_gain[0][0] in ("f_signal_a", "f_signal_b")
+    no_stop = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 25, "valid_fraction": 0}, seed=1)
+    assert no_stop.booster.num_boosted_rounds() == 25 and no_stop.n_valid_rows == 0
+
+
+def test_scoring_with_other_features_is_refused(rows):
+    m = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 5}, seed=1)
+    with pytest.raises(DatasetError, match="differ from the model"):
+        predict_proba(m, rows, FEATURES[::-1])

@@ -1,0 +1,138 @@
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import optuna
+import pytest
+
+from kairos_dagster.ml import registry
+from kairos_dagster.ml.dataset import training_rows
+from kairos_dagster.ml.train import predict_proba, train_classifier
+from kairos_dagster.ml.tune import cv_folds, tune
+from kairos_dagster_tests.ml.synth import FEATURES, make_market
+
+LABEL = "label_top_quintile_5d"
+START = dt.date(2020, 1, 6)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    f, t = make_market(START, dt.date(2020, 9, 30), n_tickers=40, seed=5)
+    out, _ = training_rows(f, t, FEATURES, LABEL, start=START, end=dt.date(2020, 8, 31),
+                           label_end=dt.date(2020, 9, 9))
+    return out
+
+
+def _save(model, tmp_path, version="2020-09-14_abc"):
+    return registry.save_model(model, tmp_path, "ml_v2", version, train_start=START,
+                               train_end=dt.date(2020, 8, 31), label_end=dt.date(2020, 9, 9))
+
+
+def test_save_load_round_trip_and_registry_row_in_duckdb(rows, tmp_path):
+    model = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 30}, seed=2)
+    path = _save(model, tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == ["card.json", "model.ubj"]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
+    card = json.loads((path / "card.json").read_text())
+    assert card["features"] == FEATURES and card["seed"] == 2 and card["rows"] == rows.height
+    assert card["label_end"] == "2020-09-09" and card["xgboost_version"]
+    loaded = registry.load_model(tmp_path, "ml_v2", "2020-09-14_abc")
+    assert predict_proba(loaded, rows).to_numpy().tobytes() == predict_proba(model, rows).to_numpy().tobytes()
+    frame = registry.registry_frame([registry.registry_row(tmp_path, "ml_v2", "2020-09-14_abc")])
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE ml_model_registry (model_name VARCHAR, model_version VARCHAR, train_start DATE,
+        train_end DATE, label_end DATE, created_at TIMESTAMPTZ, params_json VARCHAR, metrics_json VARCHAR,
+        artifact_path VARCHAR)""")
+    con.register("f", frame.to_arrow())
+    con.execute("INSERT INTO ml_model_registry SELECT * FROM f")
+    got = con.execute("SELECT model_version, label_end, json_extract(params_json, '$.max_depth') FROM ml_model_registry").fetchall()
+    assert got == [("2020-09-14_abc", dt.date(2020, 9, 9), "4")]
+
+
+def test_existing_version_is_reused_not_overwritten(rows, tmp_path):
+    first = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 10}, seed=2)
+    other = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 10}, seed=3)
+    path = _save(first, tmp_path)
+    before = (path / "model.ubj").read_bytes(), (path / "card.json").read_text()
+    assert _save(other, tmp_path) == path
+    assert ((path / "model.ubj").read_bytes(), (path / "card.json").read_text()) == before
+
+
+def test_failed_write_leaves_nothing_behind(rows, tmp_path):
+    model = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 5}, seed=2)
+    with pytest.raises(TypeError):  # card extra that is not JSON-serialisable
+        registry.save_model(model, tmp_path, "ml_v2", "v1", train_start=START, train_end=START,
+                            label_end=START, extra={"bad": object()})
+    assert not registry.has_model(tmp_path, "ml_v2", "v1")
+    assert list((tmp_path / "ml_v2").iterdir()) == []
+    with pytest.raises(registry.RegistryError):
+        registry.version_dir(tmp_path, "ml_v2", "../escape")
+
+
+def test_cv_folds_are_purged_and_embargoed(rows):
+    folds = cv_folds(rows, n_folds=3, embargo_weeks=1)
+    assert len(folds) == 3
+    for fit, oos in folds:
+        assert fit["label_end_date"].max() < oos["date"].min() - dt.timedelta(weeks=1)
+        assert fit["date"].min() == rows["date"].min()
+    assert folds[0][1]["date"].max() < folds[1][1]["date"].min()
+
+
+def test_tune_is_seeded_and_reproducible(rows):
+    kw = dict(n_trials=4, seed=7, n_folds=2, max_boost_rounds=40, n_threads=1)
+    a = tune(rows, FEATURES, LABEL, study_name="s", **kw)
+    b = tune(rows, FEATURES, LABEL, study_name="s", **kw)
+    assert a.best_params == b.best_params and a.summary["best_value"] == b.summary["best_value"]
+    assert a.summary["n_trials"] == 4 and a.summary["objective"] == "mean_rank_ic"
+    assert a.best_params["valid_fraction"] == 0.2  # final fit early-stops again
+    assert 2 <= a.best_params["max_depth"] <= 6
+
+
+def test_pruner_stops_weak_trials(rows):
+    res = tune(rows, FEATURES, LABEL, n_trials=10, seed=1, n_folds=3, study_name="p", max_boost_rounds=40,
+               n_threads=1)
+    assert res.summary["n_pruned"] >= 1 and res.summary["n_complete"] >= 3
+
+
+WORKER = textwrap.dedent("""
+    import datetime as dt, sys
+    from kairos_dagster.ml.dataset import training_rows
+    from kairos_dagster.ml.tune import tune
+    from kairos_dagster_tests.ml.synth import FEATURES, make_market
+    f, t = make_market(dt.date(2020, 1, 6), dt.date(2020, 9, 30), n_tickers=40, seed=5)
+    rows, _ = training_rows(f, t, FEATURES, "label_top_quintile_5d", start=dt.date(2020, 1, 6),
+                            end=dt.date(2020, 8, 31), label_end=dt.date(2020, 9, 9))
+    tune(rows, FEATURES, "label_top_quintile_5d", n_trials=3, seed=int(sys.argv[2]), n_folds=2,
+         storage=sys.argv[1], study_name="shared", worker="w" + sys.argv[2], n_threads=1,
+         max_boost_rounds=20)
+""")
+
+
+def test_two_processes_tune_one_study(tmp_path):
+    storage = str(tmp_path / "study.journal")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, storage, str(seed)]) for seed in (1, 2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    from kairos_dagster.ml.tune import resolve_storage
+    study = optuna.load_study(study_name="shared", storage=resolve_storage(storage, "shared"))
+    workers = [t.user_attrs["worker"] for t in study.trials]
+    assert sorted(workers) == ["w1", "w1", "w1", "w2", "w2", "w2"]
+    assert all(t.state.is_finished() for t in study.trials)
+
+
+def test_tuning_record_is_stored_once(tmp_path):
+    p = registry.save_tuning(tmp_path, "m", "tune_2020-04-06_x", {"best_params": {"max_depth": 3}})
+    registry.save_tuning(tmp_path, "m", "tune_2020-04-06_x", {"best_params": {"max_depth": 5}})
+    assert registry.load_tuning(tmp_path, "m", "tune_2020-04-06_x") == {"best_params": {"max_depth": 3}}
+    assert p.name == "tune_2020-04-06_x.json" and registry.load_tuning(tmp_path, "m", "other") is None
+
+
+def test_sqlite_storage_accumulates_trials_across_calls(rows, tmp_path):
+    kw = dict(n_trials=2, n_folds=2, max_boost_rounds=10, n_threads=1, study_name="lite")
+    tune(rows, FEATURES, LABEL, seed=1, storage=tmp_path / "t.db", worker="a", **kw)
+    res = tune(rows, FEATURES, LABEL, seed=2, storage=f"sqlite:///{tmp_path / 't.db'}", worker="b", **kw)
+    study = optuna.load_study(study_name="lite", storage=f"sqlite:///{tmp_path / 't.db'}")
+    assert [t.user_attrs["worker"] for t in study.trials] == ["a", "a", "b", "b"]
+    assert res.summary["n_trials"] == 4

@@ -1,0 +1,113 @@
+import datetime as dt
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from kairos_dagster.calendar import rebalance_dates_between, signal_date_for, week_sessions
+from kairos_dagster.ml.metrics import ML_METRICS_SCHEMA, ic_stats, rank_ic_by_date
+from kairos_dagster.ml.predict import TunerConfig, walk_forward_predict
+from kairos_dagster_tests.ml.synth import FEATURES, make_market
+
+ANCHOR = dt.date(2020, 1, 6)
+PARAMS = {"num_boost_round": 40, "max_depth": 3}
+KW = dict(features=FEATURES, anchor=ANCHOR, params=PARAMS, retrain_weeks=8, n_threads=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def market():
+    return make_market(ANCHOR, dt.date(2021, 3, 31), n_tickers=40, seed=9, strength=0.15)
+
+
+def mondays(first: dt.date, n: int) -> list[dt.date]:
+    return [first + dt.timedelta(weeks=i) for i in range(n)]
+
+
+def test_span_equals_week_by_week_and_models_are_reused(market, tmp_path):
+    f, t = market
+    weeks = mondays(dt.date(2020, 9, 28), 6)  # crosses the retrain point 2020-10-12 (anchor + 5 * 8 weeks)
+    span = walk_forward_predict(f, t, weeks, model_name="m", models_dir=tmp_path / "a", **KW)
+    single = pl.concat([
+        walk_forward_predict(f, t, [w], model_name="m", models_dir=tmp_path / "b", **KW).predictions
+        for w in reversed(weeks)
+    ]).sort(["date", "ticker"])
+    assert span.predictions.equals(single)
+    assert span.predictions["model_version"].n_unique() == 2
+    # every session of every requested week, every ticker given
+    sessions = [d for w in weeks for d in week_sessions(w)]
+    assert sorted(span.predictions["date"].unique().to_list()) == sessions
+    assert span.predictions.height == 40 * len(sessions)
+    assert span.predictions.columns == ["ticker", "date", "alpha_ml_v2_clf", "model_version"]
+    # a rerun reuses the saved models: it needs no training history at all
+    only_scored = f.filter(pl.col("date") >= weeks[0])
+    again = walk_forward_predict(only_scored, t, weeks, model_name="m", models_dir=tmp_path / "a", **KW)
+    assert again.predictions.equals(span.predictions)
+    assert again.registry.equals(span.registry)
+    # ... whereas a fresh registry refuses to train on truncated history
+    with pytest.raises(ValueError, match="features has no rows on .* training dates"):
+        walk_forward_predict(only_scored, t, weeks, model_name="m", models_dir=tmp_path / "c", **KW)
+
+
+def test_no_look_ahead_future_data_does_not_change_predictions(market, tmp_path):
+    f, t = market
+    week = dt.date(2020, 10, 19)  # model retrained at 2020-10-12 from labels ending by 2020-10-02
+    base = walk_forward_predict(f, t, [week], model_name="m", models_dir=tmp_path / "a", **KW)
+    plan = base.plans[week]
+    assert plan.label_end == dt.date(2020, 10, 2)
+    rng = np.random.default_rng(0)
+    # scramble every label and return whose row date is after train_end, and all later features
+    t2 = t.with_columns(
+        pl.when(pl.col("date") > plan.train_end).then(pl.lit(rng.integers(0, 2, t.height)))
+        .otherwise(pl.col("label_top_quintile_5d")).cast(pl.Int8).alias("label_top_quintile_5d"),
+        pl.when(pl.col("date") > plan.train_end).then(pl.col("ret_5d_f") * -1).otherwise(pl.col("ret_5d_f")),
+    )
+    in_week = pl.col("date").is_between(week, week + dt.timedelta(days=6))
+    f2 = f.with_columns(pl.when((pl.col("date") > plan.train_end) & ~in_week).then(-pl.col("f_signal_a"))
+                        .otherwise(pl.col("f_signal_a")).alias("f_signal_a"))
+    moved = walk_forward_predict(f2, t2, [week], model_name="m", models_dir=tmp_path / "b", **KW)
+    assert moved.predictions.equals(base.predictions)
+    # sanity: the same scramble before train_end does change the model
+    t3 = t.with_columns((1 - pl.col("label_top_quintile_5d")).alias("label_top_quintile_5d"))
+    flipped = walk_forward_predict(f, t3, [week], model_name="m", models_dir=tmp_path / "c", **KW)
+    assert not flipped.predictions["alpha_ml_v2_clf"].equals(base.predictions["alpha_ml_v2_clf"])
+
+
+def test_metrics_frame_loads_into_duckdb(market, tmp_path):
+    f, t = market
+    res = walk_forward_predict(f, t, mondays(dt.date(2020, 10, 12), 2), model_name="m", models_dir=tmp_path, **KW)
+    m = res.metrics
+    assert dict(m.schema) == ML_METRICS_SCHEMA
+    assert {"train", "valid", "oos"} == set(m["split"].unique())
+    assert {"rows", "train_seconds", "auc", "rank_ic", "icir", "gain_total"} <= set(m["metric"].unique())
+    gains = m.filter(pl.col("metric") == "gain_total")
+    assert gains["feature"].null_count() == 0 and gains.height <= 20
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE TABLE ml_metrics AS SELECT * FROM m")
+    assert con.execute("SELECT count(*) FROM ml_metrics WHERE split = 'oos' AND metric = 'auc'").fetchone() == (2,)
+
+
+def test_tuned_model_uses_stored_tune_and_is_reproducible(market, tmp_path):
+    f, t = market
+    weeks = [dt.date(2020, 10, 19)]
+    tuner = TunerConfig(n_trials=3, n_folds=2)
+    kw = {**KW, "params": {"num_boost_round": 30}, "retrain_weeks": 13}  # first tune point 2020-04-06
+    a = walk_forward_predict(f, t, weeks, model_name="tuned", models_dir=tmp_path, tuner=tuner,
+                             alpha_column="alpha_ml_v2_tuned_clf", **kw)
+    assert list((tmp_path / "tuned" / "tuning").glob("tune_2020-04-06_*.json"))
+    b = walk_forward_predict(f, t, weeks, model_name="tuned", models_dir=tmp_path / "fresh", tuner=tuner,
+                             alpha_column="alpha_ml_v2_tuned_clf", **kw)
+    assert a.predictions.equals(b.predictions)
+    assert '"tune"' in a.registry["metrics_json"][0]
+
+
+def test_planted_signal_gives_positive_oos_weekly_rank_ic(tmp_path):
+    f, t = make_market(ANCHOR, dt.date(2021, 6, 30), n_tickers=80, seed=21, strength=0.12)
+    weeks = mondays(dt.date(2020, 6, 1), 52)
+    res = walk_forward_predict(f, t, weeks, model_name="sig", models_dir=tmp_path,
+                               **{**KW, "retrain_weeks": 13})
+    signal_days = [signal_date_for(r) for r in rebalance_dates_between(weeks[0], weeks[-1] + dt.timedelta(days=6))]
+    scored = res.predictions.join(t, on=["ticker", "date"]).filter(pl.col("date").is_in(signal_days))
+    stats = ic_stats(rank_ic_by_date(scored, "alpha_ml_v2_clf", "ret_5d_f")["rank_ic"])
+    assert stats["n_dates"] >= 50
+    assert stats["rank_ic"] > 0 and stats["rank_ic_t"] >= 2.0, stats  # strength 0 gives t ~ 0.2
