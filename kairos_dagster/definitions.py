@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar, in_process_executor
 
+from kairos_dagster.assets.features import FEATURE_ASSETS
 from kairos_dagster.assets.sync import SYNC_ASSETS
 from kairos_dagster.automation import friday_weekly_sync_schedule, weekly_sync_job
 from kairos_dagster.resources import SharadarSource
@@ -29,7 +30,7 @@ def build_resources(settings: Settings) -> dict:
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or load_settings()
     return Definitions(
-        assets=[*SYNC_ASSETS],
+        assets=[*SYNC_ASSETS, *FEATURE_ASSETS],
         jobs=[weekly_sync_job],
         schedules=[friday_weekly_sync_schedule],
         resources=build_resources(settings),

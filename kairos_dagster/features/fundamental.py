@@ -20,7 +20,7 @@ and the table's feature columns. Point in time (DESIGN.md, "Correctness rules"):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -526,3 +526,46 @@ def feat_fundamental(rows: pl.DataFrame, sf1: pl.DataFrame) -> pl.DataFrame:
     r = pit_sf1(r, sf1, FUNDAMENTAL_SF1, prior_year=("revenue", "eps"))
     r = r.with_columns(**FUNDAMENTAL_FEATURES)
     return _finish(r, [*FUNDAMENTAL_FEATURES, "datekey", "reportperiod"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# registry for the asset layer
+
+
+@dataclass(frozen=True)
+class FundamentalTable:
+    """How the asset layer wires a Phase 3 table: its function, the warehouse inputs after `rows`
+    (universe rows of the window), its value columns and its lookback."""
+
+    name: str
+    fn: Callable[..., pl.DataFrame]
+    inputs: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    @property
+    def lookback(self) -> Lookback:
+        return LOOKBACKS[self.name]
+
+
+_INSIDER_COLUMNS = tuple(
+    f"{stem}_{n}d"
+    for n in INSIDER_WINDOWS
+    for stem in ("insider_net_value", "insider_net_mcap", "insider_buyers", "insider_officer_buys",
+                 "insider_officer_buy_value")
+)
+
+FUNDAMENTAL_TABLES: dict[str, FundamentalTable] = {
+    t.name: t
+    for t in (
+        FundamentalTable("feat_value_v2", feat_value_v2, ("sf1", "daily"), tuple(VALUE_FEATURES)),
+        FundamentalTable("feat_quality_v2", feat_quality_v2, ("sf1",), (*QUALITY_FEATURES, "f_score", "f_score_n")),
+        FundamentalTable("feat_momentum_v2", feat_momentum_v2, ("sep_base", "tickers"),
+                         ("mom_12_1", "mom_6_1", "mom_12_1_ind_rel", "high_52w_ratio")),
+        FundamentalTable("feat_insider", feat_insider, ("sf2", "daily"), _INSIDER_COLUMNS),
+        FundamentalTable("feat_institutional", feat_institutional, ("sf3",),
+                         ("inst_holders", "inst_shares", "inst_value", "inst_holders_chg", "inst_shares_chg",
+                          "inst_calendardate")),
+        FundamentalTable("feat_fundamental", feat_fundamental, ("sf1",),
+                         (*FUNDAMENTAL_FEATURES, "datekey", "reportperiod")),
+    )
+}

@@ -1,0 +1,297 @@
+"""Phases 1-5 — the feature graph as weekly-partitioned assets.
+
+Each asset is a thin shell: load its window (plus history through a lookback partition mapping),
+call the pure function from `kairos_dagster.features`, keep exactly the universe rows of its window,
+attach metadata and run the shared quality checks. The tables are declared by the registries in
+`features.technical`, `features.fundamental` and `features.composites`; nothing here is per-table code.
+"""
+
+import datetime as dt
+from collections.abc import Iterator
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    MetadataValue,
+    Output,
+    TimeWindowPartitionMapping,
+    asset,
+)
+
+from kairos_dagster.assets.metadata import frame_metadata
+from kairos_dagster.checks.feature_checks import (
+    FeatureCheckConfig,
+    feature_check_results,
+    feature_check_specs,
+)
+from kairos_dagster.features import assemble, composites, fundamental, regime, technical
+from kairos_dagster.features import universe as universe_core
+from kairos_dagster.partitions import SINGLE_RUN, WEEKLY, lookback_mapping, weeks_for_sessions, window_dates
+from kairos_dagster.warehouse.io_manager import DuckDBWarehouse
+
+COMMON = dict(
+    partitions_def=WEEKLY,
+    backfill_policy=SINGLE_RUN,
+    pool="duckdb",
+    io_manager_key="warehouse_io",
+    kinds={"duckdb", "polars"},
+)
+KEY = ["ticker", "date"]
+
+
+def _weeks_for_days(days: int) -> int:
+    return days // 7 + 2
+
+
+def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
+    return window_dates(context.partition_time_window)
+
+
+def _universe_rows(universe: pl.DataFrame, start: dt.date, end: dt.date) -> pl.DataFrame:
+    return assemble.in_window(universe, start, end).select(KEY).sort(KEY)
+
+
+def _first_dates(warehouse: DuckDBWarehouse) -> pl.DataFrame:
+    return warehouse.query("SELECT ticker, min(date) AS first_date FROM sep_base GROUP BY ticker")
+
+
+def _emit(
+    context: AssetExecutionContext,
+    out: pl.DataFrame,
+    universe_rows: int,
+    warmup: pl.Series | None,
+    config: FeatureCheckConfig,
+    extra: dict | None = None,
+) -> Iterator:
+    start, end = _window(context)
+    md = frame_metadata(out)
+    md["window"] = MetadataValue.text(f"{start} .. {end - dt.timedelta(days=1)}")
+    md.update(extra or {})
+    yield Output(out, metadata=md)
+    yield from feature_check_results(out, universe_rows, warmup, config)
+
+
+# --------------------------------------------------------------------------- Phase 1
+UNIVERSE_LOOKBACK_WEEKS = weeks_for_sessions(universe_core.ADV_WINDOW)
+
+
+@asset(
+    name="universe",
+    group_name="phase1_universe",
+    ins={
+        "sep_base": AssetIn(partition_mapping=lookback_mapping(UNIVERSE_LOOKBACK_WEEKS)),
+        "tickers": AssetIn(),
+    },
+    check_specs=[AssetCheckSpec("unique_keys", asset="universe"), AssetCheckSpec("every_session_covered", asset="universe")],
+    **COMMON,
+)
+def universe(context: AssetExecutionContext, sep_base: pl.DataFrame, tickers: pl.DataFrame) -> Iterator:
+    """Per date, the point-in-time universe: domestic common stock with 20-session average dollar volume
+    >= $500K and close >= $2, decided from trailing data only; delisted names included while they traded."""
+    start, end = _window(context)
+    out = assemble.in_window(universe_core.universe(sep_base, tickers), start, end).sort(KEY)
+    md = frame_metadata(out)
+    per_date = out.group_by("date").len()
+    md["tickers_per_date_min"] = MetadataValue.int(int(per_date.get_column("len").min() or 0))
+    md["tickers_per_date_max"] = MetadataValue.int(int(per_date.get_column("len").max() or 0))
+    yield Output(out, metadata=md)
+    sessions_with_data = set(assemble.in_window(sep_base, start, end).get_column("date").unique().to_list())
+    missing = sorted(sessions_with_data - set(per_date.get_column("date").to_list()))
+    yield AssetCheckResult(check_name="unique_keys", passed=out.height == out.select(KEY).unique().height)
+    yield AssetCheckResult(check_name="every_session_covered", passed=not missing,
+                           metadata={"sessions_without_universe": MetadataValue.text(", ".join(map(str, missing)) or "none")})
+
+
+@asset(
+    name="sep_base_academic",
+    group_name="phase1_universe",
+    ins={"sep_base": AssetIn(), "universe": AssetIn()},
+    check_specs=feature_check_specs("sep_base_academic", FeatureCheckConfig(check_nulls=False)),
+    **COMMON,
+)
+def sep_base_academic(context: AssetExecutionContext, sep_base: pl.DataFrame, universe: pl.DataFrame) -> Iterator:
+    """sep_base restricted to the universe rows of the week."""
+    rows = _universe_rows(universe, *_window(context))
+    out = assemble.restrict_to_rows(rows, sep_base)
+    yield from _emit(context, out, rows.height, None, FeatureCheckConfig(check_nulls=False))
+
+
+MARKET_LOOKBACK_WEEKS = 2
+
+
+@asset(
+    name="market_returns",
+    group_name="phase2_technical",
+    ins={
+        "sep_base": AssetIn(partition_mapping=lookback_mapping(MARKET_LOOKBACK_WEEKS)),
+        "daily": AssetIn(partition_mapping=lookback_mapping(MARKET_LOOKBACK_WEEKS), metadata={"columns": ["ticker", "date", "marketcap"]}),
+        "universe": AssetIn(partition_mapping=lookback_mapping(MARKET_LOOKBACK_WEEKS)),
+    },
+    check_specs=[AssetCheckSpec("one_row_per_session", asset="market_returns")],
+    **COMMON,
+)
+def market_returns(
+    context: AssetExecutionContext, sep_base: pl.DataFrame, daily: pl.DataFrame, universe: pl.DataFrame
+) -> Iterator:
+    """The market: cap-weighted universe daily return (weights = previous session's market cap)."""
+    start, end = _window(context)
+    out = assemble.in_window(universe_core.market_returns(sep_base, daily, universe), start, end).sort("date")
+    yield Output(out, metadata=frame_metadata(out))
+    sessions = assemble.in_window(sep_base, start, end).get_column("date").n_unique()
+    yield AssetCheckResult(check_name="one_row_per_session", passed=out.height == sessions,
+                           metadata={"rows": out.height, "sessions": sessions})
+
+
+# --------------------------------------------------------------------------- Phase 2
+TECHNICAL_INPUTS = {"sep_base": "sep_base", "daily": "daily", "mkt_ret": "market_returns", "universe": "universe"}
+
+
+def _technical_asset(spec: technical.TableSpec) -> AssetsDefinition:
+    name = spec.name
+    targets = spec.lookahead_sessions > 0
+    weeks_back = weeks_for_sessions(spec.lookback_sessions)
+    if targets:
+        # Forward targets read the weeks after their own: null until the horizon's data exists.
+        mapping = TimeWindowPartitionMapping(start_offset=0, end_offset=weeks_for_sessions(spec.lookahead_sessions),
+                                             allow_nonexistent_upstream_partitions=True)
+    else:
+        mapping = lookback_mapping(weeks_back)
+    ins = {arg: AssetIn(TECHNICAL_INPUTS[arg], partition_mapping=mapping) for arg in spec.inputs if arg != "universe"}
+    ins["universe"] = AssetIn("universe", partition_mapping=mapping if targets else None)
+    config = FeatureCheckConfig(check_nulls=not targets, null_ceiling=0.10)
+
+    @asset(
+        name=name,
+        group_name="phase2_technical",
+        ins=ins,
+        check_specs=feature_check_specs(name, config),
+        description=(spec.fn.__doc__ or "").strip().split("\n")[0],
+        metadata={"lookback_sessions": spec.lookback_sessions, "lookahead_sessions": spec.lookahead_sessions},
+        **COMMON,
+    )
+    def _technical(context: AssetExecutionContext, warehouse: DuckDBWarehouse, **inputs: pl.DataFrame) -> Iterator:
+        start, end = _window(context)
+        rows = _universe_rows(inputs["universe"], start, end)
+        args = [inputs[a] for a in spec.inputs]
+        if targets:
+            # The label's cross-section is the universe of each date.
+            args = [inputs["sep_base"], inputs["universe"].select(KEY)]
+        out = assemble.restrict_to_rows(rows, spec.fn(*args))
+        warm = None if targets else assemble.past_warmup(out, _first_dates(warehouse), spec.lookback_sessions)
+        yield from _emit(context, out, rows.height, warm, config)
+
+    return _technical
+
+
+# --------------------------------------------------------------------------- Phase 3
+def _fundamental_asset(table: fundamental.FundamentalTable) -> AssetsDefinition:
+    lb = table.lookback
+    weeks = {
+        "sf1": _weeks_for_days(lb.sf1_days),
+        "sf2": _weeks_for_days(lb.sf2_days),
+        "sf3": _weeks_for_days(lb.sf3_days),
+        "daily": _weeks_for_days(lb.daily_days),
+        "sep_base": weeks_for_sessions(lb.price_sessions),
+    }
+    ins = {
+        src: (AssetIn(src) if src == "tickers" else AssetIn(src, partition_mapping=lookback_mapping(weeks[src])))
+        for src in table.inputs
+    }
+    ins["universe"] = AssetIn("universe")
+    config = FeatureCheckConfig(null_ceiling=0.5)
+
+    @asset(
+        name=table.name,
+        group_name="phase3_fundamental",
+        ins=ins,
+        check_specs=feature_check_specs(table.name, config),
+        description=(table.fn.__doc__ or "").strip().split("\n")[0],
+        **COMMON,
+    )
+    def _fundamental(context: AssetExecutionContext, **inputs: pl.DataFrame) -> Iterator:
+        start, end = _window(context)
+        rows = _universe_rows(inputs["universe"], start, end)
+        out = table.fn(rows, *[inputs[src] for src in table.inputs])
+        out = assemble.restrict_to_rows(rows, out)
+        yield from _emit(context, out, rows.height, None, config)
+
+    return _fundamental
+
+
+# --------------------------------------------------------------------------- Phase 5 regime
+REGIME_LOOKBACK_WEEKS = weeks_for_sessions(regime.lookback_sessions())
+
+
+@asset(
+    name="regime_history_academic",
+    group_name="phase5_regime",
+    ins={"market_returns": AssetIn(partition_mapping=lookback_mapping(REGIME_LOOKBACK_WEEKS))},
+    check_specs=[AssetCheckSpec("one_known_regime_per_session", asset="regime_history_academic")],
+    **COMMON,
+)
+def regime_history_academic(context: AssetExecutionContext, market_returns: pl.DataFrame) -> Iterator:
+    """Per date: trend_regime (bull/bear: market index vs its 200-day average and drawdown), vol_regime
+    (normal_vol/high_vol: 20-day market vol vs its trailing percentile), regime, and the numbers behind them."""
+    start, end = _window(context)
+    out = assemble.in_window(regime.regime_history(market_returns.select("date", "mkt_ret")), start, end).sort("date")
+    md = frame_metadata(out, nulls=False)
+    counts = out.group_by("regime").len().sort("regime")
+    md["regime_counts"] = MetadataValue.json({str(r): int(n) for r, n in counts.iter_rows()})
+    if out.height:
+        last = out.tail(1).row(0, named=True)
+        md["latest_regime"] = MetadataValue.text(f"{last['date']}: {last['regime']}")
+    yield Output(out, metadata=md)
+    bad = out.filter(pl.col("regime").is_not_null() & ~pl.col("regime").is_in(list(regime.REGIMES)))
+    yield AssetCheckResult(
+        check_name="one_known_regime_per_session",
+        passed=bad.height == 0 and out.select("date").is_unique().all(),
+        metadata={"unknown_regime_rows": bad.height, "null_regime_rows": out.get_column("regime").null_count()},
+    )
+
+
+# --------------------------------------------------------------------------- Phases 4-5 composites
+def _composite_asset(name: str, spec: composites.CompositeSpec) -> AssetsDefinition:
+    needed = list(spec.inputs()) + (["regime"] if spec.regime_weights is not None else [])
+    sources = assemble.tables_for(needed)
+    smooth_weeks = weeks_for_sessions(spec.smooth_window) if spec.smooth_window else 0
+    ins: dict[str, AssetIn] = {
+        table: AssetIn(table, partition_mapping=lookback_mapping(smooth_weeks) if smooth_weeks else None)
+        for table in sources
+    }
+    ins["universe"] = AssetIn("universe", partition_mapping=lookback_mapping(smooth_weeks) if smooth_weeks else None)
+    ins["tickers"] = AssetIn("tickers")
+    phase = "phase5_composites" if name in PHASE5 else "phase4_composites"
+    config = FeatureCheckConfig(null_ceiling=0.5)
+
+    @asset(name=name, group_name=phase, ins=ins, check_specs=feature_check_specs(name, config),
+           description=f"Composite {name}: weights declared in features.composites.COMPOSITES['{name}'].",
+           metadata={"weights": MetadataValue.json({k: dict(v) for k, v in spec.tables().items()})
+                     if not spec.smooth_source else {"smooth_source": spec.smooth_source, "window": spec.smooth_window}},
+           **COMMON)
+    def _composite(context: AssetExecutionContext, **inputs: pl.DataFrame) -> Iterator:
+        start, end = _window(context)
+        history_rows = inputs["universe"].select(KEY).sort(KEY)
+        frame = assemble.join_inputs(history_rows, inputs, needed, tickers=inputs["tickers"])
+        scored = composites.compute_composite(frame, name, spec)
+        rows = _universe_rows(inputs["universe"], start, end)
+        out = assemble.restrict_to_rows(rows, scored.select(KEY + [name]))
+        yield from _emit(context, out, rows.height, None, config,
+                         {"unknown_sector_rows": MetadataValue.int(
+                             frame.filter(pl.col("sector") == assemble.UNKNOWN_SECTOR).height)})
+
+    return _composite
+
+
+PHASE5 = {"feat_composite_v33_regime", "feat_composite_v7", "alpha_composite_v8"}
+
+UNIVERSE_ASSETS = [universe, sep_base_academic]
+TECHNICAL_ASSETS = [market_returns, *(_technical_asset(s) for s in technical.TECHNICAL_TABLES.values())]
+FUNDAMENTAL_ASSETS = [_fundamental_asset(t) for t in fundamental.FUNDAMENTAL_TABLES.values()]
+COMPOSITE_ASSETS = [_composite_asset(n, s) for n, s in composites.COMPOSITES.items()]
+FEATURE_ASSETS: list[AssetsDefinition] = [
+    *UNIVERSE_ASSETS, *TECHNICAL_ASSETS, *FUNDAMENTAL_ASSETS, regime_history_academic, *COMPOSITE_ASSETS
+]
