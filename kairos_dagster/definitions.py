@@ -6,7 +6,12 @@ from dagster import Definitions, EnvVar, in_process_executor
 
 from kairos_dagster.assets.features import FEATURE_ASSETS
 from kairos_dagster.assets.sync import SYNC_ASSETS
-from kairos_dagster.automation import friday_weekly_sync_schedule, weekly_sync_job
+from kairos_dagster.automation import (
+    friday_weekly_schedule,
+    targets_refresh_job,
+    weekly_pipeline_job,
+    weekly_sync_job,
+)
 from kairos_dagster.resources import SharadarSource
 from kairos_dagster.settings import Settings, load_settings
 from kairos_dagster.warehouse.io_manager import DuckDBWarehouse, KairosDuckDBIOManager
@@ -31,8 +36,8 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or load_settings()
     return Definitions(
         assets=[*SYNC_ASSETS, *FEATURE_ASSETS],
-        jobs=[weekly_sync_job],
-        schedules=[friday_weekly_sync_schedule],
+        jobs=[weekly_sync_job, weekly_pipeline_job, targets_refresh_job],
+        schedules=[friday_weekly_schedule],
         resources=build_resources(settings),
         # One DuckDB writer: separate processes buy nothing and cost ~3 s of start-up per step.
         executor=in_process_executor,
