@@ -77,6 +77,9 @@ class Settings:
     ml_retune_weeks: int
     xgb_device: str  # "cpu" | "cuda"
     auto_paper: bool
+    ml_trials: int = 6  # Optuna trials per tune point (small default for the demo)
+    optuna_storage: Path | None = None  # directory of Optuna journal files (one per study)
+    ml_anchor: dt.date | None = None  # walk-forward grid anchor; None: derived from start_date (assets/ml.py)
 
     @property
     def nasdaq_key_present(self) -> bool:
@@ -108,4 +111,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ml_retune_weeks=_int(env, "KAIROS_ML_RETUNE_WEEKS", 52, minimum=1, maximum=1040),
         xgb_device=device,
         auto_paper=_bool(env, "KAIROS_AUTO_PAPER", False),
+        ml_trials=_int(env, "KAIROS_ML_TRIALS", 6, minimum=1, maximum=10_000),
+        optuna_storage=_optuna_storage(env, duckdb_path),
+        ml_anchor=_monday(env, "KAIROS_ML_ANCHOR", "") if env.get("KAIROS_ML_ANCHOR", "").strip() else None,
     )
+
+
+def _optuna_storage(env: Mapping[str, str], duckdb_path: Path) -> Path:
+    raw = env.get("KAIROS_OPTUNA_STORAGE", "").strip()
+    if "://" in raw:
+        # walk_forward_predict keeps one journal file per study under a directory; RDB URLs are
+        # supported by ml.tune.tune() directly, not yet by the assets.
+        raise SettingsError(f"KAIROS_OPTUNA_STORAGE must be a directory for Optuna journal files, got the URL {raw!r}")
+    return _path(env, "KAIROS_OPTUNA_STORAGE", str(duckdb_path.parent / "optuna"))
