@@ -5,6 +5,8 @@ from __future__ import annotations
 from dagster import Definitions, EnvVar, in_process_executor
 
 from kairos_dagster.assets.features import FEATURE_ASSETS
+from kairos_dagster.assets.matrix import MATRIX_ASSETS
+from kairos_dagster.assets.ml import ML_ASSETS, MLResource
 from kairos_dagster.assets.sync import SYNC_ASSETS
 from kairos_dagster.automation import (
     friday_weekly_schedule,
@@ -29,13 +31,14 @@ def build_resources(settings: Settings) -> dict:
         "warehouse_io": KairosDuckDBIOManager(path=path),
         "warehouse": DuckDBWarehouse(path=path),
         "source": source,
+        "ml": MLResource.from_settings(settings),
     }
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or load_settings()
     return Definitions(
-        assets=[*SYNC_ASSETS, *FEATURE_ASSETS],
+        assets=[*SYNC_ASSETS, *FEATURE_ASSETS, *ML_ASSETS, *MATRIX_ASSETS],
         jobs=[weekly_sync_job, weekly_pipeline_job, targets_refresh_job],
         schedules=[friday_weekly_schedule],
         resources=build_resources(settings),
