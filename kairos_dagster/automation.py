@@ -10,20 +10,23 @@ from dagster import (
     AssetSelection,
     RunRequest,
     ScheduleEvaluationContext,
+    SensorEvaluationContext,
     SkipReason,
     define_asset_job,
     schedule,
+    sensor,
 )
 
 from kairos_dagster import calendar
 from kairos_dagster.partitions import WEEKLY, week_key
+from kairos_dagster.warehouse import store
 
 NEW_YORK = ZoneInfo("America/New_York")
 
 SYNC_SELECTION = AssetSelection.groups("sync")
 FEATURE_GROUPS = (
     "phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites", "phase5_regime",
-    "phase5_composites", "phase6_ml", "phase7_matrix",
+    "phase5_composites", "phase6_ml", "phase7_matrix", "reports",
 )
 PIPELINE_SELECTION = SYNC_SELECTION | AssetSelection.groups(*FEATURE_GROUPS)
 # Runs with this tag run one at a time, in the order they were queued (dagster.yaml).
@@ -45,7 +48,7 @@ weekly_pipeline_job = define_asset_job(
 
 targets_refresh_job = define_asset_job(
     "targets_refresh_job",
-    selection=AssetSelection.assets("feat_targets"),
+    selection=AssetSelection.assets("feat_targets", "factor_ic"),
     description="Recompute forward targets of recent weeks whose horizons have completed since.",
 )
 
@@ -85,9 +88,99 @@ def friday_weekly_schedule(context: ScheduleEvaluationContext):
         requests.append(
             RunRequest(
                 run_key=f"targets-refresh-{key}",
-                asset_selection=[AssetKey("feat_targets")],
+                asset_selection=[AssetKey("feat_targets"), AssetKey("factor_ic")],
                 tags={**tags, "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
             )
         )
     requests.append(RunRequest(run_key=f"weekly-{key}", partition_key=key, tags=tags))
     return requests
+
+
+# --------------------------------------------------------------------------- rebalance (daily update, sensor)
+REBALANCE_SELECTION = AssetSelection.assets("rebalance_picks", "rebalance_trades")
+REBALANCE_SENSOR_HOUR = 7  # New York: the seeds' "Last Trading Day 7:00 AM, check if rebalance day"
+
+rebalance_job = define_asset_job(
+    "rebalance_job",
+    selection=REBALANCE_SELECTION,
+    description="The week's Risk4/ML rebalance (picks, trades, files), stopped by its blocking gates.",
+)
+
+
+@schedule(
+    name="daily_update_schedule",
+    job=weekly_pipeline_job,
+    cron_schedule="0 21 * * 1-4",
+    execution_timezone="America/New_York",
+    description=(
+        "Monday-Thursday 21:00 New York: re-materialize the current week's partition of the sync, feature graph, "
+        "ML and feat_matrix_v2, so the next morning's rebalance finds its signal date (Friday: the weekly run)."
+    ),
+)
+def daily_update_schedule(context: ScheduleEvaluationContext):
+    today = context.scheduled_execution_time.astimezone(NEW_YORK).date()
+    if not calendar.is_session(today):
+        return SkipReason(f"{today} is not an NYSE session: no new data to sync")
+    return RunRequest(run_key=f"daily-update-{today.isoformat()}", partition_key=week_key(today),
+                      tags={"kairos/trigger": "daily_update_schedule", **SERIAL_TAG})
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rebalance_due(now: dt.datetime) -> tuple[dt.date | None, str]:
+    """(today, "") on the week's last XNYS session from 07:00 New York; otherwise (None, why not)."""
+    local = now.astimezone(NEW_YORK)
+    today = local.date()
+    reb = calendar.rebalance_date_for_week(today)
+    if reb != today:
+        nxt = reb if reb is not None and reb > today else calendar.next_rebalance_after(today)
+        return None, f"{today} is not a rebalance day ({calendar.REBALANCE_RULE.lower()}); next rebalance {nxt}"
+    if local.hour < REBALANCE_SENSOR_HOUR:
+        return None, (f"rebalance day {today}: waiting until {REBALANCE_SENSOR_HOUR:02d}:00 New York "
+                      f"(now {local:%H:%M})")
+    return today, ""
+
+
+def signal_date_status(path: str, signal_date: dt.date) -> tuple[bool, str]:
+    """Whether feat_matrix_v2 holds `signal_date`, read-only and without waiting on another writer's lock."""
+    import duckdb
+
+    try:
+        with store.connect(path, read_only=True, retries=1) as con:
+            if not store.table_exists(con, "feat_matrix_v2"):
+                return False, "feat_matrix_v2 does not exist yet"
+            n, latest = con.execute("SELECT count(*) FILTER (WHERE date = ?), max(date) FROM feat_matrix_v2",
+                                    [signal_date]).fetchone()
+    except (store.WarehouseError, duckdb.Error) as exc:
+        return False, f"warehouse {path} unavailable (locked by a run, or missing): {str(exc).splitlines()[0]}"
+    if not n:
+        return False, f"feat_matrix_v2 has no rows at {signal_date} yet (latest {latest})"
+    return True, f"feat_matrix_v2 has {n} rows at {signal_date}"
+
+
+@sensor(
+    name="rebalance_day_sensor",
+    job=rebalance_job,
+    minimum_interval_seconds=300,
+    required_resource_keys={"warehouse"},
+    description=(
+        "On the last NYSE session of the week, from 07:00 New York, once feat_matrix_v2 holds the signal date "
+        "(the session before), request that week's rebalance exactly once."
+    ),
+)
+def rebalance_day_sensor(context: SensorEvaluationContext):
+    reb, why = rebalance_due(_now())
+    if reb is None:
+        return SkipReason(why)
+    key = week_key(reb)
+    if context.cursor == key:
+        return SkipReason(f"the rebalance of {reb} (partition {key}) was already requested")
+    sig = calendar.signal_date_for(reb)
+    ok, why = signal_date_status(context.resources.warehouse.path, sig)
+    if not ok:
+        return SkipReason(f"rebalance day {reb}: waiting for signal date {sig} in feat_matrix_v2: {why}")
+    context.update_cursor(key)
+    return RunRequest(run_key=f"rebalance-{key}", partition_key=key,
+                      tags={"kairos/trigger": "rebalance_day_sensor", **SERIAL_TAG})

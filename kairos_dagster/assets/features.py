@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import polars as pl
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
@@ -28,7 +29,7 @@ from kairos_dagster.checks.feature_checks import (
     feature_check_results,
     feature_check_specs,
 )
-from kairos_dagster.features import assemble, composites, fundamental, regime, technical
+from kairos_dagster.features import assemble, composites, factor_report, fundamental, regime, technical
 from kairos_dagster.features import universe as universe_core
 from kairos_dagster.partitions import SINGLE_RUN, WEEKLY, lookback_mapping, weeks_for_sessions, window_dates
 from kairos_dagster.warehouse.io_manager import DuckDBWarehouse
@@ -288,10 +289,69 @@ def _composite_asset(name: str, spec: composites.CompositeSpec) -> AssetsDefinit
 
 PHASE5 = {"feat_composite_v33_regime", "feat_composite_v7", "alpha_composite_v8"}
 
+# --------------------------------------------------------------------------- factor report
+# The composites and the main single factors (the synthetic market plants momentum, quality, value, insiders).
+REPORT_FACTORS = (
+    *composites.COMPOSITES,
+    "mom_12_1", "book_yield", "earnings_yield", "roe", "gross_profitability", "f_score",
+    "insider_net_mcap_90d", "insider_buyers_90d", "vol_blend", "ret_21d", "rsi_14", "beta_252",
+)
+
+
+def _factor_ic_asset() -> AssetsDefinition:
+    sources = assemble.tables_for(REPORT_FACTORS)
+    ins = {table: AssetIn(table) for table in sources}
+    ins["feat_targets"] = AssetIn("feat_targets", metadata={"columns": ["ticker", "date", factor_report.TARGET]})
+    ins["universe"] = AssetIn("universe")
+
+    @asset(
+        name="factor_ic",
+        group_name="reports",
+        ins=ins,
+        check_specs=[AssetCheckSpec("composite_ic_positive_to_date", asset="factor_ic")],
+        description=(
+            "Alphalens-style factor report: per factor and rebalance date, the rank IC against ret_5d_f and "
+            "the top-minus-bottom quintile spread. Recomputed by the weekly targets refresh as horizons complete."
+        ),
+        **COMMON,
+    )
+    def factor_ic(context: AssetExecutionContext, warehouse: DuckDBWarehouse, **inputs: pl.DataFrame) -> Iterator:
+        start, end = _window(context)
+        rows = _universe_rows(inputs["universe"], start, end)
+        frame = assemble.join_inputs(rows, inputs, REPORT_FACTORS).join(
+            inputs["feat_targets"], on=KEY, how="left", maintain_order="left")
+        ic = factor_report.factor_ic(frame, list(REPORT_FACTORS))
+        window_summary = factor_report.summarize(ic)
+        # The whole history stored so far, this window's rows replacing the old ones.
+        try:
+            older = warehouse.query("SELECT * FROM factor_ic WHERE date < ? OR date >= ?", [start, end])
+        except Exception:  # first materialization: the table does not exist yet
+            older = ic.clear()
+        overall = factor_report.summarize(pl.concat([older.select(ic.columns), ic]) if older.height else ic)
+        md = frame_metadata(ic, preview=False, nulls=False)
+        md["window_summary"] = MetadataValue.md(factor_report.to_markdown(window_summary))
+        md["summary_to_date"] = MetadataValue.md(factor_report.to_markdown(overall))
+        yield Output(ic, metadata=md)
+        v8 = overall.filter(pl.col("factor") == "alpha_composite_v8")
+        mean_ic = float(v8.get_column("mean_ic").item()) if v8.height and v8.get_column("mean_ic").item() is not None else None
+        yield AssetCheckResult(
+            check_name="composite_ic_positive_to_date",
+            passed=mean_ic is None or mean_ic > 0,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"alpha_composite_v8_mean_ic": mean_ic if mean_ic is not None else "n/a",
+                      "periods": int(v8.get_column("n_periods").item()) if v8.height else 0},
+        )
+
+    return factor_ic
+
+
+factor_ic = _factor_ic_asset()
+
 UNIVERSE_ASSETS = [universe, sep_base_academic]
 TECHNICAL_ASSETS = [market_returns, *(_technical_asset(s) for s in technical.TECHNICAL_TABLES.values())]
 FUNDAMENTAL_ASSETS = [_fundamental_asset(t) for t in fundamental.FUNDAMENTAL_TABLES.values()]
 COMPOSITE_ASSETS = [_composite_asset(n, s) for n, s in composites.COMPOSITES.items()]
 FEATURE_ASSETS: list[AssetsDefinition] = [
-    *UNIVERSE_ASSETS, *TECHNICAL_ASSETS, *FUNDAMENTAL_ASSETS, regime_history_academic, *COMPOSITE_ASSETS
+    *UNIVERSE_ASSETS, *TECHNICAL_ASSETS, *FUNDAMENTAL_ASSETS, regime_history_academic, *COMPOSITE_ASSETS,
+    factor_ic,
 ]

@@ -30,7 +30,7 @@ def test_friday_holiday_week_requests_that_week():
     assert req.partition_key == "2026-03-30"
     assert req.run_key == "weekly-2026-03-30"
     # First the forward targets of the five previous weeks, in one single-run range, then the week.
-    assert refresh.asset_selection == [AssetKey("feat_targets")]
+    assert refresh.asset_selection == [AssetKey("feat_targets"), AssetKey("factor_ic")]
     assert refresh.tags["dagster/asset_partition_range_start"] == "2026-02-23"
     assert refresh.tags["dagster/asset_partition_range_end"] == "2026-03-23"
     assert refresh.tags["kairos/serial"] == req.tags["kairos/serial"]
