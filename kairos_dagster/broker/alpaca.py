@@ -133,8 +133,8 @@ class TokenBucket:
                 now = self._clock()
                 self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
                 self._last = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                if self._tokens >= 1.0 - 1e-9:  # tolerance: float rounding must not spin forever
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     return waited
                 wait = (1.0 - self._tokens) / self.rate
                 self._sleep(wait)

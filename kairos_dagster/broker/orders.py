@@ -126,12 +126,14 @@ def plan_orders(targets: pl.DataFrame, positions: pl.DataFrame, *,
                 portfolio_value_override: float | None = None) -> pl.DataFrame:
     """Orders that move `positions` to `targets`: SELLs first, then BUYs, each by ticker.
 
-    targets: ticker, target_shares, price (the picks price), optionally weight. With
+    targets: ticker, target_shares (or `shares`, as in picks.csv), price (the picks price), optionally weight. With
     `portfolio_value_override` the target shares are recomputed as floor(weight * value / price).
     positions: ticker, qty, current_price (from `positions_frame`). Held tickers absent from the
     picks are sold out (priced at their current price). Quantities are whole shares; a fractional
     holding is traded down to its whole part. Returns PLAN_SCHEMA columns with a reason per row.
     """
+    if "target_shares" not in targets.columns and "shares" in targets.columns:
+        targets = targets.rename({"shares": "target_shares"})  # picks.csv of kairos_dagster.portfolio
     _check_targets(targets, need_weight=portfolio_value_override is not None)
     if portfolio_value_override is not None:
         if not (portfolio_value_override > 0 and math.isfinite(portfolio_value_override)):
