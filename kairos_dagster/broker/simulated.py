@@ -109,7 +109,7 @@ class SimulatedBroker:
         last_open_session = now.date() if (cal.is_session(now.date()) and now.time() >= OPEN) \
             else cal.previous_session(now.date())
         due = self.con.execute(
-            """SELECT o.id, o.symbol, o.side, o.qty, s.open, o.fill_session FROM sim_orders o
+            """SELECT o.id, o.symbol, o.side, o.qty, s.open::DOUBLE, o.fill_session FROM sim_orders o
                JOIN sep_base s ON s.ticker = o.symbol AND s.date = o.fill_session
                WHERE o.account_id = ? AND o.status IN ('new', 'accepted') AND o.fill_session <= ?
                ORDER BY o.side = 'buy', o.submitted_at, o.client_order_id""",
@@ -156,7 +156,7 @@ class SimulatedBroker:
         if not symbols:
             return {}
         rows = self.con.execute(
-            """SELECT ticker, arg_max(close, date) FROM sep_base WHERE ticker IN (SELECT unnest(?)) AND date <= ?
+            """SELECT ticker, arg_max(close::DOUBLE, date) FROM sep_base WHERE ticker IN (SELECT unnest(?)) AND date <= ?
                AND close IS NOT NULL GROUP BY ticker""", [list(symbols), self._price_cutoff()]).fetchall()
         return {t: float(p) for t, p in rows}
 
