@@ -211,6 +211,142 @@ def status_cmd() -> None:
     typer.echo(warehouse_summary(settings.duckdb_path))
 
 
+# --------------------------------------------------------------------------- rebalance
+def _latest_matrix_date(path) -> dt.date | None:
+    from kairos_dagster.warehouse import store
+
+    with store.connect(path, read_only=True) as con:
+        return store.date_range(con, "feat_matrix_v2", "date")[1]
+
+
+def _failure_messages(result) -> list[str]:
+    out = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE" and event.event_specific_data is not None:
+            data = event.event_specific_data
+            user = getattr(data, "user_failure_data", None)
+            if user is not None and user.description:
+                out.append(user.description.strip())
+            elif getattr(data, "error", None) is not None:
+                out.append(data.error.message.strip())
+    return out
+
+
+@app.command("rebalance")
+def rebalance_cmd(
+    date: Annotated[str | None, typer.Option("--date", help="ISO date; default the latest date in feat_matrix_v2's week")] = None,
+    prior_holdings: Annotated[str | None, typer.Option("--prior-holdings", help="prior picks.csv for turnover smoothing")] = None,
+    no_prior: Annotated[bool, typer.Option("--no-prior", help="fresh start: ignore prior holdings")] = False,
+    portfolio_value: Annotated[float | None, typer.Option("--portfolio-value", help="portfolio value in $ (default 100,000)")] = None,
+    config: Annotated[str, typer.Option("--config", help="ml (alpha_ml_v2_tuned_clf) or v8 (alpha_composite_v8)")] = "ml",
+    force: Annotated[bool, typer.Option("--force", help="rebalance even if --date is not a rebalance day")] = False,
+    check_only: Annotated[bool, typer.Option("--check-only", help="print the gates and the schedule; write nothing")] = False,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", help="parent folder (default $KAIROS_OUTPUT_DIR/rebalance)")] = None,
+) -> None:
+    """The week's Risk4/ML rebalance through Dagster: picks.csv, trades.csv, summary and schedule in OUTPUT_DIR/DATE/."""
+    from pathlib import Path
+
+    from kairos_dagster.assets import rebalance as reb
+    from kairos_dagster.checks.rebalance_gates import format_gates
+    from kairos_dagster.portfolio import rebalance_weeks as rw
+    from kairos_dagster.portfolio.config import ConfigError, config_by_name
+    from kairos_dagster.portfolio.outputs import schedule_dict
+    from kairos_dagster.warehouse import store
+
+    settings = _settings()
+    if prior_holdings and no_prior:
+        raise _fail("pass either --prior-holdings or --no-prior, not both")
+    try:
+        risk = config_by_name(config)
+        if portfolio_value is not None:
+            risk = risk.with_overrides(portfolio_value=portfolio_value)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if not settings.duckdb_path.exists():
+        raise _fail(f"warehouse {settings.duckdb_path} does not exist: run `kairos sync` or `make demo` first")
+    d = _date(date)
+    if d is None:
+        try:
+            latest = _latest_matrix_date(settings.duckdb_path)
+        except store.WarehouseError as exc:
+            raise _fail(str(exc)) from None
+        if latest is None:
+            raise _fail("feat_matrix_v2 is missing or empty: materialize the pipeline first, or pass --date")
+        d = calendar.rebalance_date_for_week(latest)
+        typer.echo(f"Latest feat_matrix_v2 date {latest}: rebalance date {d}")
+    week_reb = calendar.rebalance_date_for_week(d)
+    if d != week_reb and not force:
+        typer.echo(f"{d} is not a rebalance day ({calendar.REBALANCE_RULE.lower()}); this week's rebalance date is "
+                   f"{week_reb}, the next after {d} is {calendar.next_rebalance_after(d)}. Pass --force to rebalance anyway.",
+                   err=True)
+        raise typer.Exit(1)
+    plan = rw.WeekPlan.for_date(d)
+    parent = Path(output_dir) if output_dir else settings.output_dir / "rebalance"
+
+    if check_only:
+        try:
+            with store.connect(settings.duckdb_path, read_only=True) as con:
+                inputs = reb.load_inputs(con, [plan], risk, prior_holdings, no_prior)
+            week = reb.compute_rebalance(inputs, [plan], risk)[0]
+        except Exception as exc:  # bad input of any kind: say what, exit non-zero
+            raise _fail(f"rebalance check of {d}: {exc}") from None
+        typer.echo(format_gates(week))
+        line = rw.summary_line(week)
+        if line.get("built"):
+            typer.echo(f"Would hold {line['n_positions']} positions, top 5 weight {line['top_5_weight']:.1%}, "
+                       f"est vol {line['estimated_vol']:.1%}, turnover {line['turnover']:.1%} (prior: {line['prior_source']})")
+        sched = schedule_dict(dt.datetime.now(calendar_tz()), d)
+        typer.echo(f"Schedule ({sched['rule']}): next rebalances {', '.join(sched['next_rebalances'])}")
+        typer.echo("BLOCKED: the rebalance would not run." if week.blocked else "All blocking gates pass.")
+        raise typer.Exit(1 if week.blocked else 0)
+
+    from kairos_dagster.definitions import build_definitions
+    from kairos_dagster.partitions import week_key
+    from kairos_dagster.runner import run_selection
+
+    op_config = {"config": config.lower(), "no_prior": no_prior, "force": force, "rebalance_date": d.isoformat(),
+                 "output_dir": str(parent)}
+    if prior_holdings:
+        op_config["prior_holdings"] = str(Path(prior_holdings).resolve())
+    if portfolio_value is not None:
+        op_config["portfolio_value"] = float(portfolio_value)
+    typer.echo(f"Rebalance of {d} (signal date {plan.signal_date}, partition {week_key(d)}) through Dagster ...")
+    result = run_selection(build_definitions(settings), ["rebalance_picks", "rebalance_trades"],
+                           partition_key=week_key(d), run_config={"ops": {reb.OP_NAME: op_config}},
+                           tags={"kairos/trigger": "cli_rebalance"}, raise_on_error=False)
+    typer.echo(f"Run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+    if not result.success:
+        for message in _failure_messages(result):
+            typer.echo(message, err=True)
+        raise typer.Exit(1)
+    folder = parent / d.isoformat()
+    summary = json.loads((folder / "portfolio_summary.json").read_text())
+    p, m = summary["portfolio"], summary["metrics"]
+    typer.echo(f"Picks: {folder / 'picks.csv'}")
+    typer.echo(f"{p['n_positions']} positions, top 5 weight {p['top_5_weight']:.1%}, est vol {p['estimated_vol']:.1%}, "
+               f"turnover {m['turnover_vs_prior']:.1%}, regime {summary['regime']['regime']}")
+
+
+@app.command("demo")
+def demo_cmd() -> None:
+    """Run the weekly job end to end on the synthetic market and print where the outputs are."""
+    from kairos_dagster.definitions import defs
+    from kairos_dagster.demo import run_demo
+    from kairos_dagster.runner import dagster_home
+    from kairos_dagster.warehouse.summary import warehouse_summary
+
+    settings = _settings()
+    if settings.data_source != "synthetic":
+        raise _fail("the demo runs on the synthetic market: unset NASDAQ_DATA_LINK_API_KEY or set KAIROS_DATA_SOURCE=synthetic")
+    ok = run_demo(defs, settings, typer.echo)
+    typer.echo("\n" + warehouse_summary(settings.duckdb_path))
+    typer.echo(f"\nRun history and asset metadata: DAGSTER_HOME={dagster_home()}; open the UI with `make ui` "
+               "(http://127.0.0.1:3000).")
+    typer.echo(f"Rebalance outputs: {settings.output_dir / 'rebalance'}")
+    if not ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

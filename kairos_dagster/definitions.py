@@ -7,9 +7,13 @@ from dagster import Definitions, EnvVar, in_process_executor
 from kairos_dagster.assets.features import FEATURE_ASSETS
 from kairos_dagster.assets.matrix import MATRIX_ASSETS
 from kairos_dagster.assets.ml import ML_ASSETS, MLResource
+from kairos_dagster.assets.rebalance import REBALANCE_ASSETS, RebalanceOutputs
 from kairos_dagster.assets.sync import SYNC_ASSETS
 from kairos_dagster.automation import (
+    daily_update_schedule,
     friday_weekly_schedule,
+    rebalance_day_sensor,
+    rebalance_job,
     targets_refresh_job,
     weekly_pipeline_job,
     weekly_sync_job,
@@ -32,15 +36,17 @@ def build_resources(settings: Settings) -> dict:
         "warehouse": DuckDBWarehouse(path=path),
         "source": source,
         "ml": MLResource.from_settings(settings),
+        "rebalance_outputs": RebalanceOutputs.from_settings(settings),
     }
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or load_settings()
     return Definitions(
-        assets=[*SYNC_ASSETS, *FEATURE_ASSETS, *ML_ASSETS, *MATRIX_ASSETS],
-        jobs=[weekly_sync_job, weekly_pipeline_job, targets_refresh_job],
-        schedules=[friday_weekly_schedule],
+        assets=[*SYNC_ASSETS, *FEATURE_ASSETS, *ML_ASSETS, *MATRIX_ASSETS, *REBALANCE_ASSETS],
+        jobs=[weekly_sync_job, weekly_pipeline_job, targets_refresh_job, rebalance_job],
+        schedules=[friday_weekly_schedule, daily_update_schedule],
+        sensors=[rebalance_day_sensor],
         resources=build_resources(settings),
         # One DuckDB writer: separate processes buy nothing and cost ~3 s of start-up per step.
         executor=in_process_executor,
