@@ -178,8 +178,8 @@ def test_rejection_and_partial_fill_reported_with_severity(fake, con, tmp_path):
     assert rep.summary["fill_rate"] == pytest.approx((30 + 7 + 5) / (30 + 15 + 60 + 5))
 
 
-def test_buying_power_403_recorded_as_rejected(fake, con, tmp_path):
-    fake.cash = 1_000.0  # the risk check would block; lift it to see the broker's 403
+def test_buying_power_check_blocks_before_any_post(fake, con, tmp_path):
+    fake.cash = 1_000.0  # buys of 9,000 > 1,000 cash + 2,000 planned META sells
     cfg = ExecutionConfig(auto_paper=True, limits=RiskLimits(max_order_pct=1.0, max_turnover=100.0))
     fake.positions.clear()
     with pytest.raises(ExecutionRefusedError, match="buying_power"):
