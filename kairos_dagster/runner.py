@@ -64,8 +64,11 @@ def run_selection(
     # An ad-hoc job over the selection, built the way `dagster asset materialize` builds it.
     adhoc = define_asset_job("kairos_cli_run", selection=selection)
     resolved = Definitions.merge(defs, Definitions(jobs=[adhoc])).resolve_job_def("kairos_cli_run")
+    config = dict(run_config or {})
+    # Dagster's console logger prints every engine event at DEBUG; operators want the asset logs.
+    config.setdefault("loggers", {"console": {"config": {"log_level": os.environ.get("KAIROS_LOG_LEVEL", "INFO")}}})
     return resolved.execute_in_process(
-        run_config=dict(run_config or {}),
+        run_config=config,
         instance=instance or get_instance(),
         partition_key=partition_key,
         tags=run_tags,
