@@ -293,8 +293,9 @@ def rebalance_cmd(
         typer.echo(format_gates(week))
         line = rw.summary_line(week)
         if line.get("built"):
-            typer.echo(f"Would hold {line['n_positions']} positions, top 5 weight {line['top_5_weight']:.1%}, "
-                       f"est vol {line['estimated_vol']:.1%}, turnover {line['turnover']:.1%} (prior: {line['prior_source']})")
+            typer.echo(f"Would hold {line['n_positions']} positions, top 5 weight {_pct(line['top_5_weight'])}, "
+                       f"est vol {_pct(line['estimated_vol'])}, turnover {_pct(line['turnover'])} "
+                       f"(prior: {line['prior_source']})")
         sched = schedule_dict(dt.datetime.now(calendar_tz()), d)
         typer.echo(f"Schedule ({sched['rule']}): next rebalances {', '.join(sched['next_rebalances'])}")
         typer.echo("BLOCKED: the rebalance would not run." if week.blocked else "All blocking gates pass.")
@@ -312,7 +313,7 @@ def rebalance_cmd(
         op_config["portfolio_value"] = float(portfolio_value)
     typer.echo(f"Rebalance of {d} (signal date {plan.signal_date}, partition {week_key(d)}) through Dagster ...")
     result = run_selection(build_definitions(settings), ["rebalance_picks", "rebalance_trades"],
-                           partition_key=week_key(d), run_config={"ops": {reb.OP_NAME: op_config}},
+                           partition_key=week_key(d), run_config={"ops": {reb.OP_NAME: {"config": op_config}}},
                            tags={"kairos/trigger": "cli_rebalance"}, raise_on_error=False)
     typer.echo(f"Run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     if not result.success:
@@ -323,8 +324,12 @@ def rebalance_cmd(
     summary = json.loads((folder / "portfolio_summary.json").read_text())
     p, m = summary["portfolio"], summary["metrics"]
     typer.echo(f"Picks: {folder / 'picks.csv'}")
-    typer.echo(f"{p['n_positions']} positions, top 5 weight {p['top_5_weight']:.1%}, est vol {p['estimated_vol']:.1%}, "
-               f"turnover {m['turnover_vs_prior']:.1%}, regime {summary['regime']['regime']}")
+    typer.echo(f"{p['n_positions']} positions, top 5 weight {_pct(p['top_5_weight'])}, est vol {_pct(p['estimated_vol'])}, "
+               f"turnover {_pct(m['turnover_vs_prior'])}, regime {summary['regime']['regime'] or 'unknown'}")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 @app.command("demo")
