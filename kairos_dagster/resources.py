@@ -18,6 +18,10 @@ class SharadarSource(ConfigurableResource):
     base_url: str = "https://data.nasdaq.com/api/v3"
     synthetic_seed: int = 7
     synthetic_tickers: int = 500
+    # Nasdaq Data Link client tuning: per-request timeout and exponential backoff with jitter.
+    timeout_s: float = 30.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
 
     def build(self) -> MarketSource:
         if self.kind == "synthetic":
@@ -25,5 +29,6 @@ class SharadarSource(ConfigurableResource):
         if self.kind == "nasdaq":
             if not self.api_key:
                 raise ValueError("data source 'nasdaq' needs NASDAQ_DATA_LINK_API_KEY")
-            return NasdaqSource(self.api_key, self.base_url)
+            return NasdaqSource(self.api_key, self.base_url, timeout=self.timeout_s,
+                                backoff_base=self.backoff_base_s, backoff_max=self.backoff_max_s)
         raise ValueError(f"unknown data source kind {self.kind!r} (expected 'synthetic' or 'nasdaq')")

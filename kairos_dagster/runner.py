@@ -74,3 +74,17 @@ def run_selection(
         tags=run_tags,
         raise_on_error=raise_on_error,
     )
+
+
+def failure_messages(result: ExecuteInProcessResult) -> list[str]:
+    """One line per failed step: the innermost error's message (the wrapper says only "error in op")."""
+    lines = []
+    for event in result.all_events:
+        if not event.is_step_failure or event.event_specific_data is None:
+            continue
+        err = event.event_specific_data.error
+        while err is not None and err.cause is not None:
+            err = err.cause
+        if err is not None:
+            lines.append(f"{event.step_key}: {err.message.strip()}")
+    return lines

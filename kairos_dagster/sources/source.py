@@ -72,10 +72,10 @@ class NasdaqSource:
 
     name = "nasdaq"
 
-    def __init__(self, api_key: str, base_url: str) -> None:
+    def __init__(self, api_key: str, base_url: str, **client_options: float) -> None:
         from kairos_dagster.sources.nasdaq import NasdaqDataLinkClient
 
-        self.client = NasdaqDataLinkClient(api_key, base_url)
+        self.client = NasdaqDataLinkClient(api_key, base_url, **client_options)
 
     def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
         spec = schema(table)
