@@ -168,13 +168,12 @@ def sync_cmd(
 
 
 def _report_run(result) -> None:
+    from kairos_dagster.runner import failure_messages
+
     typer.echo(f"Run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     if not result.success:
-        for event in result.all_events:
-            if event.is_failure and event.event_specific_data is not None:
-                err = getattr(event.event_specific_data, "error", None)
-                if err is not None:
-                    typer.echo(f"  {event.step_key}: {err.message.strip()}", err=True)
+        for line in failure_messages(result):
+            typer.echo(f"  {line}", err=True)
         raise typer.Exit(1)
 
 
