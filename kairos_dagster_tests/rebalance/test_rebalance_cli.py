@@ -26,7 +26,12 @@ def cli_env(tmp_path, base_db, monkeypatch):
     shutil.copyfile(base_db, db)
     monkeypatch.setenv("KAIROS_DUCKDB_PATH", str(db))
     monkeypatch.setenv("KAIROS_OUTPUT_DIR", str(tmp_path / "outputs"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # A private instance: run storage under this test's DAGSTER_HOME (absolute path).
+    (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home / 'storage'}\n"
+                                       "telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     return db, tmp_path
 
 
@@ -82,7 +87,8 @@ def test_runs_through_dagster_no_prior_then_prior_holdings(cli_env):
     # Both runs are in the instance's run history (what the UI shows).
     with DagsterInstance.get() as instance:
         runs = instance.get_runs(RunsFilter(tags={"kairos/trigger": "cli_rebalance"}))
-    assert len(runs) == 2
+        assert (tmp / "dagster_home" / "storage").is_dir()
+    assert len(runs) == 2 and all(r.is_success for r in runs)
 
 
 def test_blocked_run_exits_non_zero_with_the_reasons(cli_env):
