@@ -13,12 +13,13 @@ from typing import Annotated
 
 import typer
 
-from kairos_dagster import calendar
+from kairos_dagster import calendar, cli_execution
 from kairos_dagster.settings import SettingsError, load_settings
 
 app = typer.Typer(help="Kairos weekly stock selection on Dagster.", no_args_is_help=True, add_completion=False)
 check_app = typer.Typer(help="NYSE rebalance calendar (last trading day of each week).", no_args_is_help=True)
 app.add_typer(check_app, name="check-rebalance")
+cli_execution.register(app)  # approve, execute, emergency
 
 EXIT_BAD_INPUT = 2
 
@@ -117,15 +118,19 @@ SHARADAR_ALIASES = {"SEP": "sep_base", "DAILY": "daily", "SF1": "sf1", "SF2": "s
 @app.command("sync")
 def sync_cmd(
     check_only: Annotated[bool, typer.Option("--check-only", help="report only; materialize nothing")] = False,
-    tables: Annotated[list[str] | None, typer.Option("--tables", help="SEP DAILY SF1 SF2 SF3 (default all)")] = None,
+    tables: Annotated[str | None, typer.Option("--tables", help="SEP DAILY SF1 SF2 SF3 (default all)")] = None,
     force: Annotated[bool, typer.Option("--force", help="re-sync the latest week even when up to date")] = False,
+    more_tables: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
 ) -> None:
-    """Smart sync: per table, the latest date held versus the source; materializes what is missing."""
+    """Smart sync: per table, the latest date held versus the source; materializes what is missing.
+
+    `--tables SEP DAILY` (as the original script took it), `--tables SEP,DAILY` or `--tables SEP --tables DAILY`.
+    """
     from kairos_dagster.sources.sync import SYNC_TABLES, plan_sync
     from kairos_dagster.warehouse import store
 
     settings = _settings()
-    names = [t for arg in (tables or []) for t in arg.replace(",", " ").split()]
+    names = [t for arg in [tables or "", *(more_tables or [])] for t in arg.replace(",", " ").split()]
     chosen = []
     for name in names or list(SYNC_TABLES):
         asset = SHARADAR_ALIASES.get(name.upper(), name.lower())
