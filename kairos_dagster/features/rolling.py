@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 ANNUALIZE = math.sqrt(252.0)
@@ -81,40 +82,86 @@ def lin_slope(y: pl.Expr, window: int) -> pl.Expr:
     return pl.when(~has_null).then(y.fill_null(0.0).rolling_sum(window, weights=weights) / denom)
 
 
+def _shifted(x: np.ndarray, k: int, fill: float | int) -> np.ndarray:
+    """x moved down k rows (row t holds x[t-k]); the first k rows hold `fill`."""
+    out = np.empty_like(x)
+    out[:k] = fill
+    out[k:] = x[: x.shape[0] - k]
+    return out
+
+
+def rolling_argmax_age(x: np.ndarray, window: int) -> np.ndarray:
+    """Rows back from t to the maximum of x[t-window+1 .. t], ties to the most recent row.
+
+    Doubling (a sparse table): the (max, age) of windows of 1, 2, 4, ... rows are combined from two
+    halves, then the final window from two overlapping power-of-two windows; the older half wins only
+    when strictly greater, so ties go to the most recent row. O(n log window) vectorized passes over
+    the whole column. Rows t < window - 1 reach before the column start: garbage, masked by callers.
+    """
+    if window < 1:
+        raise ValueError(f"rolling_argmax_age: window must be >= 1, got {window}")
+    val = np.ascontiguousarray(x, dtype=np.float64)
+    age = np.zeros(val.shape[0], dtype=np.int64)
+    span = 1
+
+    def combine(off: int) -> None:
+        nonlocal val, age
+        older_val, older_age = _shifted(val, off, -np.inf), _shifted(age, off, 0) + off
+        take = older_val > val
+        val = np.where(take, older_val, val)
+        age = np.where(take, older_age, age)
+
+    while 2 * span <= window:
+        combine(span)
+        span *= 2
+    if span < window:  # [t-span+1, t] and [t-window+1, t-window+span] overlap: fine for a max
+        combine(window - span)
+    return age
+
+
+def rolling_max_drawdown_values(p: np.ndarray, window: int) -> np.ndarray:
+    """Maximum drawdown (min over u <= s in the window of p_s / p_u - 1, <= 0) over the last `window` rows.
+
+    Block decomposition over the whole column: reshape into blocks of `window` rows; a window ending
+    at t is a suffix of the previous block plus a prefix of t's block, and the worst drop is in the
+    suffix, in the prefix, or from the suffix's peak to the prefix's trough. All are cumulative ops
+    along the block axis. Every candidate is one division of two stored prices and division rounds
+    monotonically, so the result is min over pairs of fl(p_s / p_u) exactly, wherever the blocks fall
+    (independent of where history or the previous ticker starts). Rows t < window - 1 are NaN.
+    """
+    n = p.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.float64)
+    pad = (-n) % window
+    # padding sits after the last row: it only touches suffixes of the last block, never read
+    blocks = np.concatenate([p.astype(np.float64), np.full(pad, p[-1], dtype=np.float64)]).reshape(-1, window)
+    pdd = np.minimum.accumulate(blocks / np.maximum.accumulate(blocks, axis=1), axis=1).ravel()[:n]
+    pmin = np.minimum.accumulate(blocks, axis=1).ravel()[:n]
+    rev = blocks[:, ::-1]
+    sdd = np.minimum.accumulate(np.minimum.accumulate(rev, axis=1) / rev, axis=1)[:, ::-1].ravel()[:n]
+    smax = np.maximum.accumulate(rev, axis=1)[:, ::-1].ravel()[:n]
+    lag = window - 1
+    out = np.full(n, np.nan)
+    if n <= lag:
+        return out
+    cross = np.minimum(np.minimum(pdd[lag:], sdd[:-lag] if lag else sdd), pmin[lag:] / (smax[:-lag] if lag else smax))
+    t = np.arange(lag, n)
+    out[lag:] = np.where(t % window == window - 1, pdd[lag:], cross) - 1.0
+    return out
+
+
 def rolling_max_drawdown(
     price: str, window: int, ticker: str = "ticker"
 ) -> tuple[list[list[pl.Expr]], pl.Expr]:
-    """Maximum drawdown (min over u <= s in the window of p_s / p_u - 1, <= 0) over the last `window` rows.
-
-    Block decomposition: split each ticker's rows into blocks of `window` rows; a window ending at
-    t is a suffix of the previous block plus a prefix of t's block, and the worst drop is in the
-    suffix, in the prefix, or from the suffix's peak to the prefix's trough. All are cumulative ops
-    per block; each candidate is a ratio of two stored prices, so the result is exact and independent
-    of where the blocks fall. Returns (stages of helper columns to add first, the result).
-    """
-    p = pl.col(price)
-    blk = [ticker, f"_blk{window}"]
-    pre = f"_mdd{window}"
-    helpers = [
-        (_I // window).alias(f"_blk{window}"),
-    ]
-    stage2 = [
-        # prefix of the block ending at t: worst ratio and trough
-        (p / p.cum_max().over(blk)).cum_min().over(blk).alias(f"{pre}_pdd"),
-        p.cum_min().over(blk).alias(f"{pre}_pmin"),
-        # suffix of the block starting at a: worst ratio and peak
-        (p.cum_min(reverse=True).over(blk) / p).cum_min(reverse=True).over(blk).alias(f"{pre}_sdd"),
-        p.cum_max(reverse=True).over(blk).alias(f"{pre}_smax"),
-    ]
-    lag = window - 1
-    same_block = (_I % window) == window - 1  # the window is exactly t's block
-    cross = pl.min_horizontal(
-        pl.col(f"{pre}_pdd"),
-        pl.col(f"{pre}_sdd").shift(lag),
-        pl.col(f"{pre}_pmin") / pl.col(f"{pre}_smax").shift(lag),
+    """Maximum drawdown of `price` over the last `window` rows (see rolling_max_drawdown_values) as an
+    expression over the whole ticker-sorted column; lookback window - 1. Returns (stages of helper
+    columns to add first — none now —, the result). `ticker` is unused: windows reaching into the
+    previous ticker are exactly the masked rows."""
+    del ticker
+    expr = pl.col(price).map_batches(
+        lambda s: pl.Series(rolling_max_drawdown_values(s.to_numpy(), window)), return_dtype=pl.Float64
     )
-    expr = pl.when(same_block).then(pl.col(f"{pre}_pdd")).otherwise(cross) - 1.0
-    return [helpers, stage2], expr
+    return [], expr
 
 
 def with_row_index(frame: pl.DataFrame | pl.LazyFrame, ticker: str = "ticker") -> pl.LazyFrame:
@@ -162,4 +209,5 @@ def build_table(
     `helpers` are stages of intermediate columns added first, in order."""
     for stage in helpers:
         lf = lf.with_columns(stage)
-    return lf.select(*keys, *(f.masked() for f in features)).collect()
+    # in-memory engine: these whole-column window queries run about 2x faster (CPU) than streaming
+    return lf.select(*keys, *(f.masked() for f in features)).collect(engine="in-memory")

@@ -33,6 +33,7 @@ from kairos_dagster.features.rolling import (
     check_sorted_unique,
     ema,
     lin_slope,
+    rolling_argmax_age,
     rolling_max_drawdown,
     wilder,
 )
@@ -137,13 +138,18 @@ def _rsi(n: int = 14) -> tuple[list[list[pl.Expr]], list[Feature]]:
     return [[gain.alias("_rsi_gain"), loss.alias("_rsi_loss")]], [Feature(f"rsi_{n}", rsi, lb + 1)]
 
 
+def _bars_since(x: pl.Expr, window: int, *, lowest: bool = False) -> pl.Expr:
+    """Rows since the highest (lowest) value of the last `window` rows, ties to the most recent."""
+    def fn(s: pl.Series) -> pl.Series:
+        v = s.to_numpy()
+        return pl.Series(rolling_argmax_age(-v if lowest else v, window))
+
+    return x.map_batches(fn, return_dtype=pl.Int64)
+
+
 def _aroon(n: int = 25) -> tuple[list[list[pl.Expr]], list[Feature]]:
     # TA-Lib AROON looks at n+1 bars; ties go to the most recent bar
-    hh, ll = _c("_aroon_hh"), _c("_aroon_ll")
-    since_high = pl.min_horizontal([pl.when(H.shift(j) == hh).then(pl.lit(j)) for j in range(n + 1)])
-    since_low = pl.min_horizontal([pl.when(L.shift(j) == ll).then(pl.lit(j)) for j in range(n + 1)])
-    stages = [[H.rolling_max(n + 1).alias("_aroon_hh"), L.rolling_min(n + 1).alias("_aroon_ll")],
-              [since_high.alias("_since_high"), since_low.alias("_since_low")]]
+    stages = [[_bars_since(H, n + 1).alias("_since_high"), _bars_since(L, n + 1, lowest=True).alias("_since_low")]]
     up = 100.0 * (n - _c("_since_high")) / n
     down = 100.0 * (n - _c("_since_low")) / n
     return stages, [
@@ -208,15 +214,6 @@ def _statistical() -> list[Feature]:
         # worst peak-to-trough drop of closeadj inside the window (<= 0)
         *mdd,
     ]
-
-
-def _statistical_helpers() -> list[list[pl.Expr]]:
-    stages: list[list[pl.Expr]] = [[], []]
-    for w in (63, 252):
-        st, _ = rolling_max_drawdown("closeadj", w)
-        stages[0] += st[0]
-        stages[1] += st[1]
-    return stages
 
 
 # --------------------------------------------------------------------------------------------- volume / volatility
@@ -379,7 +376,7 @@ def feat_trend(prices: pl.DataFrame) -> pl.DataFrame:
 
 def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
     """Return moments (21, 63), lag-1 autocorrelation, price z-score, max drawdown (63, 252)."""
-    return build_table(_prepare(prices, "feat_statistical"), STATISTICAL, helpers=_statistical_helpers())
+    return build_table(_prepare(prices, "feat_statistical"), STATISTICAL)
 
 
 def feat_vol_volatility(prices: pl.DataFrame) -> pl.DataFrame:
