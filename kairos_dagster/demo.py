@@ -43,7 +43,9 @@ def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None])
          AssetSelection.groups(*FEATURE_GROUPS), (feat_start, last)),
     ]
     if "rebalance_picks" in keys:
-        steps.append(("the latest week's rebalance", AssetSelection.assets("rebalance_picks"), (last, last)))
+        # rebalance_picks and rebalance_trades are one multi-asset: select them together.
+        steps.append(("the latest week's rebalance",
+                      AssetSelection.assets("rebalance_picks").required_multi_asset_neighbors(), (last, last)))
     echo(f"Kairos demo: {settings.synthetic_tickers} synthetic tickers (seed {settings.synthetic_seed}), "
          f"weeks {sync_start} .. {last}; warehouse {settings.duckdb_path}")
     for title, selection, (first, final) in steps:

@@ -112,7 +112,7 @@ def _sync_asset(table: SyncTable) -> AssetsDefinition:
     )
     def _sync(context: AssetExecutionContext, source: SharadarSource, warehouse: DuckDBWarehouse) -> Iterator:
         start, end = window_dates(context.partition_time_window)
-        known = warehouse.query("SELECT DISTINCT ticker FROM tickers").get_column("ticker")
+        known = warehouse.read("tickers", columns=["ticker"]).get_column("ticker").unique()
         result = sync_window(source.build(), table, start, end, known)
         _record_rejects(warehouse, name, result.rejects, start, end)
         md = frame_metadata(result.clean, table.partition_column)
