@@ -60,4 +60,24 @@ def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None])
                 if event.is_step_failure:
                     echo(f"    {event.step_key}: {event.event_specific_data.error.message.strip()[:2000]}")
             return False
+    print_latest_rebalance(settings, echo)
     return True
+
+
+def print_latest_rebalance(settings: Settings, echo: Callable[[str], None]) -> None:
+    """Where the latest picks are, and the short summary an operator reads first."""
+    import json
+
+    root = settings.output_dir / "rebalance"
+    folders = sorted(p for p in root.glob("????-??-??") if (p / "picks.csv").exists()) if root.exists() else []
+    if not folders:
+        return
+    latest = folders[-1]
+    summary = json.loads((latest / "portfolio_summary.json").read_text())
+    port, metrics, regime = summary.get("portfolio", {}), summary.get("metrics", {}), summary.get("regime", {})
+    echo(f"\nLatest rebalance {summary.get('rebalance_date')}: picks {latest / 'picks.csv'}")
+    echo(f"    {port.get('n_positions')} positions, total weight {port.get('total_weight'):.3f}, "
+         f"top 5 weight {port.get('top_5_weight'):.3f}, estimated vol {port.get('estimated_vol'):.3f}, "
+         f"turnover vs prior {metrics.get('turnover_vs_prior')}, regime {regime.get('regime')}")
+    echo(f"    trades {latest / 'trades.csv'}; summary {latest / 'portfolio_summary.json'}; "
+         f"schedule {latest / 'schedule.json'}")
