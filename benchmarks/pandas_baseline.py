@@ -15,7 +15,7 @@ import pandas as pd
 import polars as pl
 
 from kairos_dagster.features import technical as T
-from kairos_dagster.features.rolling import build_table
+from kairos_dagster.features.rolling import build_table, merge_stages
 from kairos_dagster.features.universe import market_returns
 
 
@@ -83,8 +83,9 @@ def run_polars(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
     """Ours on the same column subset: the production Feature declarations and helper stages,
     evaluated in one pass (what the tables do, minus the columns pandas does not compute)."""
     feats = {f.name: f for f in (*T.PRICE_ACTION, *T.TREND, *T.VOL_VOLATILITY, *T.BETA)}
-    stages = [[*a, *b] for a, b in zip(T.TREND_HELPERS, T._vol_volatility_helpers() + [[]] * 9, strict=False)]
+    stages = merge_stages(*(T.TABLE_HELPERS[t] for t in ("feat_trend", "feat_vol_volatility", "feat_beta")))
     lf = T._prepare(prices, "bench").join(mkt_ret.lazy(), on="date", how="left", maintain_order="left")
+    # helper columns no subset feature reads are pruned by the query optimizer
     return build_table(lf, [feats[c] for c in SUBSET], helpers=stages)
 
 

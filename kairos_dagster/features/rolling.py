@@ -201,6 +201,22 @@ def check_columns(frame: pl.DataFrame, table: str, columns: Iterable[str], *, no
             )
 
 
+def merge_stages(*stage_lists: Sequence[Sequence[pl.Expr]]) -> list[list[pl.Expr]]:
+    """Union of helper stages stage by stage (stage k of each list goes to stage k), each helper
+    column once: lists may share helpers by output name (same name = same expression)."""
+    depth = max((len(st) for st in stage_lists), default=0)
+    out: list[list[pl.Expr]] = [[] for _ in range(depth)]
+    seen: set[str] = set()
+    for st in stage_lists:
+        for k, stage in enumerate(st):
+            for e in stage:
+                name = e.meta.output_name()
+                if name not in seen:
+                    seen.add(name)
+                    out[k].append(e)
+    return out
+
+
 def build_table(
     lf: pl.LazyFrame, features: Sequence[Feature], keys: Sequence[str] = ("ticker", "date"),
     helpers: Sequence[Sequence[pl.Expr]] = (),

@@ -42,10 +42,10 @@ PRICE_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume", "cl
 MAX_LOOKBACK = 756  # 3 years of sessions: the most history any value may read
 
 O, H, L, C, V, CA = (pl.col(c) for c in ("open", "high", "low", "close", "volume", "closeadj"))  # noqa: E741
-RET = CA / CA.shift(1) - 1.0  # daily total return, lookback 1
+RET = pl.col("_ret")  # daily total return closeadj / prev - 1, lookback 1 (a column added by _prepare)
 LOG_HL = (H / L).log()
 LOG_CO = (C / O).log()
-DOLLAR_VOL = C * V
+DOLLAR_VOL = C * V  # as an expression; feat_adv materializes it as `_dv`
 EPS = 1e-12  # Qlib's guard against high == low in the K-bar ratios
 
 
@@ -210,7 +210,7 @@ def _statistical() -> list[Feature]:
         # lag-1 autocorrelation of daily returns over 63 sessions (mean reversion vs momentum)
         Feature("autocorr_1_63", pl.rolling_corr(RET, RET.shift(1), window_size=63), 64),
         # z-score of the close vs its 20-session mean (population std, as Bollinger)
-        Feature("zscore_20", _safe_div(C - C.rolling_mean(20), C.rolling_std(20, ddof=0)), 19),
+        Feature("zscore_20", _safe_div(C - C_MEAN20, C_SD20), 19),
         # worst peak-to-trough drop of closeadj inside the window (<= 0)
         *mdd,
     ]
@@ -226,9 +226,15 @@ def realized_vol(w: int) -> pl.Expr:
     return RET.rolling_std(w) * ANNUALIZE
 
 
+# Shared intermediates are materialized once as helper columns: polars does not eliminate common
+# rolling subexpressions across output columns, so a repeated rolling mean would be recomputed.
+C_MEAN20, C_SD20, V_MEAN20 = _c("_c_mean20"), _c("_c_sd20"), _c("_v_mean20")
+C_MOMENTS_20 = [C.rolling_mean(20).alias("_c_mean20"), C.rolling_std(20, ddof=0).alias("_c_sd20")]
+
+
 def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
-    mid = C.rolling_mean(n)
-    sd = C.rolling_std(n, ddof=0)  # TA-Lib BBANDS uses the population std
+    assert n == 20, "the helper columns hold 20-session moments"
+    mid, sd = C_MEAN20, C_SD20  # TA-Lib BBANDS uses the population std
     up, lo = mid + k * sd, mid - k * sd
     return [
         Feature(f"bb_upper_{n}", up, n - 1),
@@ -240,8 +246,10 @@ def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
 
 
 def _vol_volatility_helpers() -> list[list[pl.Expr]]:
+    """Helper stages of feat_vol_volatility (also VOL_VOLATILITY_HELPERS)."""
     signed_vol = pl.when(C > C.shift(1)).then(V).when(C < C.shift(1)).then(-V).otherwise(0.0)  # noqa: SIM300
-    return [[wilder(true_range(), 14)[0].alias("_atr"), signed_vol.rolling_sum(OBV_WINDOW).alias("_obv")]]
+    return [[wilder(true_range(), 14)[0].alias("_atr"), signed_vol.rolling_sum(OBV_WINDOW).alias("_obv"),
+             *C_MOMENTS_20, V.rolling_mean(20).alias("_v_mean20")]]
 
 
 def _vol_volatility() -> list[Feature]:
@@ -263,13 +271,13 @@ def _vol_volatility() -> list[Feature]:
         Feature("natr_14", 100.0 * atr / C, lb_atr + 1),
         *_bollinger(20, 2.0),
         # volume vs its 20-session mean, in std units
-        Feature("volume_z_20", _safe_div(V - V.rolling_mean(20), V.rolling_std(20)), 19),
+        Feature("volume_z_20", _safe_div(V - V_MEAN20, V.rolling_std(20)), 19),
         # on-balance volume summed over the trailing 252 sessions
         Feature("obv", obv, OBV_WINDOW),
         # 20-session OLS slope of that OBV, in units of average daily volume
-        Feature("obv_slope_20", _safe_div(lin_slope(obv, 20), V.rolling_mean(20)), OBV_WINDOW + 19),
+        Feature("obv_slope_20", _safe_div(lin_slope(obv, 20), V_MEAN20), OBV_WINDOW + 19),
         # short vs long volume activity
-        Feature("volume_ratio_5_20", _safe_div(V.rolling_mean(5), V.rolling_mean(20)), 19),
+        Feature("volume_ratio_5_20", _safe_div(V.rolling_mean(5), V_MEAN20), 19),
     ]
 
 
@@ -289,11 +297,14 @@ KBAR: dict[str, pl.Expr] = {
 KBAR_WINDOWS = (5, 10, 20)
 
 
+PRICE_SHAPE_HELPERS = [[e.alias(f"_{name}") for name, e in KBAR.items()]]
+
+
 def _price_shape() -> list[Feature]:
     return [
-        *(Feature(name, e, 0) for name, e in KBAR.items()),
+        *(Feature(name, _c(f"_{name}"), 0) for name in KBAR),
         # rolling means of each K-bar shape
-        *(Feature(f"{name}_mean_{w}", e.rolling_mean(w), w - 1) for name, e in KBAR.items() for w in KBAR_WINDOWS),
+        *(Feature(f"{name}_mean_{w}", _c(f"_{name}").rolling_mean(w), w - 1) for name in KBAR for w in KBAR_WINDOWS),
     ]
 
 
@@ -302,16 +313,17 @@ ADV_WINDOWS = (20, 60)
 
 
 def _adv() -> list[Feature]:
-    amihud_day = pl.when(DOLLAR_VOL > 0).then(RET.abs() / DOLLAR_VOL * 1e6)
+    dv = _c("_dv")
+    amihud_day = pl.when(dv > 0).then(RET.abs() / dv * 1e6)
     return [
         # average daily dollar volume (close * volume)
-        *(Feature(f"adv_{w}", DOLLAR_VOL.rolling_mean(w), w - 1) for w in ADV_WINDOWS),
+        *(Feature(f"adv_{w}", dv.rolling_mean(w), w - 1) for w in ADV_WINDOWS),
         # average daily share turnover: volume / shares outstanding
         Feature("turnover_20", pl.col("_turnover").rolling_mean(20), 19),
         # Amihud illiquidity: mean |return| per $1M traded, over days that traded
         Feature(
             "amihud_20",
-            _safe_div(amihud_day.fill_null(0.0).rolling_sum(20), (DOLLAR_VOL > 0).cast(pl.Float64).rolling_sum(20)),
+            _safe_div(amihud_day.fill_null(0.0).rolling_sum(20), (dv > 0).cast(pl.Float64).rolling_sum(20)),
             20,
         ),
     ]
@@ -338,13 +350,24 @@ BETA_WINDOWS = (63, 252)
 MKT = pl.col("mkt_ret")
 
 
+def _beta_helpers() -> list[list[pl.Expr]]:
+    means = {"r": RET, "m": MKT, "rm": RET * MKT, "mm": MKT**2, "rr": RET**2}
+    stage1 = [e.rolling_mean(w).alias(f"_mean_{k}_{w}") for w in BETA_WINDOWS for k, e in means.items()]
+    stage2: list[pl.Expr] = []
+    for w in BETA_WINDOWS:
+        m = {k: _c(f"_mean_{k}_{w}") for k in means}
+        stage2 += [(m["rm"] - m["r"] * m["m"]).alias(f"_cov_{w}"), (m["mm"] - m["m"] ** 2).alias(f"_var_m_{w}"),
+                   (m["rr"] - m["r"] ** 2).alias(f"_var_r_{w}")]
+    return [stage1, stage2]
+
+
+BETA_HELPERS = _beta_helpers()
+
+
 def _beta() -> list[Feature]:
     out: list[Feature] = []
     for w in BETA_WINDOWS:
-        mr, mm = RET.rolling_mean(w), MKT.rolling_mean(w)
-        cov = (RET * MKT).rolling_mean(w) - mr * mm
-        var_m = (MKT**2).rolling_mean(w) - mm**2
-        var_r = (RET**2).rolling_mean(w) - mr**2
+        cov, var_m, var_r = _c(f"_cov_{w}"), _c(f"_var_m_{w}"), _c(f"_var_r_{w}")
         beta = _safe_div(cov, var_m)
         out += [
             # sensitivity to the cap-weighted universe return
@@ -361,7 +384,10 @@ def _beta() -> list[Feature]:
 def _prepare(prices: pl.DataFrame, table: str, extra: tuple[str, ...] = ()) -> pl.LazyFrame:
     check_columns(prices, table, PRICE_COLUMNS + extra)
     check_sorted_unique(prices, table)
-    return prices.lazy().with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("ticker").alias(IDX))
+    # _ret at a ticker's first row reads the previous ticker: lookback 1 masks it
+    return prices.lazy().with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).over("ticker").alias(IDX), (CA / CA.shift(1) - 1.0).alias("_ret")
+    )
 
 
 def feat_price_action(prices: pl.DataFrame) -> pl.DataFrame:
@@ -376,17 +402,17 @@ def feat_trend(prices: pl.DataFrame) -> pl.DataFrame:
 
 def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
     """Return moments (21, 63), lag-1 autocorrelation, price z-score, max drawdown (63, 252)."""
-    return build_table(_prepare(prices, "feat_statistical"), STATISTICAL)
+    return build_table(_prepare(prices, "feat_statistical"), STATISTICAL, helpers=STATISTICAL_HELPERS)
 
 
 def feat_vol_volatility(prices: pl.DataFrame) -> pl.DataFrame:
     """Realized / range volatilities, ATR, Bollinger, volume z-score, OBV, volume ratio."""
-    return build_table(_prepare(prices, "feat_vol_volatility"), VOL_VOLATILITY, helpers=_vol_volatility_helpers())
+    return build_table(_prepare(prices, "feat_vol_volatility"), VOL_VOLATILITY, helpers=VOL_VOLATILITY_HELPERS)
 
 
 def feat_price_shape(prices: pl.DataFrame) -> pl.DataFrame:
     """Qlib Alpha158 K-bar shapes and their 5/10/20-session means."""
-    return build_table(_prepare(prices, "feat_price_shape"), PRICE_SHAPE)
+    return build_table(_prepare(prices, "feat_price_shape"), PRICE_SHAPE, helpers=PRICE_SHAPE_HELPERS)
 
 
 def feat_adv(
@@ -414,7 +440,7 @@ def feat_adv(
         turnover = _safe_div(DOLLAR_VOL, pl.col("marketcap") * 1e6)
     else:
         raise ValueError("feat_adv: pass `daily` (marketcap) or `shares` to compute share turnover")
-    return build_table(lf.with_columns(turnover.alias("_turnover")), ADV)
+    return build_table(lf.with_columns(turnover.alias("_turnover"), DOLLAR_VOL.alias("_dv")), ADV)
 
 
 def feat_vol_sizing(prices: pl.DataFrame) -> pl.DataFrame:
@@ -434,7 +460,7 @@ def feat_beta(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
     lf = _prepare(prices, "feat_beta").join(
         mkt_ret.lazy().select("date", "mkt_ret"), on="date", how="left", maintain_order="left"
     )
-    return build_table(lf, BETA)
+    return build_table(lf, BETA, helpers=BETA_HELPERS)
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -496,9 +522,21 @@ TREND_HELPERS, TREND = _trend()
 STATISTICAL = _statistical()
 VOL_VOLATILITY = _vol_volatility()
 PRICE_SHAPE = _price_shape()
+VOL_VOLATILITY_HELPERS = _vol_volatility_helpers()
+STATISTICAL_HELPERS = [C_MOMENTS_20]
 ADV = _adv()
 VOL_SIZING = _vol_sizing()
 BETA = _beta()
+
+
+# Helper-column stages per table (added in order before the table's select; see build_table).
+TABLE_HELPERS: dict[str, list[list[pl.Expr]]] = {
+    "feat_trend": TREND_HELPERS,
+    "feat_statistical": STATISTICAL_HELPERS,
+    "feat_vol_volatility": VOL_VOLATILITY_HELPERS,
+    "feat_price_shape": PRICE_SHAPE_HELPERS,
+    "feat_beta": BETA_HELPERS,
+}
 
 
 @dataclass(frozen=True)
