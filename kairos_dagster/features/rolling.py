@@ -82,35 +82,32 @@ def lin_slope(y: pl.Expr, window: int) -> pl.Expr:
     return pl.when(~has_null).then(y.fill_null(0.0).rolling_sum(window, weights=weights) / denom)
 
 
-def _shifted(x: np.ndarray, k: int, fill: float | int) -> np.ndarray:
-    """x moved down k rows (row t holds x[t-k]); the first k rows hold `fill`."""
-    out = np.empty_like(x)
-    out[:k] = fill
-    out[k:] = x[: x.shape[0] - k]
-    return out
-
-
 def rolling_argmax_age(x: np.ndarray, window: int) -> np.ndarray:
-    """Rows back from t to the maximum of x[t-window+1 .. t], ties to the most recent row.
+    """Rows back from t to the maximum of x[t-window+1 .. t], ties to the most recent row (int32).
 
     Doubling (a sparse table): the (max, age) of windows of 1, 2, 4, ... rows are combined from two
     halves, then the final window from two overlapping power-of-two windows; the older half wins only
-    when strictly greater, so ties go to the most recent row. O(n log window) vectorized passes over
-    the whole column. Rows t < window - 1 reach before the column start: garbage, masked by callers.
+    when strictly greater, so ties go to the most recent row. O(n log window) vectorized in-place
+    passes over the whole column. Rows t < window - 1 reach before the column start: garbage, masked
+    by callers.
     """
     if window < 1:
         raise ValueError(f"rolling_argmax_age: window must be >= 1, got {window}")
-    val = np.ascontiguousarray(x, dtype=np.float64)
-    age = np.zeros(val.shape[0], dtype=np.int64)
-    span = 1
+    val = np.array(x, dtype=np.float64, copy=True)
+    n = val.shape[0]
+    age = np.zeros(n, dtype=np.int32)
+    take = np.empty(n, dtype=bool)
 
     def combine(off: int) -> None:
-        nonlocal val, age
-        older_val, older_age = _shifted(val, off, -np.inf), _shifted(age, off, 0) + off
-        take = older_val > val
-        val = np.where(take, older_val, val)
-        age = np.where(take, older_age, age)
+        # row t (>= off) takes the window ending at t - off when its max is strictly greater
+        if off >= n:
+            return
+        older_val, older_age = val[: n - off].copy(), age[: n - off] + np.int32(off)
+        np.greater(older_val, val[off:], out=take[off:])
+        np.copyto(val[off:], older_val, where=take[off:])
+        np.copyto(age[off:], older_age, where=take[off:])
 
+    span = 1
     while 2 * span <= window:
         combine(span)
         span *= 2
@@ -164,9 +161,17 @@ def rolling_max_drawdown(
     return [], expr
 
 
+def ticker_row_index(ticker: str = "ticker") -> pl.Expr:
+    """In-ticker row index of a frame whose tickers are contiguous (sorted): row number minus the
+    row number where the ticker's run starts (cheaper than int_range().over(ticker), a group-by)."""
+    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    t = pl.col(ticker)
+    return row - pl.when(t != t.shift(1)).then(row).forward_fill().fill_null(0)
+
+
 def with_row_index(frame: pl.DataFrame | pl.LazyFrame, ticker: str = "ticker") -> pl.LazyFrame:
-    """Add `_i`, the in-ticker row index, to a ticker-sorted frame."""
-    return frame.lazy().with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over(ticker).alias(IDX))
+    """Add `_i`, the in-ticker row index, to a ticker-sorted frame (tickers contiguous)."""
+    return frame.lazy().with_columns(ticker_row_index(ticker).alias(IDX))
 
 
 def check_sorted_unique(frame: pl.DataFrame, table: str, keys: Sequence[str] = ("ticker", "date")) -> None:

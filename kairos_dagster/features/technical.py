@@ -35,6 +35,7 @@ from kairos_dagster.features.rolling import (
     lin_slope,
     rolling_argmax_age,
     rolling_max_drawdown,
+    ticker_row_index,
     wilder,
 )
 
@@ -144,7 +145,7 @@ def _bars_since(x: pl.Expr, window: int, *, lowest: bool = False) -> pl.Expr:
         v = s.to_numpy()
         return pl.Series(rolling_argmax_age(-v if lowest else v, window))
 
-    return x.map_batches(fn, return_dtype=pl.Int64)
+    return x.map_batches(fn, return_dtype=pl.Int32)
 
 
 def _aroon(n: int = 25) -> tuple[list[list[pl.Expr]], list[Feature]]:
@@ -386,7 +387,7 @@ def _prepare(prices: pl.DataFrame, table: str, extra: tuple[str, ...] = ()) -> p
     check_sorted_unique(prices, table)
     # _ret at a ticker's first row reads the previous ticker: lookback 1 masks it
     return prices.lazy().with_columns(
-        pl.int_range(pl.len(), dtype=pl.Int64).over("ticker").alias(IDX), (CA / CA.shift(1) - 1.0).alias("_ret")
+        ticker_row_index().alias(IDX), (CA / CA.shift(1) - 1.0).alias("_ret")
     )
 
 
@@ -415,6 +416,16 @@ def feat_price_shape(prices: pl.DataFrame) -> pl.DataFrame:
     return build_table(_prepare(prices, "feat_price_shape"), PRICE_SHAPE, helpers=PRICE_SHAPE_HELPERS)
 
 
+def _attach(lf: pl.LazyFrame, prices: pl.DataFrame, other: pl.DataFrame, column: str) -> pl.LazyFrame:
+    """Left-join `other`'s column on (ticker, date). When `other` holds exactly the price rows in the
+    same order (the usual case) the column is attached directly: a two-key hash join over millions of
+    rows costs more than the table's features."""
+    keys = ["ticker", "date"]
+    if other.height == prices.height and other.select(keys).equals(prices.select(keys)):
+        return lf.with_columns(pl.lit(other.get_column(column)).alias(column))
+    return lf.join(other.lazy().select(*keys, column), on=keys, how="left", maintain_order="left", validate="m:1")
+
+
 def feat_adv(
     prices: pl.DataFrame, daily: pl.DataFrame | None = None, shares: pl.DataFrame | None = None
 ) -> pl.DataFrame:
@@ -430,13 +441,11 @@ def feat_adv(
     lf = _prepare(prices, "feat_adv")
     if shares is not None:
         check_columns(shares, "shares", ("ticker", "date", "shares"))
-        lf = lf.join(shares.lazy().select("ticker", "date", "shares"), on=["ticker", "date"], how="left",
-                     maintain_order="left", validate="m:1")
+        lf = _attach(lf, prices, shares, "shares")
         turnover = _safe_div(V, pl.col("shares"))
     elif daily is not None:
         check_columns(daily, "daily", ("ticker", "date", "marketcap"), no_nulls=False)
-        lf = lf.join(daily.lazy().select("ticker", "date", "marketcap"), on=["ticker", "date"], how="left",
-                     maintain_order="left", validate="m:1")
+        lf = _attach(lf, prices, daily, "marketcap")
         turnover = _safe_div(DOLLAR_VOL, pl.col("marketcap") * 1e6)
     else:
         raise ValueError("feat_adv: pass `daily` (marketcap) or `shares` to compute share turnover")

@@ -206,6 +206,19 @@ def test_vol_blend_is_floored_and_adv_and_turnover_are_dollar_volume_based() -> 
     assert adv["turnover_20"][500] == pytest.approx(s["volume"].to_numpy()[481:501].mean() / 150e6, rel=1e-9)
     with pytest.raises(ValueError, match="feat_adv: pass"):
         T.feat_adv(PRICES)
+    # DAILY not row-aligned with the prices (other order, a missing day, an extra ticker): joined by key
+    daily = make_daily(PRICES)
+    hole = daily.filter((pl.col("ticker") == "T02") & (pl.col("date") == s["date"][490]))
+    other = pl.concat([daily.join(hole, on=["ticker", "date"], how="anti").reverse(),
+                       daily.head(5).with_columns(pl.lit("ZZZ").alias("ticker"))])
+    joined = T.feat_adv(PRICES, daily=other)
+    aligned = T.feat_adv(PRICES, daily=daily)
+    assert joined.drop("turnover_20").equals(aligned.drop("turnover_20"))
+    t2 = joined.filter(pl.col("ticker") == "T02")["turnover_20"]
+    # the missing marketcap nulls exactly the 20 windows that contain that day
+    assert t2.slice(490, 20).null_count() == 20 and t2[489] is not None and t2[510] is not None
+    assert joined.filter(pl.col("ticker") != "T02")["turnover_20"].equals(
+        aligned.filter(pl.col("ticker") != "T02")["turnover_20"])
 
 
 # ------------------------------------------------------------------------------------- targets
