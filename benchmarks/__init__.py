@@ -1,0 +1,1 @@
+"""Scale benchmarks (`make bench`); never part of `make test`."""

@@ -1,0 +1,387 @@
+"""One benchmark stage per process: `python -m benchmarks.stages NAME --json OUT`.
+
+Each stage runs a real code path (the synthetic market, `runner.run_selection` over the Dagster
+executor and the DuckDB warehouse, or the pure ML / portfolio functions) and writes a JSON record:
+`seconds` (the timed operation only, without interpreter and import start-up), plus counts and
+details. `benchmarks.run` starts every stage in a fresh process so that its peak RSS is its own.
+
+The scale comes from the environment that `benchmarks.run` sets: KAIROS_SYNTHETIC_TICKERS,
+KAIROS_DUCKDB_PATH, KAIROS_START_DATE, DAGSTER_HOME, KAIROS_MODELS_DIR, KAIROS_OUTPUT_DIR, plus
+BENCH_LAST_WEEK (the last partition key) and BENCH_TRIALS (Optuna trials of the tuning stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+FEATURE_GROUPS = ("phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites",
+                  "phase5_regime", "phase5_composites")
+SYNC_ASSETS = ("tickers", "sep_base", "daily", "sf1", "sf2", "sf3")
+SYNC_TABLES = ("SEP", "DAILY", "SF1", "SF2", "SF3")
+REBALANCE_ASSETS = ("rebalance_picks", "rebalance_trades")
+
+
+# ------------------------------------------------------------------------------- helpers
+def _env_date(name: str) -> dt.date:
+    return dt.date.fromisoformat(os.environ[name])
+
+
+def first_week() -> str:
+    return os.environ["KAIROS_START_DATE"]
+
+
+def last_week() -> str:
+    return os.environ["BENCH_LAST_WEEK"]
+
+
+def _defs() -> Any:
+    from kairos_dagster.definitions import build_definitions
+    from kairos_dagster.settings import load_settings
+
+    return build_definitions(load_settings())
+
+
+def _materialize(selection: Any, partition_range: tuple[str, str], run_config: dict | None = None) -> dict:
+    """One run of `selection` over the partition range through the Dagster instance; time and counts."""
+    from dagster import DagsterInstance
+
+    from kairos_dagster.runner import dagster_home, run_selection
+
+    defs = _defs()
+    dagster_home()
+    with DagsterInstance.get() as instance:
+        t0 = time.perf_counter()
+        result = run_selection(defs, selection, partition_range=partition_range, instance=instance,
+                               run_config=run_config)
+        seconds = time.perf_counter() - t0
+        step_seconds = _step_seconds(instance, result.run_id)
+    checks = [(e.asset_key.to_user_string(), e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
+    failed = [f"{a}.{c}" for a, c, ok in checks if not ok]
+    mats = {}
+    for ev in result.get_asset_materialization_events():
+        m = ev.step_materialization_data.materialization
+        rows = m.metadata.get("rows") or m.metadata.get("dagster/row_count")
+        mats[m.asset_key.to_user_string()] = int(rows.value) if rows is not None else None
+    return {"seconds": seconds, "success": result.success, "partition_range": list(partition_range),
+            "assets": mats, "checks": len(checks), "failed_checks": failed, "step_seconds": step_seconds}
+
+
+def _step_seconds(instance: Any, run_id: str) -> dict[str, float]:
+    """Per-step wall time from the run's event log: where the time of a run goes."""
+    from dagster import DagsterEventType
+
+    starts: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for rec in instance.all_logs(run_id):
+        ev = rec.dagster_event
+        if ev is None or not ev.step_key:
+            continue
+        if ev.event_type == DagsterEventType.STEP_START:
+            starts[ev.step_key] = rec.timestamp
+        elif ev.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE) and ev.step_key in starts:
+            out[ev.step_key] = round(rec.timestamp - starts[ev.step_key], 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _groups(*names: str) -> Any:
+    from dagster import AssetSelection
+
+    sel = AssetSelection.groups(*names)
+    return sel
+
+
+def _assets(*names: str) -> Any:
+    from dagster import AssetSelection
+
+    return AssetSelection.assets(*names)
+
+
+def _con(read_only: bool = True) -> Any:
+    from kairos_dagster.settings import load_settings
+    from kairos_dagster.warehouse import store
+
+    return store.connect(load_settings().duckdb_path, read_only=read_only)
+
+
+def _tables_present(names: tuple[str, ...]) -> list[str]:
+    from kairos_dagster.warehouse.store import table_exists
+
+    with _con() as con:
+        return [n for n in names if not table_exists(con, n)]
+
+
+def _require(names: tuple[str, ...], stage: str) -> None:
+    missing = _tables_present(names)
+    if missing:
+        raise SystemExit(f"stage {stage}: warehouse tables {missing} are missing; run their stages first")
+
+
+# ------------------------------------------------------------------------------- issue 2
+def stage_generate() -> dict:
+    """SyntheticMarket: SEP, DAILY, SF1, SF2, SF3 over the whole span, all tickers, in one process."""
+    from kairos_dagster.sources.synthetic import SyntheticMarket
+
+    n = int(os.environ["KAIROS_SYNTHETIC_TICKERS"])
+    start, end = _env_date("KAIROS_START_DATE"), _env_date("BENCH_LAST_WEEK") + dt.timedelta(days=6)
+    market = SyntheticMarket(seed=int(os.environ.get("KAIROS_SYNTHETIC_SEED", "7")), n_tickers=n)
+    rows: dict[str, int] = {}
+    per_table: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for name in SYNC_TABLES:
+        t1 = time.perf_counter()
+        df = market.table(name, start, end)
+        per_table[name] = round(time.perf_counter() - t1, 2)
+        rows[name] = df.height
+        del df
+    return {"seconds": time.perf_counter() - t0, "rows": rows, "table_seconds": per_table}
+
+
+def stage_sync() -> dict:
+    return _materialize(_assets(*SYNC_ASSETS), (first_week(), last_week()))
+
+
+# ------------------------------------------------------------------------------- issue 3
+def stage_features() -> dict:
+    _require(("sep_base", "daily", "sf1"), "features")
+    return _materialize(_groups(*FEATURE_GROUPS), (first_week(), last_week()))
+
+
+def stage_reports() -> dict:
+    _require(("alpha_composite_v8", "feat_targets"), "reports")
+    return _materialize(_groups("reports"), (first_week(), last_week()))
+
+
+def stage_features_week() -> dict:
+    _require(("alpha_composite_v8",), "features_week")
+    return _materialize(_groups(*FEATURE_GROUPS), (last_week(), last_week()))
+
+
+def stage_pandas() -> dict:
+    """benchmarks.pandas_baseline.compare on as many rows as the synthetic market's SEP at this scale."""
+    from benchmarks import pandas_baseline
+    from kairos_dagster.calendar import sessions_between
+
+    n = int(os.environ["KAIROS_SYNTHETIC_TICKERS"])
+    start, end = _env_date("KAIROS_START_DATE"), _env_date("BENCH_LAST_WEEK") + dt.timedelta(days=6)
+    n_sessions = len(sessions_between(start, end))
+    t0 = time.perf_counter()
+    res = pandas_baseline.compare(n, n_sessions)
+    return {"seconds": time.perf_counter() - t0, "tickers": n, "sessions": n_sessions,
+            **{k: float(v) for k, v in res.items()}}
+
+
+# ------------------------------------------------------------------------------- issue 4
+def _ml_history() -> tuple[pl.DataFrame, pl.DataFrame, list[dt.date], dict]:
+    """Training rows of one model on the full window: universe on rebalance dates, labels known by the end."""
+    from kairos_dagster.calendar import rebalance_dates_between
+    from kairos_dagster.ml import tables
+
+    start, end = _env_date("KAIROS_START_DATE"), _env_date("BENCH_LAST_WEEK")
+    dates = rebalance_dates_between(start, end - dt.timedelta(days=1))
+    t0 = time.perf_counter()
+    with _con() as con:
+        feats = tables.load_matrix(con, tables.ml_features(), start, start, dates=dates)
+        labels = tables.load_labels(con, start, start, dates)
+    return feats, labels, dates, {"load_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _train_frame() -> tuple[pl.DataFrame, list[str], dict]:
+    from kairos_dagster.ml import tables
+    from kairos_dagster.ml.dataset import training_rows
+
+    feats, labels, dates, info = _ml_history()
+    # A label of date d is known 5 sessions later: keep the rows whose horizon ended before the last week.
+    label_end = _env_date("BENCH_LAST_WEEK") - dt.timedelta(days=1)
+    usable = [d for d in dates if d <= label_end - dt.timedelta(days=10)]
+    frame, stats = training_rows(feats, labels, tables.ml_features(), "label_top_quintile_5d",
+                                 start=usable[0], end=usable[-1], label_end=label_end)
+    return frame, tables.ml_features(), {**info, "train_rows": frame.height, "features": len(tables.ml_features()),
+                                         "train_dates": len(usable), **{k: int(v) for k, v in stats.items()}}
+
+
+def stage_ml_retrain() -> dict:
+    _require(("alpha_composite_v8", "feat_targets"), "ml_retrain")
+    from kairos_dagster.ml.train import DEFAULT_PARAMS, train_classifier
+
+    frame, features, info = _train_frame()
+    t0 = time.perf_counter()
+    model = train_classifier(frame, features, "label_top_quintile_5d", DEFAULT_PARAMS, seed=42,
+                             device=os.environ.get("KAIROS_XGB_DEVICE", "cpu"), n_threads=os.cpu_count() or 2)
+    return {"seconds": time.perf_counter() - t0, **info, "best_iteration": model.best_iteration,
+            "valid_metrics": model.valid_metrics}
+
+
+def stage_ml_tune() -> dict:
+    _require(("alpha_composite_v8", "feat_targets"), "ml_tune")
+    import tempfile
+
+    from kairos_dagster.ml.tune import tune
+
+    n_trials = int(os.environ.get("BENCH_TRIALS", "20"))
+    frame, features, info = _train_frame()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_WORK")) as tmp:
+        t0 = time.perf_counter()
+        res = tune(frame, features, "label_top_quintile_5d", n_trials=n_trials, seed=42,
+                   storage=os.path.join(tmp, "bench.journal"), study_name="bench",
+                   n_threads=os.cpu_count() or 2, device=os.environ.get("KAIROS_XGB_DEVICE", "cpu"))
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, **info, "n_trials": n_trials, "summary": _jsonable(res.summary),
+            "best_params": _jsonable(res.best_params)}
+
+
+def stage_ml_backfill() -> dict:
+    _require(("alpha_composite_v8", "feat_targets"), "ml_backfill")
+    return _materialize(_assets("ml_predictions_v2"), (first_week(), last_week()))
+
+
+def stage_ml_score_week() -> dict:
+    """The last week of ml_predictions_v2 after the backfill: its model is in the registry, so this is scoring."""
+    _require(("ml_predictions_v2",), "ml_score_week")
+    return _materialize(_assets("ml_predictions_v2"), (last_week(), last_week()))
+
+
+def stage_ml_tuned_backfill() -> dict:
+    _require(("alpha_composite_v8", "feat_targets"), "ml_tuned_backfill")
+    return _materialize(_assets("ml_predictions_v2_tuned"), (first_week(), last_week()))
+
+
+def stage_matrix() -> dict:
+    _require(("ml_predictions_v2", "ml_predictions_v2_tuned"), "matrix")
+    return _materialize(_groups("phase7_matrix"), (first_week(), last_week()))
+
+
+def stage_ic() -> dict:
+    """Out-of-sample weekly rank IC over the last three years against ret_5d_f (universe rows on
+    rebalance dates): the ML alphas, alpha_composite_v8 and the synthetic market's oracle."""
+    _require(("universe", "feat_targets", "alpha_composite_v8"), "ic")
+    from kairos_dagster.calendar import rebalance_dates_between
+    from kairos_dagster.ml.metrics import ic_stats, rank_ic_by_date
+    from kairos_dagster.sources.synthetic import SyntheticMarket
+    from kairos_dagster.warehouse.store import table_exists
+
+    t0 = time.perf_counter()
+    end = _env_date("BENCH_LAST_WEEK") + dt.timedelta(days=7)
+    start = max(end - dt.timedelta(days=3 * 365), _env_date("KAIROS_START_DATE"))
+    dates = rebalance_dates_between(start, end - dt.timedelta(days=1))
+    signals = {"alpha_composite_v8": ("alpha_composite_v8", "alpha_composite_v8"),
+               "alpha_ml_v2_clf": ("ml_predictions_v2", "alpha_ml_v2_clf"),
+               "alpha_ml_v2_tuned_clf": ("ml_predictions_v2_tuned", "alpha_ml_v2_tuned_clf")}
+    with _con() as con:
+        base = con.execute(
+            "SELECT u.ticker, u.date, t.ret_5d_f FROM universe u JOIN feat_targets t USING (ticker, date) "
+            "WHERE list_contains($dates::DATE[], u.date)", {"dates": dates}).pl()
+        for col, (table, src) in signals.items():
+            if table_exists(con, table):
+                s = con.execute(f"SELECT ticker, date, {src} AS {col} FROM {table} "
+                                "WHERE list_contains($dates::DATE[], date)", {"dates": dates}).pl()
+                base = base.join(s, on=["ticker", "date"], how="left")
+    market = SyntheticMarket(seed=int(os.environ.get("KAIROS_SYNTHETIC_SEED", "7")),
+                             n_tickers=int(os.environ["KAIROS_SYNTHETIC_TICKERS"]))
+    oracle = market.oracle(start, end).select("ticker", "date", pl.col("expected_ret_5d").alias("oracle"))
+    base = base.join(oracle, on=["ticker", "date"], how="left")
+    out: dict[str, Any] = {}
+    for col in ["oracle", *(c for c in signals if c in base.columns)]:
+        stats = ic_stats(rank_ic_by_date(base, col, "ret_5d_f")["rank_ic"])
+        out[col] = {k: round(float(v), 4) for k, v in stats.items()}
+    ref = out["oracle"]["rank_ic"]
+    for col, st in out.items():
+        st["ratio_to_oracle"] = round(st["rank_ic"] / ref, 3) if ref and col != "oracle" else None
+    return {"seconds": time.perf_counter() - t0, "window": [str(start), str(end - dt.timedelta(days=1))],
+            "rebalance_dates": len(dates), "rows": base.height, "ic": out}
+
+
+# ------------------------------------------------------------------------------- issue 5
+def signal_frame(n: int, seed: int = 11) -> tuple[pl.DataFrame, pl.DataFrame, dt.date]:
+    """A 5,000-row feat_matrix_v2 slice at a signal date and 63 sessions of one-factor returns."""
+    from kairos_dagster import calendar as cal
+    from kairos_dagster.sources.schemas import SECTORS
+
+    signal_date = cal.previous_session(cal.rebalance_date_for_week(_env_date("BENCH_LAST_WEEK")))
+    rng = np.random.default_rng(seed)
+    tickers = [f"T{i:05d}" for i in range(n)]
+    frame = pl.DataFrame({
+        "date": [signal_date] * n, "ticker": tickers, "sector": [SECTORS[i % len(SECTORS)] for i in range(n)],
+        "alpha_ml_v2_tuned_clf": rng.normal(0.5, 0.1, n), "alpha_composite_v8": rng.normal(0.0, 1.0, n),
+        "vol_blend": rng.uniform(0.15, 0.6, n), "adv_20": rng.lognormal(16.0, 1.0, n),
+        "price": rng.uniform(5.0, 300.0, n),
+    })
+    days = cal.sessions_array(cal.sessions_offset(signal_date, -62), signal_date)
+    m = rng.normal(0, 1, (len(days), 1))
+    r = 0.02 * (np.sqrt(0.3) * m + np.sqrt(0.7) * rng.normal(0, 1, (len(days), n)))
+    rets = pl.DataFrame({"ticker": np.repeat(np.array(tickers), len(days)), "date": np.tile(days, n),
+                         "ret": r.T.reshape(-1)}).with_columns(pl.col("date").cast(pl.Date))
+    return frame, rets, signal_date
+
+
+def stage_rebalance_core() -> dict:
+    """risk4.build_portfolio on a 5,000-row signal frame, fresh and then against the first run as prior."""
+    from kairos_dagster.portfolio.config import ML_CONFIG
+    from kairos_dagster.portfolio.risk4 import build_portfolio
+
+    n = int(os.environ.get("BENCH_SIGNAL_ROWS", "5000"))
+    frame, rets, signal_date = signal_frame(n)
+    t0 = time.perf_counter()
+    first = build_portfolio(frame, None, rets, ML_CONFIG, signal_date)
+    fresh = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = build_portfolio(frame.with_columns(pl.col("alpha_ml_v2_tuned_clf").reverse()),
+                          first.picks.select("ticker", "weight", "sector"), rets, ML_CONFIG, signal_date)
+    with_prior = time.perf_counter() - t1
+    return {"seconds": max(fresh, with_prior), "fresh_seconds": round(fresh, 3),
+            "with_prior_seconds": round(with_prior, 3), "signal_rows": n, "eligible": res.n_eligible,
+            "positions": res.picks.height}
+
+
+def stage_rebalance_asset() -> dict:
+    _require(("feat_matrix_v2",), "rebalance_asset")
+    out = os.path.join(os.environ["KAIROS_OUTPUT_DIR"], "rebalance")
+    cfg = {"ops": {"rebalance": {"config": {"no_prior": True, "output_dir": out}}}}
+    return _materialize(_assets(*REBALANCE_ASSETS), (last_week(), last_week()), run_config=cfg)
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+STAGES: dict[str, Callable[[], dict]] = {
+    "generate": stage_generate,
+    "sync": stage_sync,
+    "features": stage_features,
+    "reports": stage_reports,
+    "features_week": stage_features_week,
+    "pandas": stage_pandas,
+    "ml_retrain": stage_ml_retrain,
+    "ml_tune": stage_ml_tune,
+    "ml_backfill": stage_ml_backfill,
+    "ml_score_week": stage_ml_score_week,
+    "ml_tuned_backfill": stage_ml_tuned_backfill,
+    "matrix": stage_matrix,
+    "ic": stage_ic,
+    "rebalance_core": stage_rebalance_core,
+    "rebalance_asset": stage_rebalance_asset,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("stage", choices=sorted(STAGES))
+    p.add_argument("--json", required=True, help="where to write the stage's JSON record")
+    a = p.parse_args(argv)
+    record = STAGES[a.stage]()
+    with open(a.json, "w") as fh:
+        json.dump(_jsonable(record), fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
