@@ -68,6 +68,17 @@ def wilder(x: pl.Expr, period: int) -> tuple[pl.Expr, int]:
     return truncated_ewm(x, alpha, w), w - 1
 
 
+def block_mean(mean: pl.Expr, block: int, k: int) -> pl.Expr:
+    """Mean over the last k*block rows from `mean`, the mean over the last `block` rows: the average
+    of k adjacent block means (k-1 shifted adds instead of another rolling kernel). `mean` should be
+    a column (a helper), not an expression polars would recompute per shift. Null if any block is
+    null, as a rolling mean over the long window would be. Lookback k*block - 1 plus that of `mean`'s input."""
+    out = mean
+    for j in range(1, k):
+        out = out + mean.shift(j * block)
+    return out / k if k > 1 else out
+
+
 def lin_slope(y: pl.Expr, window: int) -> pl.Expr:
     """OLS slope of y on time (per row) over the last `window` rows.
 

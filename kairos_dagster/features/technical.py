@@ -28,6 +28,7 @@ from kairos_dagster.features.rolling import (
     ANNUALIZE,
     IDX,
     Feature,
+    block_mean,
     build_table,
     check_columns,
     check_sorted_unique,
@@ -80,6 +81,13 @@ def _price_action() -> list[Feature]:
 # stage (stage k may read stages < k), so each smoother runs once over the column.
 def _c(name: str) -> pl.Expr:
     return pl.col(name)
+
+
+# Shared intermediates are materialized once as helper columns: polars does not eliminate common
+# rolling subexpressions across output columns, so a repeated rolling mean would be recomputed.
+C_MEAN20, C_SD20, V_MEAN20 = _c("_c_mean20"), _c("_c_sd20"), _c("_v_mean20")
+C_MOMENTS_20 = [C.rolling_mean(20).alias("_c_mean20"), C.rolling_std(20, ddof=0).alias("_c_sd20")]
+
 
 
 def _macd() -> tuple[list[list[pl.Expr]], list[Feature]]:
@@ -176,11 +184,12 @@ SLOPE_WINDOWS = (20, 60)
 
 
 def _trend() -> tuple[list[list[pl.Expr]], list[Feature]]:
-    stages, feats = _merge_stages(_macd(), _adx(14), _rsi(14), _aroon(25))
+    stages, feats = _merge_stages(_macd(), _adx(14), _rsi(14), _aroon(25), ([C_MOMENTS_20[:1]], []))
     by_name = {f.name: f for f in feats}
+    sma = {w: C_MEAN20 if w == 20 else C.rolling_mean(w) for w in SMA_WINDOWS}
     return stages, [
         # close relative to its simple moving average
-        *(Feature(f"sma_ratio_{w}", C / C.rolling_mean(w) - 1.0, w - 1) for w in SMA_WINDOWS),
+        *(Feature(f"sma_ratio_{w}", C / sma[w] - 1.0, w - 1) for w in SMA_WINDOWS),
         *(by_name[k] for k in ("ema_12", "ema_26", "macd", "macd_signal", "macd_hist")),
         *(by_name[k] for k in ("adx_14", "plus_di_14", "minus_di_14", "rsi_14")),
         # OLS slope of log(closeadj) per session: drift of the trend
@@ -225,12 +234,6 @@ OBV_WINDOW = 252  # OBV is a trailing 252-session sum so it does not depend on w
 def realized_vol(w: int) -> pl.Expr:
     """Annualized sample std of daily closeadj returns over w sessions; lookback w."""
     return RET.rolling_std(w) * ANNUALIZE
-
-
-# Shared intermediates are materialized once as helper columns: polars does not eliminate common
-# rolling subexpressions across output columns, so a repeated rolling mean would be recomputed.
-C_MEAN20, C_SD20, V_MEAN20 = _c("_c_mean20"), _c("_c_sd20"), _c("_v_mean20")
-C_MOMENTS_20 = [C.rolling_mean(20).alias("_c_mean20"), C.rolling_std(20, ddof=0).alias("_c_sd20")]
 
 
 def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
@@ -298,14 +301,23 @@ KBAR: dict[str, pl.Expr] = {
 KBAR_WINDOWS = (5, 10, 20)
 
 
-PRICE_SHAPE_HELPERS = [[e.alias(f"_{name}") for name, e in KBAR.items()]]
+KBAR_BLOCK = KBAR_WINDOWS[0]  # the other windows are multiples: averages of adjacent block means
+PRICE_SHAPE_HELPERS = [
+    [e.alias(f"_{name}") for name, e in KBAR.items()],
+    [_c(f"_{name}").rolling_mean(KBAR_BLOCK).alias(f"_{name}_m{KBAR_BLOCK}") for name in KBAR],
+]
 
 
 def _price_shape() -> list[Feature]:
+    assert all(w % KBAR_BLOCK == 0 for w in KBAR_WINDOWS)
     return [
         *(Feature(name, _c(f"_{name}"), 0) for name in KBAR),
         # rolling means of each K-bar shape
-        *(Feature(f"{name}_mean_{w}", _c(f"_{name}").rolling_mean(w), w - 1) for name in KBAR for w in KBAR_WINDOWS),
+        *(
+            Feature(f"{name}_mean_{w}", block_mean(_c(f"_{name}_m{KBAR_BLOCK}"), KBAR_BLOCK, w // KBAR_BLOCK), w - 1)
+            for name in KBAR
+            for w in KBAR_WINDOWS
+        ),
     ]
 
 
@@ -353,13 +365,17 @@ MKT = pl.col("mkt_ret")
 
 def _beta_helpers() -> list[list[pl.Expr]]:
     means = {"r": RET, "m": MKT, "rm": RET * MKT, "mm": MKT**2, "rr": RET**2}
-    stage1 = [e.rolling_mean(w).alias(f"_mean_{k}_{w}") for w in BETA_WINDOWS for k, e in means.items()]
+    block = BETA_WINDOWS[0]  # the longer window is a multiple: the average of adjacent block means
+    assert all(w % block == 0 for w in BETA_WINDOWS)
+    stage1 = [e.rolling_mean(block).alias(f"_mean_{k}_{block}") for k, e in means.items()]
+    stage1b = [block_mean(_c(f"_mean_{k}_{block}"), block, w // block).alias(f"_mean_{k}_{w}")
+               for w in BETA_WINDOWS[1:] for k in means]
     stage2: list[pl.Expr] = []
     for w in BETA_WINDOWS:
         m = {k: _c(f"_mean_{k}_{w}") for k in means}
         stage2 += [(m["rm"] - m["r"] * m["m"]).alias(f"_cov_{w}"), (m["mm"] - m["m"] ** 2).alias(f"_var_m_{w}"),
                    (m["rr"] - m["r"] ** 2).alias(f"_var_r_{w}")]
-    return [stage1, stage2]
+    return [stage1, stage1b, stage2]
 
 
 BETA_HELPERS = _beta_helpers()
