@@ -61,6 +61,10 @@ def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None])
                     echo(f"    {event.step_key}: {event.event_specific_data.error.message.strip()[:2000]}")
             return False
     print_latest_rebalance(settings, echo)
+    if "execution" in keys:
+        import os
+
+        return demo_execution(defs, settings, last, echo, execute=os.environ.get("KAIROS_DEMO_EXECUTE", "") == "1")
     return True
 
 
@@ -81,3 +85,62 @@ def print_latest_rebalance(settings: Settings, echo: Callable[[str], None]) -> N
          f"turnover vs prior {metrics.get('turnover_vs_prior')}, regime {regime.get('regime')}")
     echo(f"    trades {latest / 'trades.csv'}; summary {latest / 'portfolio_summary.json'}; "
          f"schedule {latest / 'schedule.json'}")
+
+
+def demo_execution(defs: Definitions, settings: Settings, week: str, echo: Callable[[str], None], *,
+                   execute: bool = False) -> bool:
+    """The week's execution preview against the broker resource (the simulated one unless Alpaca is
+    configured); with `execute` (KAIROS_DEMO_EXECUTE=1): approve as the demo, execute, verify.
+
+    The simulated broker runs on the rebalance date's clock (09:00 New York, before the open it trades at;
+    verification at 16:30), so the demo fills from sep_base whatever today's date is."""
+    from kairos_dagster import calendar
+
+    reb = calendar.rebalance_date_for_week(dt.date.fromisoformat(week))
+    picks = settings.output_dir / "rebalance" / (reb.isoformat() if reb else "") / "picks.csv"
+    if reb is None or not picks.exists():
+        echo(f"\n==> execution preview: no picks for the week of {week} ({picks}); skipped")
+        return True
+    simulated = getattr(defs.resources.get("broker"), "kind", "simulated") == "simulated"
+    instance = get_instance()
+
+    def run(title: str, selection: list[str], op: str, cfg: dict) -> dict | None:
+        echo(f"\n==> {title} for rebalance {reb}")
+        result = run_selection(defs, selection, partition_key=week, run_config={"ops": {op: {"config": cfg}}},
+                               instance=instance, tags={"kairos/trigger": "demo"}, raise_on_error=False)
+        echo(f"    run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+        if not result.success:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    data = event.event_specific_data
+                    user = getattr(data, "user_failure_data", None)
+                    echo("    " + ((user.description if user and user.description else data.error.message).strip()[:2000]))
+            return None
+        for event in result.get_asset_materialization_events():
+            return dict(event.event_specific_data.materialization.metadata)
+        return {}
+
+    clock = {"as_of": f"{reb.isoformat()}T09:00"} if simulated else {}
+    md = run("execution preview (nothing is submitted)", ["execution"], "execution", {"mode": "preview", **clock})
+    if md is None:
+        return False
+    echo("    " + str(md["plan_text"].value).replace("\n", "\n    "))
+    if not execute:
+        echo("    (set KAIROS_DEMO_EXECUTE=1 to execute on the simulated broker and verify)")
+        return True
+    if not simulated:
+        echo("    KAIROS_DEMO_EXECUTE only executes on the simulated broker: Alpaca is configured; skipped")
+        return True
+    if run("approval by the demo", ["rebalance_approval"], "rebalance_approval",
+           {"by": "kairos demo", "note": "make demo (KAIROS_DEMO_EXECUTE=1)"}) is None:
+        return False
+    md = run("execution on the simulated broker", ["execution"], "execution", {"mode": "execute", **clock})
+    if md is None:
+        return False
+    echo(f"    orders: {md['orders_csv'].value}; statuses {md['statuses'].value}")
+    md = run("verification after the open", ["execution_report"], "execution",
+             {"mode": "verify", "as_of": f"{reb.isoformat()}T16:30"})
+    if md is None:
+        return False
+    echo("    " + str(md["report_text"].value).replace("\n", "\n    "))
+    return True

@@ -187,3 +187,21 @@ def test_emergency_cancel_all_and_liquidate(env, monkeypatch):
     assert code == 0 and "Asked to cancel 4 open order(s)" in out, out
     assert rows(db, "SELECT count(*) FROM sim_orders WHERE status = 'canceled'")[0][0] == 4
     assert pl.DataFrame(rows(db, "SELECT status FROM execution_orders"), orient="row").height == 4
+
+
+def test_demo_execution_previews_then_executes_and_verifies_on_the_simulated_broker(env):
+    from kairos_dagster.demo import demo_execution
+
+    db, picks, tmp = env
+    settings = load_settings()
+    defs = build_definitions(settings)
+    lines: list[str] = []
+    assert demo_execution(defs, settings, "2026-01-12", lines.append, execute=False)
+    text = "\n".join(lines)
+    assert "execution preview" in text and "Paper trading detected" in text and "KAIROS_DEMO_EXECUTE=1" in text
+    assert not has_table(db, "execution_orders")
+    lines.clear()
+    assert demo_execution(defs, settings, "2026-01-12", lines.append, execute=True), "\n".join(lines)
+    text = "\n".join(lines)
+    assert "approval by the demo" in text and "fill rate 100.0%" in text and "filled 4" in text
+    assert rows(db, "SELECT count(*) FROM execution_orders WHERE status = 'filled'")[0][0] == 4
