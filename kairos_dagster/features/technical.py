@@ -209,6 +209,26 @@ STAT_OPERATORS: dict[str, tuple[Callable[[int], pl.Expr], int]] = {
 }
 
 
+AUTOCORR_WINDOW = 63
+# window means of r_t, r_t^2 and r_t * r_{t-1}; those of r_{t-1} and r_{t-1}^2 are the first two
+# shifted by one row, so a lag-1 correlation needs 3 rolling means instead of a rolling_corr kernel
+AUTOCORR_HELPERS = [[
+    RET.rolling_mean(AUTOCORR_WINDOW).alias("_ac_m"),
+    (RET**2).rolling_mean(AUTOCORR_WINDOW).alias("_ac_mm"),
+    (RET * RET.shift(1)).rolling_mean(AUTOCORR_WINDOW).alias("_ac_ml"),
+]]
+
+
+def _autocorr_1(w: int) -> pl.Expr:
+    """Pearson correlation of (r_t, r_{t-1}) over the last w rows; null for a constant window."""
+    assert w == AUTOCORR_WINDOW
+    m, mm, ml = _c("_ac_m"), _c("_ac_mm"), _c("_ac_ml")
+    var_x, var_y = mm - m**2, mm.shift(1) - m.shift(1) ** 2
+    cov = ml - m * m.shift(1)
+    den = (var_x * var_y).sqrt()
+    return pl.when(den > 0).then((cov / den).clip(-1.0, 1.0))
+
+
 def _statistical() -> list[Feature]:
     mdd = [Feature(f"mdd_{w}", rolling_max_drawdown("closeadj", w)[1], w - 1) for w in (63, 252)]
     return [
@@ -218,7 +238,7 @@ def _statistical() -> list[Feature]:
             for w in STAT_WINDOWS
         ),
         # lag-1 autocorrelation of daily returns over 63 sessions (mean reversion vs momentum)
-        Feature("autocorr_1_63", pl.rolling_corr(RET, RET.shift(1), window_size=63), 64),
+        Feature("autocorr_1_63", _autocorr_1(63), 64),
         # z-score of the close vs its 20-session mean (population std, as Bollinger)
         Feature("zscore_20", _safe_div(C - C_MEAN20, C_SD20), 19),
         # worst peak-to-trough drop of closeadj inside the window (<= 0)
@@ -548,7 +568,7 @@ STATISTICAL = _statistical()
 VOL_VOLATILITY = _vol_volatility()
 PRICE_SHAPE = _price_shape()
 VOL_VOLATILITY_HELPERS = _vol_volatility_helpers()
-STATISTICAL_HELPERS = [C_MOMENTS_20]
+STATISTICAL_HELPERS = [C_MOMENTS_20 + AUTOCORR_HELPERS[0]]
 ADV = _adv()
 VOL_SIZING = _vol_sizing()
 BETA = _beta()

@@ -180,6 +180,9 @@ def test_slope_drawdown_beta_and_shape_against_direct_numpy() -> None:
             assert stat[f"mdd_{w}"][t] == pytest.approx(mdd, abs=1e-14)
         r = ca[t - 20: t + 1] / ca[t - 21: t] - 1
         assert stat["ret_std_21"][t] == pytest.approx(np.std(r, ddof=1), rel=1e-9)
+        # lag-1 autocorrelation over 63 sessions: corr(r_t, r_{t-1}) of the window's pairs
+        r = ca[t - 63: t + 1] / ca[t - 64: t] - 1
+        assert stat["autocorr_1_63"][t] == pytest.approx(np.corrcoef(r[1:], r[:-1])[0, 1], abs=1e-12)
         assert shape["kmid_mean_5"][t] == pytest.approx(np.mean((c - o)[t - 4: t + 1] / o[t - 4: t + 1]), rel=1e-9)
 
     # beta to a market that IS the stock is 1 with zero idiosyncratic vol; 2x the market gives beta 0.5
