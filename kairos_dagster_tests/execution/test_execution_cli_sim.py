@@ -205,3 +205,41 @@ def test_demo_execution_previews_then_executes_and_verifies_on_the_simulated_bro
     text = "\n".join(lines)
     assert "approval by the demo" in text and "fill rate 100.0%" in text and "filled 4" in text
     assert rows(db, "SELECT count(*) FROM execution_orders WHERE status = 'filled'")[0][0] == 4
+
+
+def test_failed_blocking_rebalance_gate_of_the_partition_blocks_execution(env, monkeypatch):
+    """The gate verdicts are read from the instance: a stand-in rebalance_picks with the real gate check specs
+    records a failed blocking gate for the week; execution of that week is then refused."""
+    from dagster import AssetCheckResult, Definitions, Failure, asset
+
+    from kairos_dagster.assets.execution import rebalance_gate_status
+    from kairos_dagster.checks.rebalance_gates import rebalance_gate_specs
+    from kairos_dagster.partitions import WEEKLY
+    from kairos_dagster.runner import run_selection
+
+    db, picks, tmp = env
+    monkeypatch.setenv("KAIROS_AUTO_PAPER", "1")
+
+    @asset(name="rebalance_picks", partitions_def=WEEKLY, check_specs=rebalance_gate_specs())
+    def stand_in():
+        for spec in rebalance_gate_specs():
+            yield AssetCheckResult(check_name=spec.name, passed=spec.name != "ml_alpha_coverage",
+                                   description="alpha coverage 80% < 95%")
+        raise Failure("blocked")
+
+    real = build_definitions(load_settings())
+    with DagsterInstance.ephemeral() as inst:
+        assert rebalance_gate_status(inst, "2026-01-12")[0] == []
+        run_selection(Definitions(assets=[stand_in]), ["rebalance_picks"], partition_key="2026-01-12", instance=inst,
+                      raise_on_error=False)
+        failed, source = rebalance_gate_status(inst, "2026-01-12")
+        assert failed == ["ml_alpha_coverage: alpha coverage 80% < 95%"] and source.startswith("rebalance run")
+        assert rebalance_gate_status(inst, "2026-01-19")[0] == []  # another week is not affected
+        defs = Definitions(assets=[a for a in real.assets if getattr(a, "op", None) is None
+                                   or a.op.name != "rebalance"], resources=real.resources, executor=real.executor)
+        r = run_selection(defs, ["execution"], partition_key="2026-01-12", instance=inst, raise_on_error=False,
+                          run_config={"ops": {"execution": {"config": {"mode": "execute", "as_of": PRE_OPEN}}}})
+        from kairos_dagster.cli import _failure_messages
+
+        assert not r.success and "failed blocking gates: ['ml_alpha_coverage" in "\n".join(_failure_messages(r))
+    assert not has_table(db, "execution_orders") and rows(db, "SELECT count(*) FROM sim_orders")[0][0] == 0
