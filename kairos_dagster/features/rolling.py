@@ -138,23 +138,32 @@ def rolling_max_drawdown_values(p: np.ndarray, window: int) -> np.ndarray:
     (independent of where history or the previous ticker starts). Rows t < window - 1 are NaN.
     """
     n = p.shape[0]
-    if n == 0:
-        return np.empty(0, dtype=np.float64)
+    out = np.full(n, np.nan)
+    lag = window - 1
+    if n <= lag:
+        return out
     pad = (-n) % window
     # padding sits after the last row: it only touches suffixes of the last block, never read
     blocks = np.concatenate([p.astype(np.float64), np.full(pad, p[-1], dtype=np.float64)]).reshape(-1, window)
-    pdd = np.minimum.accumulate(blocks / np.maximum.accumulate(blocks, axis=1), axis=1).ravel()[:n]
-    pmin = np.minimum.accumulate(blocks, axis=1).ravel()[:n]
-    rev = blocks[:, ::-1]
-    sdd = np.minimum.accumulate(np.minimum.accumulate(rev, axis=1) / rev, axis=1)[:, ::-1].ravel()[:n]
-    smax = np.maximum.accumulate(rev, axis=1)[:, ::-1].ravel()[:n]
-    lag = window - 1
-    out = np.full(n, np.nan)
-    if n <= lag:
-        return out
-    cross = np.minimum(np.minimum(pdd[lag:], sdd[:-lag] if lag else sdd), pmin[lag:] / (smax[:-lag] if lag else smax))
-    t = np.arange(lag, n)
-    out[lag:] = np.where(t % window == window - 1, pdd[lag:], cross) - 1.0
+    # prefix of t's block: worst ratio and trough
+    pdd = np.maximum.accumulate(blocks, axis=1)
+    np.divide(blocks, pdd, out=pdd)
+    np.minimum.accumulate(pdd, axis=1, out=pdd)
+    pmin = np.minimum.accumulate(blocks, axis=1)
+    # suffix of the block starting at a (computed on the row-reversed blocks): worst ratio and peak
+    rev = np.ascontiguousarray(blocks[:, ::-1])
+    sdd = np.minimum.accumulate(rev, axis=1)
+    np.divide(sdd, rev, out=sdd)
+    np.minimum.accumulate(sdd, axis=1, out=sdd)
+    smax = np.maximum.accumulate(rev, axis=1)
+    pdd, pmin = pdd.ravel()[:n], pmin.ravel()[:n]
+    sdd, smax = sdd[:, ::-1].ravel()[:n], smax[:, ::-1].ravel()[:n]
+    # t >= lag: the window is the suffix from a = t - lag plus the prefix to t
+    cross = np.minimum(pdd[lag:], sdd[: n - lag])
+    np.minimum(cross, pmin[lag:] / smax[: n - lag], out=cross)
+    out[lag:] = cross
+    out[lag::window] = pdd[lag::window]  # t at a block end: the window is exactly t's block
+    out[lag:] -= 1.0
     return out
 
 
