@@ -276,3 +276,38 @@ def test_bad_input_is_named() -> None:
                                 .alias("high"))
     with pytest.raises(ValueError, match=r"'high' has 1 null.*ticker='T01'"):
         T.feat_vol_volatility(holed)
+
+
+# ------------------------------------------------------------------------------------- numpy kernels
+def test_rolling_argmax_age_and_max_drawdown_match_brute_force_exactly_with_ties() -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from kairos_dagster.features.rolling import rolling_argmax_age, rolling_max_drawdown_values
+
+    rng = np.random.default_rng(7)
+    x = np.round(np.cumsum(rng.normal(0, 1, 700)), 0)  # coarse rounding: many tied maxima
+    for w in (1, 2, 3, 7, 26, 64, 100):
+        win = sliding_window_view(x, w)
+        # brute force: first index of the max in the reversed window = rows back to the latest max
+        np.testing.assert_array_equal(rolling_argmax_age(x, w)[w - 1:], win[:, ::-1].argmax(axis=1))
+        p = np.exp(x / 20)
+        pw = sliding_window_view(p, w)
+        brute = (pw / np.maximum.accumulate(pw, axis=1)).min(axis=1) - 1.0
+        got = rolling_max_drawdown_values(p, w)
+        np.testing.assert_array_equal(got[w - 1:], brute)
+        assert np.isnan(got[: w - 1]).all()
+    assert rolling_max_drawdown_values(np.array([1.0, 2.0]), 5).shape == (2,)
+
+
+def test_block_mean_and_ticker_row_index() -> None:
+    from kairos_dagster.features.rolling import block_mean, ticker_row_index
+
+    df = pl.DataFrame({"ticker": ["A"] * 7 + ["B"] * 3 + ["C"] * 5, "x": np.arange(15, dtype=float) ** 2})
+    out = df.with_columns(pl.col("x").rolling_mean(2).alias("m2")).select(
+        ticker_row_index().alias("i"),
+        block_mean(pl.col("m2"), 2, 3).alias("m6"),
+        pl.col("x").rolling_mean(6).alias("ref"),
+    )
+    assert out["i"].to_list() == [*range(7), *range(3), *range(5)]
+    np.testing.assert_allclose(out["m6"].to_numpy()[5:], out["ref"].to_numpy()[5:], rtol=1e-14)
+    assert out["m6"].head(5).null_count() == 5
