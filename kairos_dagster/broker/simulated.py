@@ -3,7 +3,8 @@
 Tables (created on first use): sim_account, sim_positions, sim_orders. Market orders fill at the open
 of the first XNYS session whose 09:30 New York open is after the submission (so an order sent
 before the open fills that day, one sent during or after the session fills the next day) at
-`sep_base.open` with slippage: buys pay open * (1 + bps), sells receive open * (1 - bps). Until that
+the unadjusted open (`open * closeunadj / close`: SEP's OHLC are split-adjusted, orders trade real
+prices) with slippage: buys pay open * (1 + bps), sells receive open * (1 - bps). Until that
 session's price is in sep_base the order stays open. The clock is injected (tests control time);
 every read first fills what has become fillable, so state is always "as of now".
 """
@@ -77,7 +78,7 @@ class SimulatedBroker:
         has_sep = self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'sep_base'").fetchone()[0]
         if not has_sep:
-            raise BrokerError("simulated broker needs table sep_base (ticker, date, open, close) in the warehouse")
+            raise BrokerError("simulated broker needs table sep_base (ticker, date, open, close, closeunadj) in the warehouse")
         row = self.con.execute("SELECT slippage_bps FROM sim_account WHERE account_id = ?", [account_id]).fetchone()
         if row is None:
             self.con.execute("INSERT INTO sim_account VALUES (?, ?, ?, ?, ?)",
@@ -109,7 +110,8 @@ class SimulatedBroker:
         last_open_session = now.date() if (cal.is_session(now.date()) and now.time() >= OPEN) \
             else cal.previous_session(now.date())
         due = self.con.execute(
-            """SELECT o.id, o.symbol, o.side, o.qty, s.open::DOUBLE, o.fill_session FROM sim_orders o
+            """SELECT o.id, o.symbol, o.side, o.qty, (s.open * s.closeunadj / s.close)::DOUBLE, o.fill_session
+               FROM sim_orders o
                JOIN sep_base s ON s.ticker = o.symbol AND s.date = o.fill_session
                WHERE o.account_id = ? AND o.status IN ('new', 'accepted') AND o.fill_session <= ?
                ORDER BY o.side = 'buy', o.submitted_at, o.client_order_id""",
@@ -156,8 +158,8 @@ class SimulatedBroker:
         if not symbols:
             return {}
         rows = self.con.execute(
-            """SELECT ticker, arg_max(close::DOUBLE, date) FROM sep_base WHERE ticker IN (SELECT unnest(?)) AND date <= ?
-               AND close IS NOT NULL GROUP BY ticker""", [list(symbols), self._price_cutoff()]).fetchall()
+            """SELECT ticker, arg_max(closeunadj::DOUBLE, date) FROM sep_base WHERE ticker IN (SELECT unnest(?))
+               AND date <= ? AND closeunadj IS NOT NULL GROUP BY ticker""", [list(symbols), self._price_cutoff()]).fetchall()
         return {t: float(p) for t, p in rows}
 
     def latest_price(self, symbol: str) -> float | None:

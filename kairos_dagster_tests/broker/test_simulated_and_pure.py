@@ -26,11 +26,12 @@ NY = ZoneInfo("America/New_York")
 
 def _sep(path) -> None:
     con = duckdb.connect(str(path))
-    # Thu 2026-01-15, Fri 01-16, (Mon 01-19 is MLK day: closed), Tue 01-20
+    # Thu 2026-01-15, Fri 01-16, (Mon 01-19 is MLK day: closed), Tue 01-20. MSFT split 2:1 later, so its
+    # split-adjusted prices are half the prices it really traded at (closeunadj).
     con.execute("""CREATE TABLE sep_base AS SELECT * FROM (VALUES
-        ('AAPL', DATE '2026-01-15', 99.0, 100.0), ('AAPL', DATE '2026-01-16', 101.0, 102.0),
-        ('MSFT', DATE '2026-01-15', 199.0, 200.0), ('MSFT', DATE '2026-01-16', 202.0, 204.0)
-        ) t(ticker, date, open, close)""")
+        ('AAPL', DATE '2026-01-15', 99.0, 100.0, 100.0), ('AAPL', DATE '2026-01-16', 101.0, 102.0, 102.0),
+        ('MSFT', DATE '2026-01-15', 199.0, 200.0, 400.0), ('MSFT', DATE '2026-01-16', 202.0, 204.0, 408.0)
+        ) t(ticker, date, open, close, closeunadj)""")
     con.close()
 
 
@@ -64,10 +65,22 @@ def test_simulated_fills_next_open_with_slippage_and_persists(tmp_path):
     with SimulatedBroker(db, clock=clock, starting_cash=5.0) as b2:  # reopen: same account, not reset
         assert b2.order_by_client_id("c3").status == "accepted"  # 01-20 missing in sep_base: stays open
         assert [(p.symbol, p.qty) for p in b2.positions()] == [("AAPL", 10.0)]
-        b2.con.execute("INSERT INTO sep_base VALUES ('AAPL', DATE '2026-01-20', 110.0, 111.0)")
+        b2.con.execute("INSERT INTO sep_base VALUES ('AAPL', DATE '2026-01-20', 110.0, 111.0, 111.0)")
         st = b2.order_by_client_id("c3")
         assert st.status == "filled" and st.filled_avg_price == pytest.approx(110.0 * 0.999)  # sells receive less
         assert b2.positions()[0].qty == 6.0 and b2.latest_price("AAPL") == 111.0
+
+
+def test_simulated_fills_and_prices_are_unadjusted(tmp_path):
+    """Orders trade real prices: SEP's split-adjusted open is scaled back by closeunadj / close."""
+    db = tmp_path / "w.duckdb"
+    _sep(db)
+    clock = Clock(dt.datetime(2026, 1, 15, 17, 0, tzinfo=NY))  # Thursday after the close
+    with SimulatedBroker(db, clock=clock, slippage_bps=0.0) as b:
+        assert b.latest_price("MSFT") == 400.0  # Thursday's close as traded, not 200
+        b.submit(OrderRequest("MSFT", 3, "buy", "day", "m1"))
+        clock.t = dt.datetime(2026, 1, 16, 9, 31, tzinfo=NY)
+        assert b.order_by_client_id("m1").filled_avg_price == pytest.approx(202.0 * 408.0 / 204.0)
 
 
 def test_simulated_broker_runs_the_engine(tmp_path):
