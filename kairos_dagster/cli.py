@@ -339,6 +339,19 @@ def _pct(x: float | None) -> str:
 @app.command("demo")
 def demo_cmd() -> None:
     """Run the weekly job end to end on the synthetic market and print where the outputs are."""
+    import os
+
+    # The demo's partitions start with its data: four years back (one of warm-up history for the long
+    # rolling windows, three of features, models and rebalances), with the walk-forward grid anchored at
+    # the first feature week and a small Optuna budget. Variables the operator set win. These must be
+    # in the environment before the partitions and the Definitions are built (their modules read it).
+    monday = calendar.week_start(_today())
+    for name, value in {
+        "KAIROS_START_DATE": (monday - dt.timedelta(weeks=52 * 4)).isoformat(),
+        "KAIROS_ML_ANCHOR": (monday - dt.timedelta(weeks=52 * 3)).isoformat(),
+        "KAIROS_ML_TRIALS": "3",
+    }.items():
+        os.environ.setdefault(name, value)
     from kairos_dagster.definitions import defs
     from kairos_dagster.demo import run_demo
     from kairos_dagster.runner import dagster_home
