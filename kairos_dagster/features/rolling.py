@@ -51,7 +51,9 @@ def truncated_ewm(x: pl.Expr, alpha: float, window: int) -> pl.Expr:
     decay = (1.0 - alpha) ** window
     # fill: the very first row of a shifted/diffed column is null; masked rows are garbage anyway
     s = x.fill_null(0.0).ewm_mean(alpha=alpha, adjust=False)
-    return (s - decay * s.shift(window)) / (1.0 - decay)
+    # at the column's very start polars seeds S_0 = x_0, i.e. as if S_{-1} = x_0: that is the state
+    # before the first row (else the first ticker's first unmasked row, t = window - 1, would be null)
+    return (s - decay * s.shift(window).fill_null(s.first())) / (1.0 - decay)
 
 
 def ema(x: pl.Expr, period: int) -> tuple[pl.Expr, int]:
@@ -242,13 +244,45 @@ def merge_stages(*stage_lists: Sequence[Sequence[pl.Expr]]) -> list[list[pl.Expr
     return out
 
 
+# Rows per evaluation batch. Tables run over batches of whole tickers: with millions of rows and
+# dozens of full-length columns the work is memory-bound, and smaller batches both use less peak
+# memory and run faster (measured at 5,000 tickers x 2,520 sessions: ~40% less CPU than one pass).
+BATCH_ROWS = 1_000_000
+
+
+def ticker_batches(starts: np.ndarray, n_rows: int, batch_rows: int = BATCH_ROWS) -> list[tuple[int, int]]:
+    """(offset, length) slices of about `batch_rows` rows that begin at ticker starts (`starts`: the
+    sorted row numbers where a ticker's rows begin, 0 first), so no ticker is split."""
+    if n_rows == 0:
+        return []
+    # the ticker start at or before each multiple of batch_rows (a ticker longer than a batch is one slice)
+    cuts = np.unique(starts[np.searchsorted(starts, np.arange(0, n_rows, batch_rows), side="right") - 1])
+    bounds = np.append(cuts, n_rows)
+    return [(int(lo), int(hi - lo)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def build_table(
     lf: pl.LazyFrame, features: Sequence[Feature], keys: Sequence[str] = ("ticker", "date"),
-    helpers: Sequence[Sequence[pl.Expr]] = (),
+    helpers: Sequence[Sequence[pl.Expr]] = (), batch_rows: int | None = None,
 ) -> pl.DataFrame:
     """Evaluate declared features (masked by their lookback) over a frame that already has `_i`;
-    `helpers` are stages of intermediate columns added first, in order."""
-    for stage in helpers:
-        lf = lf.with_columns(stage)
+    `helpers` are stages of intermediate columns added first, in order.
+
+    The input is materialized once, then evaluated in batches of whole tickers (see BATCH_ROWS):
+    every value reads only its own ticker's rows, so the batching changes nothing but speed.
+    `batch_rows` defaults to BATCH_ROWS (read at call time).
+    """
     # in-memory engine: these whole-column window queries run about 2x faster (CPU) than streaming
-    return lf.select(*keys, *(f.masked() for f in features)).collect(engine="in-memory")
+    frame = lf.collect(engine="in-memory")
+    starts = np.flatnonzero(frame.get_column(IDX).to_numpy() == 0)
+
+    def one(batch: pl.DataFrame) -> pl.DataFrame:
+        q = batch.lazy()
+        for stage in helpers:
+            q = q.with_columns(stage)
+        return q.select(*keys, *(f.masked() for f in features)).collect(engine="in-memory")
+
+    parts = [one(frame.slice(off, n)) for off, n in ticker_batches(starts, frame.height, batch_rows or BATCH_ROWS)]
+    if not parts:
+        return one(frame)
+    return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=False)

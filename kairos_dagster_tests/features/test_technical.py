@@ -102,14 +102,16 @@ def test_warm_up_rows_are_null_and_the_next_row_is_not() -> None:
         assert out.height == prices.height and out.columns == ["ticker", "date", *spec.columns], name
         assert out.select("ticker", "date").equals(prices.select("ticker", "date"))
         feats = {f.name: f.lookback for f in getattr(T, name.removeprefix("feat_").upper())}
-        first = out.filter(pl.col("ticker") == "T01")
-        for col, lb in feats.items():
-            values = first[col]
-            # rows before the lookback are null; the first row with full history has a value
-            assert values.head(lb).null_count() == lb, (name, col)
-            if name == "feat_beta":
-                continue  # the first market-return date has no prior constituents
-            assert values[lb] is not None, (name, col, lb)
+        # T00 starts the frame: nothing before it, not even another ticker's rows
+        for tk in ("T00", "T01"):
+            first = out.filter(pl.col("ticker") == tk)
+            for col, lb in feats.items():
+                values = first[col]
+                # rows before the lookback are null; the first row with full history has a value
+                assert values.head(lb).null_count() == lb, (name, col)
+                if name == "feat_beta":
+                    continue  # the first market-return date has no prior constituents
+                assert values[lb] is not None, (name, tk, col, lb)
         assert spec.lookback_sessions == max(feats.values()) <= T.MAX_LOOKBACK
 
 
@@ -311,3 +313,17 @@ def test_block_mean_and_ticker_row_index() -> None:
     assert out["i"].to_list() == [*range(7), *range(3), *range(5)]
     np.testing.assert_allclose(out["m6"].to_numpy()[5:], out["ref"].to_numpy()[5:], rtol=1e-14)
     assert out["m6"].head(5).null_count() == 5
+
+
+@pytest.mark.parametrize("name", [n for n in T.TECHNICAL_TABLES if n != "feat_targets"])
+def test_batches_of_whole_tickers_change_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kairos_dagster.features import rolling
+
+    prices = _history(PRICES, 0, 999)  # 3 tickers x 1000 rows
+    whole = run_table(name, prices)
+    # 700-row batches: cut at ticker starts (0, 1000, 2000), never inside a ticker
+    assert rolling.ticker_batches(np.array([0, 1000, 2000]), 3000, 700) == [(0, 1000), (1000, 1000), (2000, 1000)]
+    monkeypatch.setattr(rolling, "BATCH_ROWS", 700)
+    batched = run_table(name, prices)
+    assert batched.columns == whole.columns
+    _close(whole, batched, f"{name}: batched")
