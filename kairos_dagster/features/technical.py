@@ -34,6 +34,7 @@ from kairos_dagster.features.rolling import (
     check_sorted_unique,
     ema,
     lin_slope,
+    merge_stages,
     rolling_argmax_age,
     rolling_max_drawdown,
     ticker_row_index,
@@ -86,7 +87,21 @@ def _c(name: str) -> pl.Expr:
 # Shared intermediates are materialized once as helper columns: polars does not eliminate common
 # rolling subexpressions across output columns, so a repeated rolling mean would be recomputed.
 C_MEAN20, C_SD20, V_MEAN20 = _c("_c_mean20"), _c("_c_sd20"), _c("_v_mean20")
-C_MOMENTS_20 = [C.rolling_mean(20).alias("_c_mean20"), C.rolling_std(20, ddof=0).alias("_c_sd20")]
+# Means over windows that are multiples of a shorter one come from adjacent block means
+# (rolling.block_mean): close means over 10 -> 20, 50 -> 200; return moments over 10 -> 20, 60.
+C_MEANS = [
+    [C.rolling_mean(10).alias("_c_mean10")],
+    [block_mean(_c("_c_mean10"), 10, 2).alias("_c_mean20"), block_mean(_c("_c_mean10"), 10, 5).alias("_c_mean50")],
+    [block_mean(_c("_c_mean50"), 50, 4).alias("_c_mean200")],
+]
+# Bollinger / z-score moments; the price std stays a rolling_std kernel (E[C^2] - E[C]^2 would cancel)
+C_MOMENTS_20 = [[*C_MEANS[0], C.rolling_std(20, ddof=0).alias("_c_sd20")], C_MEANS[1][:1]]
+RV_BLOCK = 10  # realized-vol windows are multiples of it
+RV_HELPERS = [
+    [RET.rolling_mean(RV_BLOCK).alias("_r_mean10"), (RET**2).rolling_mean(RV_BLOCK).alias("_rr_mean10")],
+    [block_mean(_c(f"_{k}_mean10"), RV_BLOCK, w // RV_BLOCK).alias(f"_{k}_mean{w}")
+     for w in (20, 60) for k in ("r", "rr")],
+]
 
 
 
@@ -184,9 +199,9 @@ SLOPE_WINDOWS = (20, 60)
 
 
 def _trend() -> tuple[list[list[pl.Expr]], list[Feature]]:
-    stages, feats = _merge_stages(_macd(), _adx(14), _rsi(14), _aroon(25), ([C_MOMENTS_20[:1]], []))
+    stages, feats = _merge_stages(_macd(), _adx(14), _rsi(14), _aroon(25), (C_MEANS, []))
     by_name = {f.name: f for f in feats}
-    sma = {w: C_MEAN20 if w == 20 else C.rolling_mean(w) for w in SMA_WINDOWS}
+    sma = {w: _c(f"_c_mean{w}") for w in SMA_WINDOWS}
     return stages, [
         # close relative to its simple moving average
         *(Feature(f"sma_ratio_{w}", C / sma[w] - 1.0, w - 1) for w in SMA_WINDOWS),
@@ -252,8 +267,10 @@ OBV_WINDOW = 252  # OBV is a trailing 252-session sum so it does not depend on w
 
 
 def realized_vol(w: int) -> pl.Expr:
-    """Annualized sample std of daily closeadj returns over w sessions; lookback w."""
-    return RET.rolling_std(w) * ANNUALIZE
+    """Annualized sample std of daily closeadj returns over w sessions; lookback w. Reads the
+    RV_HELPERS columns (window means of r and r^2): var = (E[r^2] - E[r]^2) * w / (w - 1)."""
+    m, mm = _c(f"_r_mean{w}"), _c(f"_rr_mean{w}")
+    return ((mm - m**2).clip(lower_bound=0.0) * (w / (w - 1.0))).sqrt() * ANNUALIZE
 
 
 def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
@@ -272,8 +289,9 @@ def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
 def _vol_volatility_helpers() -> list[list[pl.Expr]]:
     """Helper stages of feat_vol_volatility (also VOL_VOLATILITY_HELPERS)."""
     signed_vol = pl.when(C > C.shift(1)).then(V).when(C < C.shift(1)).then(-V).otherwise(0.0)  # noqa: SIM300
-    return [[wilder(true_range(), 14)[0].alias("_atr"), signed_vol.rolling_sum(OBV_WINDOW).alias("_obv"),
-             *C_MOMENTS_20, V.rolling_mean(20).alias("_v_mean20")]]
+    own = [[wilder(true_range(), 14)[0].alias("_atr"), signed_vol.rolling_sum(OBV_WINDOW).alias("_obv"),
+            V.rolling_mean(20).alias("_v_mean20")]]
+    return merge_stages(own, C_MOMENTS_20, RV_HELPERS)
 
 
 def _vol_volatility() -> list[Feature]:
@@ -490,7 +508,7 @@ def feat_adv(
 
 def feat_vol_sizing(prices: pl.DataFrame) -> pl.DataFrame:
     """`vol_blend` = max(0.5 * vol_20 + 0.5 * vol_60, 5%) annualized, and 60-session downside vol."""
-    return build_table(_prepare(prices, "feat_vol_sizing"), VOL_SIZING)
+    return build_table(_prepare(prices, "feat_vol_sizing"), VOL_SIZING, helpers=VOL_SIZING_HELPERS)
 
 
 def feat_beta(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
@@ -568,9 +586,10 @@ STATISTICAL = _statistical()
 VOL_VOLATILITY = _vol_volatility()
 PRICE_SHAPE = _price_shape()
 VOL_VOLATILITY_HELPERS = _vol_volatility_helpers()
-STATISTICAL_HELPERS = [C_MOMENTS_20 + AUTOCORR_HELPERS[0]]
+STATISTICAL_HELPERS = merge_stages(C_MOMENTS_20, AUTOCORR_HELPERS)
 ADV = _adv()
 VOL_SIZING = _vol_sizing()
+VOL_SIZING_HELPERS = RV_HELPERS
 BETA = _beta()
 
 
@@ -580,6 +599,7 @@ TABLE_HELPERS: dict[str, list[list[pl.Expr]]] = {
     "feat_statistical": STATISTICAL_HELPERS,
     "feat_vol_volatility": VOL_VOLATILITY_HELPERS,
     "feat_price_shape": PRICE_SHAPE_HELPERS,
+    "feat_vol_sizing": VOL_SIZING_HELPERS,
     "feat_beta": BETA_HELPERS,
 }
 

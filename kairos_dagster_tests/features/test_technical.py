@@ -173,6 +173,7 @@ def test_slope_drawdown_beta_and_shape_against_direct_numpy() -> None:
     trend, stat = T.feat_trend(PRICES), T.feat_statistical(PRICES)
     trend, stat = (f.filter(pl.col("ticker") == "T01") for f in (trend, stat))
     shape = T.feat_price_shape(PRICES).filter(pl.col("ticker") == "T01")
+    vol = T.feat_vol_volatility(PRICES).filter(pl.col("ticker") == "T01")
     for t in (300, 777, 1299):
         slope = np.polyfit(np.arange(60), np.log(ca[t - 59: t + 1]), 1)[0]
         assert trend["slope_60"][t] == pytest.approx(slope, abs=1e-12)
@@ -185,6 +186,10 @@ def test_slope_drawdown_beta_and_shape_against_direct_numpy() -> None:
         # lag-1 autocorrelation over 63 sessions: corr(r_t, r_{t-1}) of the window's pairs
         r = ca[t - 63: t + 1] / ca[t - 64: t] - 1
         assert stat["autocorr_1_63"][t] == pytest.approx(np.corrcoef(r[1:], r[:-1])[0, 1], abs=1e-12)
+        for w in (10, 60):  # realized vol: annualized sample std of the window's daily returns
+            r = ca[t - w + 1: t + 1] / ca[t - w: t] - 1
+            assert vol[f"vol_{w}"][t] == pytest.approx(np.std(r, ddof=1) * np.sqrt(252), rel=1e-9)
+        assert trend["sma_ratio_200"][t] == pytest.approx(c[t] / c[t - 199: t + 1].mean() - 1, abs=1e-12)
         assert shape["kmid_mean_5"][t] == pytest.approx(np.mean((c - o)[t - 4: t + 1] / o[t - 4: t + 1]), rel=1e-9)
 
     # beta to a market that IS the stock is 1 with zero idiosyncratic vol; 2x the market gives beta 0.5
