@@ -61,7 +61,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("ml_backfill", 4, "walk-forward backfill of ml_predictions_v2, quarterly retrains (dagster run)", 1800,
           None, ("features",)),
     Stage("ml_score_week", 4, "scoring one week: last partition of ml_predictions_v2, model from the registry",
-          5, None, ("ml_backfill",)),
+          5, None, ("features",)),
     Stage("ml_tuned_backfill", 4, "walk-forward backfill of ml_predictions_v2_tuned (yearly retune, dagster run)",
           None, None, ("features",)),
     Stage("matrix", 4, "single-run backfill of feat_matrix_v2 (phase7_matrix)", None, None,
@@ -212,8 +212,9 @@ def run_stage(stage: Stage, env: dict[str, str], work: Path, timeout: float | No
     if timed_out:
         rec["error"] = f"killed after the bench timeout of {timeout:.0f} s"
     elif proc.returncode != 0 or not out.exists():
-        tail = log.read_text().strip().splitlines()[-12:]
-        rec["error"] = f"exit {proc.returncode}: " + " | ".join(tail)[-1500:]
+        # The exception lines, not the traceback frames.
+        lines = [ln for ln in log.read_text().strip().splitlines() if ln and not ln.startswith(" ")]
+        rec["error"] = f"exit {proc.returncode}: " + " | ".join(lines[-3:])[-1500:]
     else:
         rec["result"] = json.loads(out.read_text())
     return rec
@@ -254,11 +255,16 @@ def _fmt_s(x: float | None) -> str:
     return f"{x:.2f} s" if x < 10 else (f"{x:.1f} s" if x < 600 else f"{x / 60:.1f} min")
 
 
-def verdict(stage: Stage, rec: dict[str, Any]) -> str:
+TARGET_SCALE = "5000x10"  # the scale the issues' targets are stated for
+
+
+def verdict(stage: Stage, rec: dict[str, Any], scale: str = TARGET_SCALE) -> str:
     if "error" in rec:
         return "**failed**"
     if stage.target_s is None and stage.target_gb is None:
         return "measured"
+    if scale != TARGET_SCALE:
+        return "measured (targets are for 5,000 × 10)"
     res = rec["result"]
     ok = True
     if stage.target_s is not None:
@@ -303,7 +309,9 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
         s = (f"{r['train_rows']:,} rows × {r['features']} features on {r['train_dates']} rebalance dates "
              f"(load {r['load_seconds']} s)")
         if n == "ml_tune":
-            s += f"; {r['n_trials']} trials; best {json.dumps(r['summary'])[:200]}"
+            sm = r.get("summary", {})
+            s += (f"; {r['n_trials']} trials ({sm.get('n_complete')} complete, {sm.get('n_pruned')} pruned), best "
+                  f"objective {sm.get('best_value')}")
         else:
             s += f"; best_iteration {r['best_iteration']}"
         return s
@@ -311,7 +319,8 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
         parts = []
         for col, st in r["ic"].items():
             ratio = f", {st['ratio_to_oracle']:.2f}× oracle" if st.get("ratio_to_oracle") is not None else ""
-            parts.append(f"{col}: IC {st['rank_ic']:.4f}, t {st['rank_ic_t']:.2f}{ratio}")
+            parts.append(f"{col}: IC {st['rank_ic']:.4f}, t {st['rank_ic_t']:.2f} over {int(st['n_dates'])} "
+                         f"dates{ratio}")
         return f"{r['rebalance_dates']} rebalance dates {r['window'][0]}..{r['window'][1]}: " + "; ".join(parts)
     if n == "rebalance_core":
         return (f"{r['signal_rows']:,} rows, {r['eligible']:,} eligible, {r['positions']} positions; fresh "
@@ -326,6 +335,9 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
                 f"{v['count']:,} {k.lower()} events over {v['seconds']} s" for k, v in ev.items())
             if r.get("before_first_step_s") is not None:
                 s += f" ({r['before_first_step_s']} s before the first step starts)"
+        if r.get("first_run"):
+            s += (f"; the model was not in the registry: a first run of the week trained it in "
+                  f"{_fmt_s(r['first_run']['seconds'])} (steps {r['first_run']['step_seconds']})")
         if r["failed_checks"]:
             s += f"; failed checks: {', '.join(r['failed_checks'][:6])}"
         return s
@@ -363,7 +375,7 @@ def render(db: dict[str, Any], notes: dict[str, str]) -> str:
                 meas = _fmt_s(rec["result"]["seconds"]) if "result" in rec else "—"
                 lines.append(
                     f"| {st.name} | {st.what} | {target_text(st)} | {meas} | {_fmt_s(rec['process_seconds'])} | "
-                    f"{rec['peak_rss_gb']:.2f} GB | {rec['load_mean']} / {rec['load_max']} | {verdict(st, rec)} | "
+                    f"{rec['peak_rss_gb']:.2f} GB | {rec['load_mean']} / {rec['load_max']} | {verdict(st, rec, scale)} | "
                     f"{rec['when']} | {details(st, rec)} |")
             lines.append("")
         if entry.get("notes"):
@@ -415,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         res = rec.get("result", {})
         print(f"[bench {key}] {st.name}: measured {_fmt_s(res.get('seconds'))}, process "
               f"{_fmt_s(rec['process_seconds'])}, peak {rec['peak_rss_gb']:.2f} GB, load {rec['load_mean']}, "
-              f"{verdict(st, rec)}" + (f"\n  {rec['error']}" if "error" in rec else ""), flush=True)
+              f"{verdict(st, rec, key)}" + (f"\n  {rec['error']}" if "error" in rec else ""), flush=True)
     db = load_db()
     a.out.write_text(render(db, {}))
     if a.clean:  # the large scratch files; the records stay
