@@ -22,6 +22,7 @@ from kairos_dagster.automation import (
     weekly_sync_job,
 )
 from kairos_dagster.broker.resource import BrokerResource
+from kairos_dagster.instance_tuning import install_sqlite_tuning
 from kairos_dagster.resources import SharadarSource
 from kairos_dagster.settings import Settings, load_settings
 from kairos_dagster.warehouse.io_manager import DuckDBWarehouse, KairosDuckDBIOManager
@@ -47,6 +48,9 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
+    # Every process that loads the code location (run workers, the webserver's code server, the CLI)
+    # writes instance events: tune the instance's SQLite once (see instance_tuning).
+    install_sqlite_tuning()
     settings = settings or load_settings()
     return Definitions(
         assets=[*SYNC_ASSETS, *FEATURE_ASSETS, *ML_ASSETS, *MATRIX_ASSETS, *REBALANCE_ASSETS, *EXECUTION_ASSETS],
