@@ -96,6 +96,24 @@ def _sync_schema(con: duckdb.DuckDBPyConnection, table: str) -> None:
             con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)} {dtype}")
 
 
+@contextmanager
+def _staged_transaction(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, failure: str) -> Iterator[None]:
+    """Register `df` as the staging view and run the body in one transaction (rolled back on any error)."""
+    con.register(_STAGING, df)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    except duckdb.Error as exc:
+        raise WarehouseError(f"{failure}: {exc}") from exc
+    finally:
+        con.unregister(_STAGING)
+
+
 def replace_window(
     con: duckdb.DuckDBPyConnection,
     table: str,
@@ -125,46 +143,24 @@ def replace_window(
             raise WarehouseError(
                 f"{table}: rows dated {lo}..{hi} fall outside the partition window {start}..{end - dt.timedelta(days=1)}"
             )
-    con.register(_STAGING, df)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _sync_schema(con, table)
-            scope_sql = "".join(f" AND {ident(k)} = ?" for k in (scope or {}))
-            con.execute(
-                f"DELETE FROM {ident(table)} WHERE {ident(column)} >= ? AND {ident(column)} < ?{scope_sql}",
-                [start, end, *(scope or {}).values()],
-            )
-            if after_delete is not None:
-                after_delete()
-            con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {_STAGING}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    except duckdb.Error as exc:
-        raise WarehouseError(f"{table}: write of {start}..{end} failed: {exc}") from exc
-    finally:
-        con.unregister(_STAGING)
+    with _staged_transaction(con, df, f"{table}: write of {start}..{end} failed"):
+        _sync_schema(con, table)
+        scope_sql = "".join(f" AND {ident(k)} = ?" for k in (scope or {}))
+        con.execute(
+            f"DELETE FROM {ident(table)} WHERE {ident(column)} >= ? AND {ident(column)} < ?{scope_sql}",
+            [start, end, *(scope or {}).values()],
+        )
+        if after_delete is not None:
+            after_delete()
+        con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {_STAGING}")
     return df.height
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> int:
     """Atomically replace the whole table by `df` (unpartitioned assets)."""
     _check_frame(table, df)
-    con.register(_STAGING, df)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM {_STAGING}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    except duckdb.Error as exc:
-        raise WarehouseError(f"{table}: write failed: {exc}") from exc
-    finally:
-        con.unregister(_STAGING)
+    with _staged_transaction(con, df, f"{table}: write failed"):
+        con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM {_STAGING}")
     return df.height
 
 
