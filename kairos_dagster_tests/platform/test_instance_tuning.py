@@ -27,3 +27,25 @@ def test_bad_mode_names_the_variable(monkeypatch):
         assert "KAIROS_DAGSTER_SQLITE_SYNCHRONOUS" in str(exc)
     else:
         raise AssertionError("a bad mode was accepted")
+
+
+def test_dagster_yaml_limits_the_duckdb_pool_and_serializes_weekly_runs(tmp_path, monkeypatch):
+    import shutil
+
+    from dagster import DagsterInstance
+
+    from kairos_dagster.definitions import defs
+    from kairos_dagster.settings import PROJECT_ROOT
+
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with DagsterInstance.get() as instance:
+        config = instance.get_concurrency_config()
+        assert instance.event_log_storage.supports_global_concurrency_limits
+        assert config.pool_config.default_pool_limit == 1
+        assert {"key": "kairos/serial", "limit": 1} in config.run_queue_config.tag_concurrency_limits
+        assert (tmp_path / "history" / "runs.db").exists()  # run storage inside DAGSTER_HOME
+    # every asset that touches the warehouse is in the duckdb pool
+    graph = defs.resolve_asset_graph()
+    pools = {k.to_user_string(): graph.get(k).assets_def.node_def.pool for k in graph.get_all_asset_keys()}
+    assert set(pools.values()) == {"duckdb"}, pools
