@@ -81,11 +81,11 @@ def market_returns(prices: pl.DataFrame, marketcap: pl.DataFrame, universe: pl.D
         .filter(pl.col("prev_date").is_not_null())
         .join(
             universe.lazy().select("ticker", pl.col("date").alias("prev_date")).unique(),
-            on=["ticker", "prev_date"], how="semi",
+            on=["ticker", "prev_date"], how="semi", maintain_order="left",
         )
         .join(
             marketcap.lazy().select("ticker", pl.col("date").alias("prev_date"), "marketcap"),
-            on=["ticker", "prev_date"], how="left", validate="m:1",
+            on=["ticker", "prev_date"], how="left", validate="m:1", maintain_order="left",
         )
         .collect()
     )
@@ -98,7 +98,7 @@ def market_returns(prices: pl.DataFrame, marketcap: pl.DataFrame, universe: pl.D
         )
     # per-date weighted sums in a fixed (date, ticker) order with numpy, so the result is
     # byte-identical run to run (a parallel group-by may add in any order)
-    rets = rets.sort("date", "ticker")
+    rets = rets.sort("date", maintain_order=True)  # rows come ticker-sorted: stable sort keeps (date, ticker)
     dates = rets["date"]
     starts = np.flatnonzero(np.r_[True, dates[1:].to_numpy() != dates[:-1].to_numpy()]) if rets.height else []
     starts = np.asarray(starts, dtype=np.int64)
