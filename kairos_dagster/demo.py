@@ -15,7 +15,7 @@ from dagster import AssetSelection, Definitions
 
 from kairos_dagster.automation import FEATURE_GROUPS
 from kairos_dagster.partitions import WEEKLY
-from kairos_dagster.runner import get_instance, run_selection
+from kairos_dagster.runner import failure_messages, get_instance, run_selection
 from kairos_dagster.settings import Settings
 
 YEARS = 3
@@ -56,9 +56,8 @@ def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None])
         seconds = (dt.datetime.now() - t0).total_seconds()
         echo(f"    run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {seconds:.0f} s")
         if not result.success:
-            for event in result.all_events:
-                if event.is_step_failure:
-                    echo(f"    {event.step_key}: {event.event_specific_data.error.message.strip()[:2000]}")
+            for line in failure_messages(result):
+                echo(f"    {line[:2000]}")
             return False
     print_latest_rebalance(settings, echo)
     if "execution" in keys:
