@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ class Settings:
     xgb_device: str  # "cpu" | "cuda"
     auto_paper: bool
     ml_trials: int = 6  # Optuna trials per tune point (small default for the demo)
-    optuna_storage: Path | None = None  # directory of Optuna journal files (one per study)
+    optuna_storage: Path | str | None = None  # directory of Optuna journal files, or a database URL
     ml_anchor: dt.date | None = None  # walk-forward grid anchor; None: derived from start_date (assets/ml.py)
 
     @property
@@ -117,10 +118,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def _optuna_storage(env: Mapping[str, str], duckdb_path: Path) -> Path:
+def _optuna_storage(env: Mapping[str, str], duckdb_path: Path) -> Path | str:
+    """A directory of Optuna journal files (default data/optuna), or a database URL such as
+    postgresql://... or sqlite:///...: one database for every study, shared by parallel workers."""
     raw = env.get("KAIROS_OPTUNA_STORAGE", "").strip()
     if "://" in raw:
-        # walk_forward_predict keeps one journal file per study under a directory; RDB URLs are
-        # supported by ml.tune.tune() directly, not yet by the assets.
-        raise SettingsError(f"KAIROS_OPTUNA_STORAGE must be a directory for Optuna journal files, got the URL {raw!r}")
+        if not re.match(r"^[a-z][a-z0-9+]*://", raw):
+            raise SettingsError(f"KAIROS_OPTUNA_STORAGE is not a valid database URL: {raw.split('://')[0]!r}://...")
+        return raw
     return _path(env, "KAIROS_OPTUNA_STORAGE", str(duckdb_path.parent / "optuna"))

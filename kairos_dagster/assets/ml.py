@@ -32,6 +32,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     ConfigurableResource,
+    EnvVar,
     MetadataValue,
     Output,
     asset,
@@ -75,6 +76,7 @@ class MLResource(ConfigurableResource):
     n_trials: int = 6
     n_folds: int = 3
     optuna_dir: str = ""  # "": <models_dir>/<model_name>/optuna
+    optuna_url: str = ""  # a database URL: all studies in one database (parallel workers)
     device: str = "cpu"
     seed: int = 42
     n_threads: int = 2
@@ -98,7 +100,10 @@ class MLResource(ConfigurableResource):
             models_dir=str(settings.models_dir), anchor=default_anchor(settings).isoformat(),
             retrain_weeks=settings.ml_retrain_weeks, retune_weeks=settings.ml_retune_weeks,
             n_trials=settings.ml_trials, device=settings.xgb_device,
-            optuna_dir=str(settings.optuna_storage) if settings.optuna_storage else "",
+            optuna_dir=str(settings.optuna_storage) if isinstance(settings.optuna_storage, Path) else "",
+            # a database URL may carry a password: resolve it from the environment at run time (EnvVar),
+            # so the UI and the run config show the variable's name, never its value
+            optuna_url=EnvVar("KAIROS_OPTUNA_STORAGE") if isinstance(settings.optuna_storage, str) else "",
         )
         return cls(**{**kw, **overrides})
 
@@ -195,7 +200,8 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
             tuner = None
             if tuned:
                 tuner = TunerConfig(n_trials=ml.n_trials, n_folds=ml.n_folds,
-                                    storage_dir=Path(ml.optuna_dir) / model_name if ml.optuna_dir else None)
+                                    storage_dir=Path(ml.optuna_dir) / model_name if ml.optuna_dir else None,
+                                    storage_url=ml.optuna_url or None)
             result = walk_forward_predict(
                 features_frame, labels, scored_weeks, model_name=model_name, features=tables.ml_features(),
                 models_dir=ml.models_dir, alpha_column=alpha, params=ml.params(), tuner=tuner, label=LABEL,

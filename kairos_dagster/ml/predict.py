@@ -41,6 +41,9 @@ class TunerConfig:
     n_trials: int = 8
     n_folds: int = 3
     storage_dir: Path | None = None  # default <models_dir>/<model_name>/optuna (journal files)
+    # A database URL (e.g. postgresql://..., sqlite:///...): every study in one database, so several
+    # worker processes can tune the same study in parallel (load_if_exists). Wins over storage_dir.
+    storage_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,10 @@ def walk_forward_predict(
             tune_record = registry.load_tuning(models_dir, model_name, tune_version)
             if tune_record is None:
                 tframe, _ = rows_for(plan.tune_train_start, plan.tune_train_end, plan.tune_label_end)
-                storage = tuner.storage_dir or Path(models_dir) / model_name / "optuna"
+                folder = tuner.storage_dir or Path(models_dir) / model_name / "optuna"
+                storage = tuner.storage_url or Path(folder) / f"{tune_version}.journal"
                 res = tune(tframe, features, label, n_trials=tuner.n_trials, seed=seed,
-                           storage=Path(storage) / f"{tune_version}.journal", study_name=tune_version,
+                           storage=storage, study_name=tune_version,
                            n_folds=tuner.n_folds, embargo_weeks=embargo_weeks, ret_col=ret_col,
                            base_params=params, n_threads=n_threads, device=device)
                 tune_record = {"tune_version": tune_version, "best_params": res.best_params, **res.summary}

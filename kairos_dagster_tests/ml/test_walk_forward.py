@@ -95,9 +95,18 @@ def test_tuned_model_uses_stored_tune_and_is_reproducible(market, tmp_path):
     a = walk_forward_predict(f, t, weeks, model_name="tuned", models_dir=tmp_path, tuner=tuner,
                              alpha_column="alpha_ml_v2_tuned_clf", **kw)
     assert list((tmp_path / "tuned" / "tuning").glob("tune_2020-04-06_*.json"))
-    b = walk_forward_predict(f, t, weeks, model_name="tuned", models_dir=tmp_path / "fresh", tuner=tuner,
+    # the same tuning in a fresh registry, its study in a database (the parallel-workers storage)
+    (tmp_path / "fresh").mkdir()
+    url = f"sqlite:///{tmp_path / 'fresh' / 'optuna.db'}"
+    b = walk_forward_predict(f, t, weeks, model_name="tuned", models_dir=tmp_path / "fresh",
+                             tuner=TunerConfig(n_trials=3, n_folds=2, storage_url=url),
                              alpha_column="alpha_ml_v2_tuned_clf", **kw)
     assert a.predictions.equals(b.predictions)
+    import optuna
+
+    studies = optuna.get_all_study_summaries(storage=url)
+    assert [s.study_name.startswith("tune_2020-04-06_") for s in studies] == [True]
+    assert studies[0].n_trials == 3
     assert '"tune"' in a.registry["metrics_json"][0]
 
 

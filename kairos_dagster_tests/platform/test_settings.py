@@ -36,3 +36,24 @@ def test_key_switches_default_to_nasdaq():
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):
         load_settings(env)
+
+
+def test_optuna_storage_directory_or_database_url():
+    assert load_settings({}).optuna_storage.name == "optuna"
+    url = "postgresql://kairos:s3cret@127.0.0.1:5432/optuna"
+    assert load_settings({"KAIROS_OPTUNA_STORAGE": url}).optuna_storage == url
+    with pytest.raises(SettingsError, match="KAIROS_OPTUNA_STORAGE") as info:
+        load_settings({"KAIROS_OPTUNA_STORAGE": "Post gres://user:s3cret@host/db"})
+    assert "s3cret" not in str(info.value)
+
+
+def test_optuna_url_reaches_the_ml_resource_as_an_env_var_not_a_value(monkeypatch):
+    from dagster import EnvVar
+
+    from kairos_dagster.assets.ml import MLResource
+
+    url = "postgresql://kairos:s3cret@127.0.0.1:5432/optuna"
+    monkeypatch.setenv("KAIROS_OPTUNA_STORAGE", url)
+    resource = MLResource.from_settings(load_settings())
+    assert resource.optuna_url == EnvVar("KAIROS_OPTUNA_STORAGE")
+    assert "s3cret" not in repr(resource)
