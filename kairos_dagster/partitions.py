@@ -12,13 +12,13 @@ import warnings
 
 from dagster import (
     BackfillPolicy,
+    BetaWarning,
     PartitionsDefinition,
+    PreviewWarning,
     TimeWindow,
     TimeWindowPartitionMapping,
     WeeklyPartitionsDefinition,
 )
-
-from dagster import BetaWarning, PreviewWarning
 
 from kairos_dagster import calendar
 from kairos_dagster.settings import load_settings
