@@ -162,7 +162,7 @@ def _technical_asset(spec: technical.TableSpec) -> AssetsDefinition:
     else:
         mapping = lookback_mapping(weeks_back)
     ins = {arg: AssetIn(TECHNICAL_INPUTS[arg], partition_mapping=mapping) for arg in spec.inputs if arg != "universe"}
-    ins["universe"] = AssetIn("universe", partition_mapping=mapping if targets else None)
+    ins["universe"] = AssetIn("universe", partition_mapping=mapping if targets else None, metadata={"columns": KEY})
     config = FeatureCheckConfig(check_nulls=not targets, null_ceiling=0.10)
 
     @asset(
@@ -202,7 +202,7 @@ def _fundamental_asset(table: fundamental.FundamentalTable) -> AssetsDefinition:
         src: (AssetIn(src) if src == "tickers" else AssetIn(src, partition_mapping=lookback_mapping(weeks[src])))
         for src in table.inputs
     }
-    ins["universe"] = AssetIn("universe")
+    ins["universe"] = AssetIn("universe", metadata={"columns": KEY})
     config = FeatureCheckConfig(null_ceiling=0.5)
 
     @asset(
@@ -255,15 +255,23 @@ def regime_history_academic(context: AssetExecutionContext, market_returns: pl.D
 
 
 # --------------------------------------------------------------------------- Phases 4-5 composites
+def _input_columns(table: str, columns: list[str]) -> list[str]:
+    """Load only the key and the columns a consumer needs (a 10-year window of a wide table is GBs)."""
+    key = ["date"] if table == assemble.REGIME_TABLE else KEY
+    return key + [c for c in columns if c not in key]
+
+
 def _composite_asset(name: str, spec: composites.CompositeSpec) -> AssetsDefinition:
     needed = list(spec.inputs()) + (["regime"] if spec.regime_weights is not None else [])
     sources = assemble.tables_for(needed)
     smooth_weeks = weeks_for_sessions(spec.smooth_window) if spec.smooth_window else 0
     ins: dict[str, AssetIn] = {
-        table: AssetIn(table, partition_mapping=lookback_mapping(smooth_weeks) if smooth_weeks else None)
-        for table in sources
+        table: AssetIn(table, partition_mapping=lookback_mapping(smooth_weeks) if smooth_weeks else None,
+                       metadata={"columns": _input_columns(table, cols)})
+        for table, cols in sources.items()
     }
-    ins["universe"] = AssetIn("universe", partition_mapping=lookback_mapping(smooth_weeks) if smooth_weeks else None)
+    ins["universe"] = AssetIn("universe", partition_mapping=lookback_mapping(smooth_weeks) if smooth_weeks else None,
+                              metadata={"columns": KEY})
     ins["tickers"] = AssetIn("tickers")
     phase = "phase5_composites" if name in PHASE5 else "phase4_composites"
     config = FeatureCheckConfig(null_ceiling=0.5)
@@ -300,9 +308,9 @@ REPORT_FACTORS = (
 
 def _factor_ic_asset() -> AssetsDefinition:
     sources = assemble.tables_for(REPORT_FACTORS)
-    ins = {table: AssetIn(table) for table in sources}
+    ins = {table: AssetIn(table, metadata={"columns": _input_columns(table, cols)}) for table, cols in sources.items()}
     ins["feat_targets"] = AssetIn("feat_targets", metadata={"columns": ["ticker", "date", factor_report.TARGET]})
-    ins["universe"] = AssetIn("universe")
+    ins["universe"] = AssetIn("universe", metadata={"columns": KEY})
 
     @asset(
         name="factor_ic",

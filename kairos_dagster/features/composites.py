@@ -140,9 +140,10 @@ def _check(frame: pl.DataFrame, name: str, spec: CompositeSpec) -> None:
             raise ValueError(f"{name}: no weight table for regimes {sorted(unknown)}")
 
 
-def weighted_score(weights: Mapping[str, float], by: Sequence[str], min_coverage: float) -> pl.Expr:
-    """Steps 1-2 of the module docstring: the coverage-renormalized weighted mean of clipped z-scores."""
-    terms = [(xs.zscore_clipped(c, by, CLIP), w) for c, w in weights.items() if w != 0]
+def weighted_score(weights: Mapping[str, float], min_coverage: float, prefix: str = "_z_") -> pl.Expr:
+    """Steps 1-2 of the module docstring over precomputed clipped z-score columns (`prefix + factor`):
+    the coverage-renormalized weighted mean."""
+    terms = [(pl.col(f"{prefix}{c}"), w) for c, w in weights.items() if w != 0]
     total = sum(abs(w) for _, w in terms)
     if not terms:
         return pl.lit(None, pl.Float64)
@@ -175,15 +176,20 @@ def compute_composite(frame: pl.DataFrame, name: str, spec: CompositeSpec | None
         return frame.with_columns(_smooth(frame, spec.smooth_source, spec.smooth_window, name))
     by = ["date", "sector"] if spec.sector_neutral else ["date"]
     tables = spec.tables()
+    factors = [c for w in tables.values() for c, v in w.items() if v != 0]
+    # every factor's clipped z-score once (one group-by pass), then each weight table combines them
+    scored = xs.add_zscores_clipped(frame, factors, by, CLIP)
     if spec.regime_weights is None:
-        raw = weighted_score(tables[DEFAULT_REGIME], by, spec.min_coverage)
+        raw = weighted_score(tables[DEFAULT_REGIME], spec.min_coverage)
     else:
         regime = pl.col("regime").fill_null(DEFAULT_REGIME)
         raw = pl.lit(None, pl.Float64)
         for reg, weights in tables.items():
-            raw = pl.when(regime == reg).then(weighted_score(weights, by, spec.min_coverage)).otherwise(raw)
-    out = frame.with_columns(raw.alias("_raw"))
-    return out.with_columns(xs.zscore_clipped("_raw", ["date"], CLIP).alias(name)).drop("_raw")
+            raw = pl.when(regime == reg).then(weighted_score(weights, spec.min_coverage)).otherwise(raw)
+    out = scored.with_columns(raw.alias("_raw"))
+    out = xs.add_zscores_clipped(out, ["_raw"], ["date"], CLIP, prefix="_final")
+    order = frame.columns if name in frame.columns else [*frame.columns, name]
+    return out.drop(name, strict=False).rename({"_final_raw": name}).select(order)
 
 
 def _no_dup(frame: pl.DataFrame, name: str) -> None:

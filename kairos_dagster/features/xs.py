@@ -110,3 +110,33 @@ def quantile_bucket(col: str | pl.Expr, n: int = 5, by: By = ("date",)) -> pl.Ex
     pos = (x.rank("average").over(keys) - 0.5) * n / x.count().over(keys)
     b = (pos.floor() + 1).clip(1, n).cast(pl.Int32)
     return _alias(_null_if_key_null(b, keys), col)
+
+
+def add_zscores_clipped(
+    frame: pl.DataFrame, columns: Sequence[str], by: By = ("date",), limit: float = 3.0, prefix: str = "_z_"
+) -> pl.DataFrame:
+    """`frame` plus `prefix + c` = zscore_clipped(c, by, limit) for every column, in one group-by pass.
+
+    The same values as the expression verbs (population std, NaN/inf missing, null for a zero-spread
+    group or a null key), but one aggregation over all columns joined back instead of one window
+    expression per column: on 12M rows x 8 factors it is the difference between seconds and minutes.
+    """
+    keys = _keys(by)
+    cols = list(dict.fromkeys(columns))
+    if not cols:
+        return frame
+    clean_cols = [clean(c).alias(f"_x_{i}") for i, c in enumerate(cols)]
+    lf = frame.lazy().with_columns(clean_cols)
+    stats = lf.select(*keys, *[pl.col(f"_x_{i}") for i in range(len(cols))]).group_by(keys).agg(
+        *[pl.col(f"_x_{i}").mean().alias(f"_m_{i}") for i in range(len(cols))],
+        *[pl.col(f"_x_{i}").std(ddof=0).alias(f"_s_{i}") for i in range(len(cols))],
+    )
+    out = lf.join(stats, on=keys, how="left", maintain_order="left").with_columns(
+        pl.when(pl.col(f"_s_{i}") > 0)
+        .then(((pl.col(f"_x_{i}") - pl.col(f"_m_{i}")) / pl.col(f"_s_{i}")).clip(-limit, limit))
+        .otherwise(None)
+        .alias(f"{prefix}{c}")
+        for i, c in enumerate(cols)
+    )
+    helpers = [f"_{k}_{i}" for i in range(len(cols)) for k in ("x", "m", "s")]
+    return out.drop(helpers).collect(engine="in-memory")
