@@ -67,6 +67,10 @@ def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None])
     return True
 
 
+def _fmt(x: object) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
 def print_latest_rebalance(settings: Settings, echo: Callable[[str], None]) -> None:
     """Where the latest picks are, and the short summary an operator reads first."""
     import json
@@ -81,7 +85,7 @@ def print_latest_rebalance(settings: Settings, echo: Callable[[str], None]) -> N
     echo(f"\nLatest rebalance {summary.get('rebalance_date')}: picks {latest / 'picks.csv'}")
     echo(f"    {port.get('n_positions')} positions, total weight {port.get('total_weight'):.3f}, "
          f"top 5 weight {port.get('top_5_weight'):.3f}, estimated vol {port.get('estimated_vol'):.3f}, "
-         f"turnover vs prior {metrics.get('turnover_vs_prior')}, regime {regime.get('regime')}")
+         f"turnover vs prior {_fmt(metrics.get('turnover_vs_prior'))}, regime {regime.get('regime')}")
     echo(f"    trades {latest / 'trades.csv'}; summary {latest / 'portfolio_summary.json'}; "
          f"schedule {latest / 'schedule.json'}")
 
