@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	set -a; if [ -f data/demo.env ]; then . data/demo.env; fi; set +a; \
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 lint: $(STAMP)

@@ -352,6 +352,7 @@ def demo_cmd() -> None:
         "KAIROS_ML_TRIALS": "3",
     }.items():
         os.environ.setdefault(name, value)
+    demo_env = {k: os.environ[k] for k in ("KAIROS_START_DATE", "KAIROS_ML_ANCHOR", "KAIROS_ML_TRIALS")}
     from kairos_dagster.definitions import defs
     from kairos_dagster.demo import run_demo
     from kairos_dagster.runner import dagster_home
@@ -360,6 +361,9 @@ def demo_cmd() -> None:
     settings = _settings()
     if settings.data_source != "synthetic":
         raise _fail("the demo runs on the synthetic market: unset NASDAQ_DATA_LINK_API_KEY or set KAIROS_DATA_SOURCE=synthetic")
+    # `make ui` reads this file so the UI sees the demo's partitions and walk-forward anchor.
+    settings.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    (settings.duckdb_path.parent / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in demo_env.items()))
     ok = run_demo(defs, settings, typer.echo)
     typer.echo("\n" + warehouse_summary(settings.duckdb_path))
     typer.echo(f"\nRun history and asset metadata: DAGSTER_HOME={dagster_home()}; open the UI with `make ui` "
