@@ -208,6 +208,8 @@ def run_stage(stage: Stage, env: dict[str, str], work: Path, timeout: float | No
     wall = time.perf_counter() - t0
     rec: dict[str, Any] = {"stage": stage.name, "process_seconds": round(wall, 2),
                            "peak_rss_gb": round(rusage.ru_maxrss / 1024**2, 3), "returncode": proc.returncode,
+                           # CPU time (user + system) of the stage process: less sensitive to a shared machine.
+                           "cpu_seconds": round(rusage.ru_utime + rusage.ru_stime, 1),
                            "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), **load.summary()}
     if timed_out:
         rec["error"] = f"killed after the bench timeout of {timeout:.0f} s"
@@ -373,8 +375,9 @@ def render(db: dict[str, Any], notes: dict[str, str]) -> str:
                     lines.append(f"| {st.name} | {st.what} | {target_text(st)} | — | — | — | — | not run | — | {why} |")
                     continue
                 meas = _fmt_s(rec["result"]["seconds"]) if "result" in rec else "—"
+                cpu = f" (CPU {_fmt_s(rec['cpu_seconds'])})" if rec.get("cpu_seconds") is not None else ""
                 lines.append(
-                    f"| {st.name} | {st.what} | {target_text(st)} | {meas} | {_fmt_s(rec['process_seconds'])} | "
+                    f"| {st.name} | {st.what} | {target_text(st)} | {meas} | {_fmt_s(rec['process_seconds'])}{cpu} | "
                     f"{rec['peak_rss_gb']:.2f} GB | {rec['load_mean']} / {rec['load_max']} | {verdict(st, rec, scale)} | "
                     f"{rec['when']} | {details(st, rec)} |")
             lines.append("")
