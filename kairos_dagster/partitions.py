@@ -8,6 +8,7 @@ schedule and a Thursday rebalance (Friday holiday) can materialize it.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import warnings
 
 from dagster import (
@@ -47,8 +48,12 @@ def lookback_mapping(weeks: int) -> TimeWindowPartitionMapping:
 
 
 def weeks_for_sessions(sessions: int) -> int:
-    """Weeks of history that hold at least `sessions` XNYS sessions (with slack for holidays)."""
-    return (sessions + 4) // 5 + 2
+    """Weeks of history that hold at least `sessions` XNYS sessions before any week.
+
+    A year has ~252 sessions in 52 weeks (holidays and unscheduled closures take ~10 weekdays), so
+    count 4.75 sessions a week, plus two weeks of slack; a test checks it over 1999-2035.
+    """
+    return math.ceil(sessions / 4.75) + 2
 
 
 def window_dates(window: TimeWindow) -> tuple[dt.date, dt.date]:
