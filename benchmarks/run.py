@@ -187,6 +187,7 @@ def run_stage(stage: Stage, env: dict[str, str], work: Path, timeout: float | No
     """The stage in a fresh process; its own peak RSS from wait4, wall time, load during it."""
     out = work / f"{stage.name}.json"
     out.unlink(missing_ok=True)
+    commit = git_head()
     log = work / f"{stage.name}.log"
     cmd = [sys.executable, "-m", "benchmarks.stages", stage.name, "--json", str(out)]
     t0 = time.perf_counter()
@@ -210,7 +211,8 @@ def run_stage(stage: Stage, env: dict[str, str], work: Path, timeout: float | No
                            "peak_rss_gb": round(rusage.ru_maxrss / 1024**2, 3), "returncode": proc.returncode,
                            # CPU time (user + system) of the stage process: less sensitive to a shared machine.
                            "cpu_seconds": round(rusage.ru_utime + rusage.ru_stime, 1),
-                           "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), **load.summary()}
+                           "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+                           **load.summary()}
     if timed_out:
         rec["error"] = f"killed after the bench timeout of {timeout:.0f} s"
     elif proc.returncode != 0 or not out.exists():
@@ -233,6 +235,18 @@ def save_record(scale: str, stage: str, rec: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rec, indent=1, default=str))
     tmp.replace(path)
+
+
+def git_head() -> str | None:
+    """The commit the stage ran at (the checkout is shared and moves: figures belong to a commit)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "kairos_dagster"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+local changes" if dirty else "")
 
 
 def load_db() -> dict[str, Any]:
@@ -379,7 +393,7 @@ def render(db: dict[str, Any], notes: dict[str, str]) -> str:
                 lines.append(
                     f"| {st.name} | {st.what} | {target_text(st)} | {meas} | {_fmt_s(rec['process_seconds'])}{cpu} | "
                     f"{rec['peak_rss_gb']:.2f} GB | {rec['load_mean']} / {rec['load_max']} | {verdict(st, rec, scale)} | "
-                    f"{rec['when']} | {details(st, rec)} |")
+                    f"{rec['when']}{' @ ' + rec['commit'] if rec.get('commit') else ''} | {details(st, rec)} |")
             lines.append("")
         if entry.get("notes"):
             lines += ["Notes:", "", *[f"- {n}" for n in entry["notes"]], ""]
