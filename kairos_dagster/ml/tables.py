@@ -22,7 +22,7 @@ from kairos_dagster.features.assemble import REGIME_TABLE, UNKNOWN_SECTOR, colum
 from kairos_dagster.ml.dataset import TARGET_PATTERN
 from kairos_dagster.ml.metrics import ML_METRICS_SCHEMA
 from kairos_dagster.ml.registry import REGISTRY_SCHEMA
-from kairos_dagster.warehouse.store import WarehouseError, ident, table_columns, table_exists
+from kairos_dagster.warehouse.store import WarehouseError, ident, table_columns, table_exists, upsert_rows
 
 KEY = ("ticker", "date")
 TARGETS_TABLE = "feat_targets"
@@ -157,16 +157,6 @@ def load_labels(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, da
         {"start": start, "end": end, "dates": list(dates)}).pl()
 
 
-def _create(con: duckdb.DuckDBPyConnection, table: str, schema: Mapping[str, pl.DataType]) -> None:
-    if not table_exists(con, table):
-        empty = pl.DataFrame(schema=dict(schema))
-        con.register("_kairos_empty", empty)
-        try:
-            con.execute(f"CREATE TABLE {ident(table)} AS SELECT * FROM _kairos_empty")
-        finally:
-            con.unregister("_kairos_empty")
-
-
 def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, key: Sequence[str],
            schema: Mapping[str, pl.DataType]) -> int:
     """Replace the rows of ``table`` whose ``key`` appears in ``df`` by ``df`` (one transaction)."""
@@ -177,21 +167,7 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, key: Se
     dup = df.height - df.select(key).unique().height
     if dup:
         raise WarehouseError(f"{table}: {dup} rows repeat a key {list(key)}")
-    con.register("_kairos_upsert", df)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _create(con, table, schema)
-            cond = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in key)
-            con.execute(f"DELETE FROM {ident(table)} t USING _kairos_upsert s WHERE {cond}")
-            con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM _kairos_upsert")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        con.unregister("_kairos_upsert")
-    return df.height
+    return upsert_rows(con, table, df, key)
 
 
 def upsert_registry(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> int:
@@ -200,24 +176,5 @@ def upsert_registry(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> int:
 
 def upsert_metrics(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> int:
     """ml_metrics: one key is (model, version, split, date); a rerun replaces all its metric rows."""
-    if rows.height == 0:
-        _create(con, "ml_metrics", ML_METRICS_SCHEMA)
-        return 0
-    keys = rows.select(METRICS_KEY).unique()
-    con.register("_kairos_keys", keys)
-    con.register("_kairos_rows", rows.select([pl.col(c).cast(t) for c, t in ML_METRICS_SCHEMA.items()]))
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _create(con, "ml_metrics", ML_METRICS_SCHEMA)
-            cond = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in METRICS_KEY)
-            con.execute(f"DELETE FROM ml_metrics t USING _kairos_keys s WHERE {cond}")
-            con.execute("INSERT INTO ml_metrics BY NAME SELECT * FROM _kairos_rows")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        con.unregister("_kairos_keys")
-        con.unregister("_kairos_rows")
-    return rows.height
+    rows = rows.select([pl.col(c).cast(t) for c, t in ML_METRICS_SCHEMA.items()])
+    return upsert_rows(con, "ml_metrics", rows, METRICS_KEY)

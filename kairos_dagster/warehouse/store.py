@@ -164,6 +164,27 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) 
     return df.height
 
 
+def upsert_rows(
+    con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, key: Sequence[str]
+) -> int:
+    """Atomically replace the rows of `table` whose `key` values appear in `df` by `df`'s rows.
+
+    Rows of `df` may repeat a key (e.g. several metrics of one model version): every stored row with
+    that key goes, all of `df` comes in. An empty `df` still creates the table with its schema.
+    """
+    _check_frame(table, df)
+    for k in key:
+        if k not in df.columns:
+            raise WarehouseError(f"{table}: key column {k!r} is missing from the rows")
+    with _staged_transaction(con, df, f"{table}: upsert failed"):
+        _sync_schema(con, table)
+        # null-safe: a key part may be null (e.g. the date of a per-model metric)
+        cond = " AND ".join(f"t.{ident(k)} IS NOT DISTINCT FROM s.{ident(k)}" for k in key)
+        con.execute(f"DELETE FROM {ident(table)} t USING {_STAGING} s WHERE {cond}")
+        con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {_STAGING}")
+    return df.height
+
+
 def read_window(
     con: duckdb.DuckDBPyConnection,
     table: str,

@@ -106,3 +106,26 @@ def test_writer_killed_between_delete_and_insert_leaves_previous_rows(tmp_path):
     with duckdb.connect(str(path)) as con:
         after = store.read_window(con, "prices", None, None, None)
     assert after.equals(before)
+
+
+def test_upsert_rows_replaces_by_key_in_one_transaction(tmp_path):
+    with store.connect(tmp_path / "w.duckdb") as con:
+        empty = pl.DataFrame(schema={"model": pl.String, "version": pl.String, "metric": pl.String, "value": pl.Float64})
+        store.upsert_rows(con, "metrics", empty, ["model", "version"])
+        assert store.table_columns(con, "metrics") == {
+            "model": "VARCHAR", "version": "VARCHAR", "metric": "VARCHAR", "value": "DOUBLE"}
+        v1 = pl.DataFrame({"model": ["m", "m", "m"], "version": ["1", "1", "2"], "metric": ["auc", "ic", "auc"],
+                           "value": [0.5, 0.01, 0.6]})
+        store.upsert_rows(con, "metrics", v1, ["model", "version"])
+        # a rerun of version 1 with one metric replaces both of its old rows, version 2 stays
+        store.upsert_rows(con, "metrics", v1.head(1).with_columns(pl.lit(0.55).alias("value")), ["model", "version"])
+        got = con.execute("SELECT version, metric, value FROM metrics ORDER BY version, metric").fetchall()
+        assert got == [("1", "auc", 0.55), ("2", "auc", 0.6)]
+        # null key parts match themselves: a rerun does not duplicate rows keyed on a null
+        null_key = pl.DataFrame({"model": ["m"], "version": [None], "metric": ["auc"], "value": [0.7]},
+                                schema_overrides={"version": pl.String})
+        store.upsert_rows(con, "metrics", null_key, ["model", "version"])
+        store.upsert_rows(con, "metrics", null_key, ["model", "version"])
+        assert con.execute("SELECT count(*) FROM metrics WHERE version IS NULL").fetchone() == (1,)
+        with pytest.raises(store.WarehouseError, match="key column 'nope'"):
+            store.upsert_rows(con, "metrics", v1, ["nope"])
