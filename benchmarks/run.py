@@ -367,7 +367,9 @@ def render(db: dict[str, Any], notes: dict[str, str]) -> str:
              "process (what the targets refer to); **process** adds interpreter and import start-up. Peak "
              "RSS is the stage process's own maximum resident set (each stage runs in a fresh process). "
              "Load is the 1-minute load average during the stage (mean / max): the 2-core machine is "
-             "shared with other engineers' test runs, so wall times are pessimistic when it exceeds 2.", ""]
+             "shared with other engineers' test runs, so wall times are pessimistic when it exceeds 2. **when** is "
+             "the stage's end and the commit it ran at. Pass/miss is judged only at 5,000 × 10, the scale the "
+             "issues state their targets for.", ""]
     machines = {json.dumps(v["machine"], sort_keys=True): v["machine"] for v in db.values()}
     for m in machines.values():
         lines.append(f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']} GB memory, Python {m['python']}, "
