@@ -42,6 +42,7 @@ from kairos_dagster.assets.metadata import frame_metadata, markdown_table
 from kairos_dagster.calendar import rebalance_dates_between
 from kairos_dagster.features import universe as universe_core
 from kairos_dagster.ml import tables
+from kairos_dagster.ml.dataset import MissingHistoryError
 from kairos_dagster.ml.metrics import ic_stats
 from kairos_dagster.ml.predict import ALPHA_COLUMNS, TunerConfig, walk_forward_predict
 from kairos_dagster.ml.schedule import first_scorable_week, model_schedule
@@ -191,21 +192,34 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
                 f"{ml.retrain_weeks} weeks); {alpha} is null for all {out.height} rows of this window")
             metrics = registry = pl.DataFrame()
         else:
-            hist_start = _history_start(scored_weeks, ml, tuned, model_name)
-            train_dates = [d for d in rebalance_dates_between(hist_start, start - dt.timedelta(days=1))]
-            with warehouse.connect() as con:
-                history = tables.load_matrix(con, tables.ml_features(), hist_start, start, dates=train_dates)
-                labels = tables.load_labels(con, start, end, train_dates)
-            features_frame = pl.concat([history, window], how="vertical")
             tuner = None
             if tuned:
                 tuner = TunerConfig(n_trials=ml.n_trials, n_folds=ml.n_folds,
                                     storage_dir=Path(ml.optuna_dir) / model_name if ml.optuna_dir else None,
                                     storage_url=ml.optuna_url or None)
-            result = walk_forward_predict(
-                features_frame, labels, scored_weeks, model_name=model_name, features=tables.ml_features(),
-                models_dir=ml.models_dir, alpha_column=alpha, params=ml.params(), tuner=tuner, label=LABEL,
-                ret_col=RET, seed=ml.seed, device=ml.device, n_threads=ml.n_threads, **ml.schedule_kwargs())
+
+            def predict(features_frame: pl.DataFrame, labels: pl.DataFrame):
+                return walk_forward_predict(
+                    features_frame, labels, scored_weeks, model_name=model_name, features=tables.ml_features(),
+                    models_dir=ml.models_dir, alpha_column=alpha, params=ml.params(), tuner=tuner, label=LABEL,
+                    ret_col=RET, seed=ml.seed, device=ml.device, n_threads=ml.n_threads, **ml.schedule_kwargs())
+
+            # The usual weekly run scores with models already in the registry: try with the window alone
+            # (seconds) and load the training history only when a model or a tuning must be fitted.
+            with warehouse.connect() as con:
+                window_labels = tables.load_labels(con, start, end, [])
+            try:
+                result = predict(window, window_labels)
+                md["training_history_loaded"] = MetadataValue.bool(False)
+            except MissingHistoryError:
+                hist_start = _history_start(scored_weeks, ml, tuned, model_name)
+                train_dates = [d for d in rebalance_dates_between(hist_start, start - dt.timedelta(days=1))]
+                with warehouse.connect() as con:
+                    history = tables.load_matrix(con, tables.ml_features(), hist_start, start, dates=train_dates)
+                    labels = tables.load_labels(con, start, end, train_dates)
+                result = predict(pl.concat([history, window], how="vertical"), labels)
+                md["training_history_loaded"] = MetadataValue.bool(True)
+                md["history_rows"] = MetadataValue.int(history.height)
             out = window.select(KEY).join(result.predictions, on=KEY, how="left", maintain_order="left")
             registry, metrics = result.registry, result.metrics
             with warehouse.connect() as con:
@@ -224,7 +238,6 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
             md["oos_rank_ic_mean"] = MetadataValue.float(stats["rank_ic"])
             md["oos_icir"] = MetadataValue.float(stats["icir"])
             md["oos_weeks_with_labels"] = MetadataValue.int(int(stats["n_dates"]))
-            md["history_rows"] = MetadataValue.int(history.height)
             if len(scored_weeks) < len(weeks):
                 md["note"] = MetadataValue.text(
                     f"weeks {[str(w) for w in weeks if w not in scored_weeks]} precede the first scorable "

@@ -34,6 +34,10 @@ class DatasetError(ValueError):
     """Bad input to the ML dataset: names the table, column, ticker or date."""
 
 
+class MissingHistoryError(DatasetError):
+    """Training needs feature rows on dates the given frame does not hold (load more history)."""
+
+
 def assert_no_target_features(features: Sequence[str], target_columns: Sequence[str] = ()) -> None:
     """Fail if a feature is a forward target (``ret_*_f``, ``label_*``) or any feat_targets column."""
     if not features:
@@ -144,7 +148,7 @@ def training_rows(features_frame: pl.DataFrame, labels_frame: pl.DataFrame, feat
     feats = features_frame.select([*KEY, *features]).join(want, on="date", how="semi")
     missing = want.join(feats.select("date").unique(), on="date", how="anti")
     if missing.height:
-        raise DatasetError(f"features has no rows on {missing.height} training dates in {start}..{end}, "
+        raise MissingHistoryError(f"features has no rows on {missing.height} training dates in {start}..{end}, "
                            f"first {missing['date'].min()}; load history back to the training start")
     assert_unique_keys(feats, "features")
     labels = labels_frame.select([*KEY, label, *extra]).join(want, on="date", how="semi")

@@ -10,6 +10,11 @@ Folds: the training dates are cut into ``n_folds + 1`` contiguous blocks; fold k
 k (k = 1..n_folds) and fits on rows whose label horizon ended before the block's first date minus
 ``embargo_weeks`` weeks (purge + embargo by label end date), an expanding window.
 
+Subsampled CV, for speed (a 20-trial tuning at 5,000 tickers x 10 years must fit in minutes): each
+fold fits on the rows of a fixed, seeded subset of ``fit_fraction`` of the tickers (the same subset in
+every fold and trial, so trials stay comparable) with ``cv_max_bin`` histogram bins; the OOS block is
+scored on all of its rows. The returned parameters are for the full-data fit (default ``max_bin``).
+
 Search space: max_depth 2..6, learning_rate 0.01..0.2 (log), num_boost_round max_boost_rounds/8..max_boost_rounds (log; default 400), subsample
 0.5..1, colsample_bytree 0.5..1, min_child_weight 1..100 (log), reg_lambda 1e-3..10 (log); CV fits
 use no early stopping (the fold's OOS block must not choose its own tree count).
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import polars as pl
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -107,12 +113,19 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
          storage: str | Path | None = None, study_name: str, n_jobs: int = 1, n_folds: int = 3,
          embargo_weeks: int = 1, ret_col: str | None = "ret_5d_f", base_params: Mapping[str, Any] | None = None,
          n_threads: int = 2, device: str = "cpu", worker: str | None = None,
-         max_boost_rounds: int = 400) -> TuneResult:
+         max_boost_rounds: int = 400, fit_fraction: float = 0.4, cv_max_bin: int = 64) -> TuneResult:
     """Run ``n_trials`` more trials of the study and return the study's best parameters."""
     if ret_col is not None and ret_col not in train_frame.columns:
         raise DatasetError(f"tuning rows lack the return column {ret_col!r} the objective needs")
-    base = {**DEFAULT_PARAMS, **(base_params or {}), "valid_fraction": 0.0}
+    if not 0.0 < fit_fraction <= 1.0:
+        raise ValueError(f"fit_fraction must be in (0, 1], got {fit_fraction}")
+    base = {**DEFAULT_PARAMS, **(base_params or {}), "valid_fraction": 0.0, "max_bin": cv_max_bin}
     folds = cv_folds(train_frame.sort(["date", "ticker"]), n_folds, embargo_weeks)
+    if fit_fraction < 1.0:
+        tickers = train_frame["ticker"].unique().sort()
+        rng = np.random.default_rng(seed)
+        keep = pl.Series(rng.choice(tickers.to_numpy(), max(1, round(fit_fraction * len(tickers))), replace=False))
+        folds = [(fit.filter(pl.col("ticker").is_in(keep.implode())), oos) for fit, oos in folds]
     worker = worker or f"pid{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
@@ -148,7 +161,7 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
         "n_pruned": sum(s == optuna.trial.TrialState.PRUNED for s in states),
         "best_value": best.value, "best_trial": best.number, "best_trial_params": best.params,
         "objective": "mean_rank_ic" if ret_col else "auc", "n_folds": n_folds, "embargo_weeks": embargo_weeks,
-        "seed": seed, "rows": train_frame.height,
+        "seed": seed, "rows": train_frame.height, "fit_fraction": fit_fraction, "cv_max_bin": cv_max_bin,
         "train_start": train_frame["date"].min(), "train_end": train_frame["date"].max(),
     }
     best_params = {**DEFAULT_PARAMS, **(base_params or {}), **best.params}

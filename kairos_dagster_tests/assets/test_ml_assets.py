@@ -78,7 +78,8 @@ def test_default_anchor_and_device_come_from_settings():
     s = load_settings({"KAIROS_START_DATE": "2020-01-06", "KAIROS_XGB_DEVICE": "cuda", "KAIROS_ML_TRIALS": "4"})
     ml = MLResource.from_settings(s)
     assert ml.device == "cuda" and ml.n_trials == 4
-    assert default_anchor(s) == dt.date(2020, 2, 17)  # first partition + the universe warm-up (6 weeks)
+    # first partition + the universe warm-up (weeks_for_sessions(20) = 7 weeks)
+    assert default_anchor(s) == dt.date(2020, 2, 24)
     assert MLResource.from_settings(load_settings({"KAIROS_ML_ANCHOR": "2021-03-01"})).anchor == "2021-03-01"
 
 
@@ -147,6 +148,11 @@ def test_single_run_backfill_equals_week_by_week(world, instance, tmp_path):
     # Both were retrained from scratch in the fresh registry: same data + seeds give identical predictions.
     for model in ("ml_v2", "ml_v2_tuned"):
         assert len(list((s2.models_dir / model).glob("*/model.ubj"))) == 2, model
+    # The usual weekly run: every model is in the registry, so no training history is loaded at all.
+    again = run_selection(defs, ML, partition_key=weeks[-1], instance=instance)
+    for n in ML:
+        assert again.asset_materializations_for_node(n)[0].metadata["training_history_loaded"].value is False
+        assert _table(s2, n, start, end).equals(span[n]), n
 
 
 def test_feat_matrix_v2_columns_keys_price_and_coverage(world):
