@@ -29,10 +29,26 @@ def in_window(df: pl.DataFrame, start: dt.date, end: dt.date, column: str = "dat
     return df.filter((pl.col(column) >= start) & (pl.col(column) < end))
 
 
+def _same_keys(a: pl.DataFrame, b: pl.DataFrame, on: list[str]) -> bool:
+    """Whether two frames hold the same key rows in the same order (then a join is a column stack)."""
+    return a.height == b.height and all(a.get_column(k).equals(b.get_column(k)) for k in on)
+
+
+def _left_join(left: pl.DataFrame, right: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+    """`left` with `right`'s other columns, matched on `on` (null where absent).
+
+    Stored feature tables hold exactly the universe rows sorted by (ticker, date), so the usual case
+    is a column stack; anything else falls back to a hash join with the same result.
+    """
+    value_cols = [c for c in right.columns if c not in on]
+    if _same_keys(left, right, on):
+        return left.hstack(right.select(value_cols))
+    return left.join(right.select(on + value_cols), on=on, how="left", maintain_order="left")
+
+
 def restrict_to_rows(rows: pl.DataFrame, df: pl.DataFrame) -> pl.DataFrame:
     """Exactly the (ticker, date) rows of `rows`, in their order, with `df`'s columns (null where absent)."""
-    value_cols = [c for c in df.columns if c not in KEY]
-    return rows.select(KEY).join(df.select(KEY + value_cols), on=KEY, how="left", maintain_order="left")
+    return _left_join(rows.select(KEY), df, KEY)
 
 
 def sector_map(tickers: pl.DataFrame) -> pl.DataFrame:
@@ -91,7 +107,8 @@ def join_inputs(
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             raise KeyError(f"table {table} has no columns {missing}")
-        out = out.join(frame.select(on + cols), on=on, how="left", maintain_order="left")
+        out = _left_join(out, frame.select(on + cols), on) if on == KEY else out.join(
+            frame.select(on + cols), on=on, how="left", maintain_order="left")
     if tickers is not None:
         out = out.join(sector_map(tickers), on="ticker", how="left", maintain_order="left").with_columns(
             pl.col("sector").fill_null(UNKNOWN_SECTOR), pl.col("industry").fill_null(UNKNOWN_SECTOR)

@@ -114,3 +114,17 @@ def test_add_zscores_clipped_equals_the_expression_verbs():
             assert diff is None or diff < 1e-12, (by, c, diff)
         assert fast.get_column("_z_flat").null_count() == n  # zero spread: no information
         assert fast.columns[:5] == df.columns  # the input is untouched, z columns appended
+
+
+def test_duplicate_keys_fast_path_and_fallback():
+    import datetime as dt
+
+    from kairos_dagster.checks.feature_checks import duplicate_keys
+
+    d = [dt.date(2024, 1, 2), dt.date(2024, 1, 3)]
+    ok = pl.DataFrame({"ticker": ["A", "A", "B", "B"], "date": d * 2})
+    assert duplicate_keys(ok) == 0
+    assert duplicate_keys(ok.reverse()) == 0  # unsorted but unique: the hash path
+    dup = pl.concat([ok, ok.tail(1)])
+    assert duplicate_keys(dup) == 1
+    assert duplicate_keys(dup.sort("ticker", "date")) == 1  # sorted with a repeat: not strictly increasing
