@@ -120,6 +120,14 @@ def scorable_weeks(weeks: list[dt.date], ml: MLResource) -> list[dt.date]:
     return [w for w in weeks if w >= first]
 
 
+def _model_chunks(weeks: list[dt.date], ml: MLResource, model_name: str) -> list[list[dt.date]]:
+    """The scored weeks grouped by the model that scores them (one retrain point each), in order."""
+    chunks: dict[dt.date, list[dt.date]] = {}
+    for w in weeks:
+        chunks.setdefault(model_schedule(w, model_name=model_name, **ml.schedule_kwargs()).retrain_week, []).append(w)
+    return list(chunks.values())
+
+
 def _history_start(weeks: list[dt.date], ml: MLResource, tuned: bool, model_name: str) -> dt.date:
     """Earliest training row date any model (or tune) of ``weeks`` needs."""
     plans = [model_schedule(w, model_name=model_name, **ml.schedule_kwargs()) for w in weeks]
@@ -179,13 +187,14 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
         started = time.perf_counter()
         start, end = window_dates(context.partition_time_window)
         with warehouse.connect() as con:
-            window = tables.load_matrix(con, tables.ml_features(), start, end)
-        weeks = sorted({d - dt.timedelta(days=d.weekday()) for d in window["date"].unique().to_list()})
+            keys = con.execute("SELECT ticker, date FROM universe WHERE date >= ? AND date < ? ORDER BY ticker, date",
+                               [start, end]).pl()
+        weeks = sorted({d - dt.timedelta(days=d.weekday()) for d in keys["date"].unique().to_list()})
         scored_weeks = scorable_weeks(weeks, ml)
         md: dict[str, Any] = {}
         schema = {alpha: pl.Float64, "model_version": pl.String}
         if not scored_weeks:
-            out = window.select(KEY).with_columns([pl.lit(None, t).alias(c) for c, t in schema.items()])
+            out = keys.with_columns([pl.lit(None, t).alias(c) for c, t in schema.items()])
             first = first_scorable_week(ml.anchor_date, ml.retrain_weeks)
             md["note"] = MetadataValue.text(
                 f"no model yet: the first scorable week is {first} (anchor {ml.anchor_date}, retrain every "
@@ -198,30 +207,43 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
                                     storage_dir=Path(ml.optuna_dir) / model_name if ml.optuna_dir else None,
                                     storage_url=ml.optuna_url or None)
 
-            def predict(features_frame: pl.DataFrame, labels: pl.DataFrame):
+            def predict(features_frame: pl.DataFrame, labels: pl.DataFrame, chunk: list[dt.date]):
                 return walk_forward_predict(
-                    features_frame, labels, scored_weeks, model_name=model_name, features=tables.ml_features(),
+                    features_frame, labels, chunk, model_name=model_name, features=tables.ml_features(),
                     models_dir=ml.models_dir, alpha_column=alpha, params=ml.params(), tuner=tuner, label=LABEL,
                     ret_col=RET, seed=ml.seed, device=ml.device, n_threads=ml.n_threads, **ml.schedule_kwargs())
 
-            # The usual weekly run scores with models already in the registry: try with the window alone
-            # (seconds) and load the training history only when a model or a tuning must be fitted.
-            with warehouse.connect() as con:
-                window_labels = tables.load_labels(con, start, end, [])
-            try:
-                result = predict(window, window_labels)
-                md["training_history_loaded"] = MetadataValue.bool(False)
-            except MissingHistoryError:
-                hist_start = _history_start(scored_weeks, ml, tuned, model_name)
-                train_dates = [d for d in rebalance_dates_between(hist_start, start - dt.timedelta(days=1))]
+            # Score one model's weeks at a time, so a 10-year single-run backfill holds one quarter of
+            # feature rows in memory, not 12M rows x 150 columns. The usual weekly run scores with models
+            # already in the registry: the training history (rebalance dates only) is loaded once, and
+            # only when a model or a tuning must be fitted.
+            history: pl.DataFrame | None = None
+            labels_all: pl.DataFrame | None = None
+            preds, registries, metric_frames = [], [], []
+            for chunk in _model_chunks(scored_weeks, ml, model_name):
+                lo, hi = chunk[0], chunk[-1] + dt.timedelta(days=7)
                 with warehouse.connect() as con:
-                    history = tables.load_matrix(con, tables.ml_features(), hist_start, start, dates=train_dates)
-                    labels = tables.load_labels(con, start, end, train_dates)
-                result = predict(pl.concat([history, window], how="vertical"), labels)
-                md["training_history_loaded"] = MetadataValue.bool(True)
-                md["history_rows"] = MetadataValue.int(history.height)
-            out = window.select(KEY).join(result.predictions, on=KEY, how="left", maintain_order="left")
-            registry, metrics = result.registry, result.metrics
+                    window = tables.load_matrix(con, tables.ml_features(), lo, hi)
+                    chunk_labels = labels_all if labels_all is not None else tables.load_labels(con, lo, hi, [])
+                try:
+                    result = predict(window, chunk_labels, chunk)
+                except MissingHistoryError:
+                    if history is None:
+                        hist_start = _history_start(scored_weeks, ml, tuned, model_name)
+                        train_dates = rebalance_dates_between(hist_start, end - dt.timedelta(days=1))
+                        with warehouse.connect() as con:
+                            history = tables.load_matrix(con, tables.ml_features(), hist_start, end, dates=train_dates)
+                            labels_all = tables.load_labels(con, start, end, train_dates)
+                        md["history_rows"] = MetadataValue.int(history.height)
+                    result = predict(pl.concat([history.filter(pl.col("date") < lo), window], how="vertical"),
+                                     labels_all, chunk)
+                preds.append(result.predictions)
+                registries.append(result.registry)
+                metric_frames.append(result.metrics)
+            md["training_history_loaded"] = MetadataValue.bool(history is not None)
+            out = keys.join(pl.concat(preds), on=KEY, how="left", maintain_order="left")
+            registry = pl.concat(registries).unique("model_version", keep="first", maintain_order=True)
+            metrics = pl.concat(metric_frames, how="vertical_relaxed").unique(maintain_order=True)
             with warehouse.connect() as con:
                 tables.upsert_registry(con, registry)
                 tables.upsert_metrics(con, metrics)
@@ -251,8 +273,8 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
 
         dup = out.height - out.select(KEY).unique().height
         yield AssetCheckResult(check_name="unique_keys", passed=dup == 0, metadata={"duplicate_rows": dup})
-        yield AssetCheckResult(check_name="rows_match_universe", passed=out.height == window.height,
-                               metadata={"rows": out.height, "universe_rows": window.height})
+        yield AssetCheckResult(check_name="rows_match_universe", passed=out.height == keys.height,
+                               metadata={"rows": out.height, "universe_rows": keys.height})
         in_scored = out.filter((pl.col("date") - pl.duration(days=pl.col("date").dt.weekday() - 1))
                                .is_in(scored_weeks))
         unscored = int(in_scored[alpha].null_count())
