@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kairos-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# one planned event per asset (not per week) when a run covers a range of weeks: see instance_tuning.py
+export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 
 .PHONY: demo test bench ui lint venv clean-data
 

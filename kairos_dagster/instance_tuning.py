@@ -17,6 +17,10 @@ import os
 from pathlib import Path
 
 _INSTALLED = False
+# One ASSET_MATERIALIZATION_PLANNED event per asset for a partition range, instead of one per week
+# (Dagster's own switch). The cost: when such a run fails, its weeks show as missing, not failed; the
+# run itself still shows as failed. Operators may set it to false.
+PLANNED_EVENTS_FLAG = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 
 
@@ -37,8 +41,10 @@ def _inside_dagster_home(dbapi_con) -> bool:
 
 
 def install_sqlite_tuning() -> None:
-    """Apply the synchronous mode to every SQLite connection SQLAlchemy opens inside DAGSTER_HOME."""
+    """Apply the synchronous mode to every SQLite connection SQLAlchemy opens inside DAGSTER_HOME,
+    and ask for one planned event per asset in single-run backfills (unless the operator chose)."""
     global _INSTALLED
+    os.environ.setdefault(PLANNED_EVENTS_FLAG, "true")
     mode = sqlite_synchronous_mode()
     if _INSTALLED or mode == "FULL":
         return

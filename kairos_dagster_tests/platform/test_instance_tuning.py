@@ -49,3 +49,26 @@ def test_dagster_yaml_limits_the_duckdb_pool_and_serializes_weekly_runs(tmp_path
     graph = defs.resolve_asset_graph()
     pools = {k.to_user_string(): graph.get(k).assets_def.node_def.pool for k in graph.get_all_asset_keys()}
     assert set(pools.values()) == {"duckdb"}, pools
+
+
+def test_single_run_backfill_logs_one_planned_event_per_asset_and_every_week(tmp_path, monkeypatch):
+    import shutil
+
+    from dagster import AssetKey, DagsterInstance
+
+    from kairos_dagster.definitions import build_definitions
+    from kairos_dagster.runner import run_selection
+    from kairos_dagster.settings import PROJECT_ROOT, load_settings
+
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    defs = build_definitions(load_settings({"KAIROS_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+                                            "KAIROS_SYNTHETIC_TICKERS": "20"}))
+    with DagsterInstance.get() as instance:
+        result = run_selection(defs, ["tickers", "sep_base"], partition_range=("2024-01-01", "2024-03-25"),
+                               instance=instance)
+        assert result.success
+        planned = [e for e in instance.all_logs(result.run_id)
+                   if e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION_PLANNED"]
+        assert len(planned) == 2  # tickers and sep_base, not one per week
+        assert len(instance.get_materialized_partitions(AssetKey("sep_base"))) == 13  # every week recorded
