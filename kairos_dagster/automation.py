@@ -143,18 +143,32 @@ def rebalance_due(now: dt.datetime) -> tuple[dt.date | None, str]:
     return today, ""
 
 
-def signal_date_status(path: str, signal_date: dt.date) -> tuple[bool, str]:
-    """Whether feat_matrix_v2 holds `signal_date`, read-only and without waiting on another writer's lock."""
+def _peek(path: str, read):
+    """(read(con), "") on a read-only connection that does not wait on another writer's lock, or
+    (None, reason) when the warehouse is locked by a run or missing: sensors skip, they never block."""
     import duckdb
 
     try:
         with store.connect(path, read_only=True, retries=1) as con:
-            if not store.table_exists(con, "feat_matrix_v2"):
-                return False, "feat_matrix_v2 does not exist yet"
-            n, latest = con.execute("SELECT count(*) FILTER (WHERE date = ?), max(date) FROM feat_matrix_v2",
-                                    [signal_date]).fetchone()
+            return read(con), ""
     except (store.WarehouseError, duckdb.Error) as exc:
-        return False, f"warehouse {path} unavailable (locked by a run, or missing): {str(exc).splitlines()[0]}"
+        return None, f"warehouse {path} unavailable (locked by a run, or missing): {str(exc).splitlines()[0]}"
+
+
+def signal_date_status(path: str, signal_date: dt.date) -> tuple[bool, str]:
+    """Whether feat_matrix_v2 holds `signal_date`, read-only and without waiting on another writer's lock."""
+    def read(con):
+        if not store.table_exists(con, "feat_matrix_v2"):
+            return None
+        return con.execute("SELECT count(*) FILTER (WHERE date = ?), max(date) FROM feat_matrix_v2",
+                           [signal_date]).fetchone()
+
+    found, why = _peek(path, read)
+    if why:
+        return False, why
+    if found is None:
+        return False, "feat_matrix_v2 does not exist yet"
+    n, latest = found
     if not n:
         return False, f"feat_matrix_v2 has no rows at {signal_date} yet (latest {latest})"
     return True, f"feat_matrix_v2 has {n} rows at {signal_date}"
@@ -211,15 +225,11 @@ def verification_due(now: dt.datetime) -> tuple[dt.date | None, str]:
 
 def unverified_dates(path: str, today: dt.date) -> tuple[list[dt.date], str]:
     """Submitted-but-unverified rebalance dates of the last week, read-only without waiting on a writer."""
-    import duckdb
-
     from kairos_dagster.broker.tracking import unverified_rebalance_dates
 
-    try:
-        with store.connect(path, read_only=True, retries=1) as con:
-            return unverified_rebalance_dates(con, today - dt.timedelta(days=VERIFY_LOOKBACK_DAYS), today), ""
-    except (store.WarehouseError, duckdb.Error) as exc:
-        return [], f"warehouse {path} unavailable: {str(exc).splitlines()[0]}"
+    dates, why = _peek(path, lambda con: unverified_rebalance_dates(
+        con, today - dt.timedelta(days=VERIFY_LOOKBACK_DAYS), today))
+    return (dates or []), why
 
 
 @sensor(
