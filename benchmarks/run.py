@@ -144,8 +144,11 @@ def scale_key(tickers: int, years: int) -> str:
 
 # The project's pools (one DuckDB writer) with run and event storage inside the scratch DAGSTER_HOME.
 DAGSTER_YAML = """storage:
-  sqlite:
-    base_dir: {home}
+  custom:
+    module: kairos_dagster.instance_storage
+    class: KairosSqliteStorage
+    config:
+      base_dir: {home}
 concurrency:
   pools:
     default_limit: 1
