@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kairos_dagster.features.technical import ML_LABEL
+
 FEATURE_GROUPS = ("phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites",
                   "phase5_regime", "phase5_composites")
 SYNC_ASSETS = ("tickers", "sep_base", "daily", "sf1", "sf2", "sf3")
@@ -226,7 +228,7 @@ def _train_frame() -> tuple[pl.DataFrame, list[str], dict]:
     # A label of date d is known 5 sessions later: keep the rows whose horizon ended before the last week.
     label_end = _env_date("BENCH_LAST_WEEK") - dt.timedelta(days=1)
     usable = [d for d in dates if d <= label_end - dt.timedelta(days=10)]
-    frame, stats = training_rows(feats, labels, tables.ml_features(), "label_top_quintile_5d",
+    frame, stats = training_rows(feats, labels, tables.ml_features(), ML_LABEL,
                                  start=usable[0], end=usable[-1], label_end=label_end)
     return frame, tables.ml_features(), {**info, "train_rows": frame.height, "features": len(tables.ml_features()),
                                          "train_dates": len(usable), **{k: int(v) for k, v in stats.items()}}
@@ -238,7 +240,7 @@ def stage_ml_retrain() -> dict:
 
     frame, features, info = _train_frame()
     t0 = time.perf_counter()
-    model = train_classifier(frame, features, "label_top_quintile_5d", DEFAULT_PARAMS, seed=42,
+    model = train_classifier(frame, features, ML_LABEL, DEFAULT_PARAMS, seed=42,
                              device=os.environ.get("KAIROS_XGB_DEVICE", "cpu"), n_threads=os.cpu_count() or 2)
     return {"seconds": time.perf_counter() - t0, **info, "best_iteration": model.best_iteration,
             "valid_metrics": model.valid_metrics}
@@ -254,7 +256,7 @@ def stage_ml_tune() -> dict:
     frame, features, info = _train_frame()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_WORK")) as tmp:
         t0 = time.perf_counter()
-        res = tune(frame, features, "label_top_quintile_5d", n_trials=n_trials, seed=42,
+        res = tune(frame, features, ML_LABEL, n_trials=n_trials, seed=42,
                    storage=os.path.join(tmp, "bench.journal"), study_name="bench",
                    n_threads=os.cpu_count() or 2, device=os.environ.get("KAIROS_XGB_DEVICE", "cpu"))
         seconds = time.perf_counter() - t0

@@ -148,7 +148,8 @@ def market_returns(
 
 
 # --------------------------------------------------------------------------- Phase 2
-TECHNICAL_INPUTS = {"sep_base": "sep_base", "daily": "daily", "mkt_ret": "market_returns", "universe": "universe"}
+TECHNICAL_INPUTS = {"sep_base": "sep_base", "daily": "daily", "mkt_ret": "market_returns", "universe": "universe",
+                    "risk": "feat_beta"}
 
 
 def _technical_asset(spec: technical.TableSpec) -> AssetsDefinition:
@@ -161,8 +162,11 @@ def _technical_asset(spec: technical.TableSpec) -> AssetsDefinition:
                                              allow_nonexistent_upstream_partitions=True)
     else:
         mapping = lookback_mapping(weeks_back)
-    ins = {arg: AssetIn(TECHNICAL_INPUTS[arg], partition_mapping=mapping) for arg in spec.inputs if arg != "universe"}
+    ins = {arg: AssetIn(TECHNICAL_INPUTS[arg], partition_mapping=mapping)
+           for arg in spec.inputs if arg not in ("universe", "risk")}
     ins["universe"] = AssetIn("universe", partition_mapping=mapping if targets else None, metadata={"columns": KEY})
+    if "risk" in spec.inputs:  # the targets' beta and idiosyncratic vol on the row's own date
+        ins["risk"] = AssetIn("feat_beta", metadata={"columns": [*KEY, *technical.RISK_COLUMNS]})
     config = FeatureCheckConfig(check_nulls=not targets, null_ceiling=0.10)
 
     @asset(
@@ -180,7 +184,7 @@ def _technical_asset(spec: technical.TableSpec) -> AssetsDefinition:
         args = [inputs[a] for a in spec.inputs]
         if targets:
             # The label's cross-section is the universe of each date.
-            args = [inputs["sep_base"], inputs["universe"].select(KEY)]
+            args = [inputs["sep_base"], inputs["universe"].select(KEY), inputs["mkt_ret"], inputs["risk"]]
         out = assemble.restrict_to_rows(rows, spec.fn(*args))
         warm = None if targets else assemble.past_warmup(out, _first_dates(warehouse), spec.lookback_sessions)
         yield from _emit(context, out, rows.height, warm, config)

@@ -3,8 +3,10 @@
 Thin shells over ``kairos_dagster.ml.predict.walk_forward_predict``:
 
 * Rows: every universe (ticker, date) of every session of the window; ``alpha_ml_v2_clf`` /
-  ``alpha_ml_v2_tuned_clf`` is the predicted probability that the row's 5-session forward return
-  (ret_5d_f) lands in its date's top quintile (``label_top_quintile_5d``), ``model_version`` the model.
+  ``alpha_ml_v2_tuned_clf`` is the predicted probability that the row's market-residual 5-session
+  forward return (ret_5d_resid_f = ret_5d_f - beta * market) lands above its date's median
+  (``label_resid_above_median_5d``; why this label: features.technical.feat_targets), ``model_version``
+  the model.
 * History: the training rows (universe on weekly rebalance dates, back to the training start of the
   oldest model the window needs) are read straight from the warehouse with one SQL join restricted
   to those dates (``ml.tables.load_matrix``), not through a lookback partition mapping that would
@@ -40,6 +42,7 @@ from dagster import (
 
 from kairos_dagster.assets.metadata import frame_metadata, markdown_table
 from kairos_dagster.calendar import rebalance_dates_between
+from kairos_dagster.features import technical
 from kairos_dagster.features import universe as universe_core
 from kairos_dagster.ml import tables
 from kairos_dagster.ml.dataset import MissingHistoryError
@@ -58,7 +61,7 @@ COMMON = dict(
     kinds={"duckdb", "polars", "xgboost"},
 )
 KEY = ["ticker", "date"]
-LABEL = "label_top_quintile_5d"
+LABEL = technical.ML_LABEL
 RET = "ret_5d_f"
 MODEL_NAMES = {"ml_predictions_v2": "ml_v2", "ml_predictions_v2_tuned": "ml_v2_tuned"}
 ANCHOR_WARMUP_WEEKS = weeks_for_sessions(universe_core.ADV_WINDOW)
@@ -178,7 +181,7 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
         deps=deps,
         check_specs=[AssetCheckSpec(c, asset=name) for c in ML_CHECKS],
         description=(f"{'Optuna-tuned' if tuned else 'Fixed-parameter'} XGBoost classifier, walk-forward: "
-                     f"{alpha} = P(ret_5d_f in the date's top quintile) for every universe row of the week."),
+                     f"{alpha} = P(market-residual ret_5d_f above the date's median) for every universe row of the week."),
         metadata={"alpha_column": alpha, "model_name": model_name, "label": LABEL,
                   "training_rows": "universe on weekly rebalance dates"},
         **COMMON,

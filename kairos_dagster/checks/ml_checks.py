@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from kairos_dagster.calendar import rebalance_dates_between
+from kairos_dagster.features.technical import TARGET_COLUMNS
 from kairos_dagster.ml.dataset import TARGET_PATTERN
 
 
@@ -27,8 +28,7 @@ def coverage_on_rebalance_dates(frame: pl.DataFrame, alphas: Sequence[str], *, s
     return {"rows": rows.height, **{a: float(v) for a, v in shares.items()}}
 
 
-def target_columns_present(columns: Sequence[str], target_columns: Sequence[str] = (
-        "ret_1d_f", "ret_5d_f", "ret_21d_f", "label_end_date", "label_top_quintile_5d")) -> list[str]:
+def target_columns_present(columns: Sequence[str], target_columns: Sequence[str] = TARGET_COLUMNS) -> list[str]:
     """Columns of a feature matrix that come from feat_targets (forward-looking): must be none."""
     banned = set(target_columns)
     return [c for c in columns if c in banned or TARGET_PATTERN.match(c)]

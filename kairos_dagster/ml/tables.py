@@ -19,6 +19,7 @@ import duckdb
 import polars as pl
 
 from kairos_dagster.features.assemble import REGIME_TABLE, UNKNOWN_SECTOR, column_sources
+from kairos_dagster.features.technical import ML_LABEL
 from kairos_dagster.ml.dataset import TARGET_PATTERN
 from kairos_dagster.ml.metrics import ML_METRICS_SCHEMA
 from kairos_dagster.ml.registry import REGISTRY_SCHEMA
@@ -146,7 +147,7 @@ def load_matrix(con: duckdb.DuckDBPyConnection, columns: Sequence[str], start: d
 
 
 def load_labels(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, dates: Sequence[dt.date],
-                columns: Sequence[str] = ("label_top_quintile_5d", "ret_5d_f")) -> pl.DataFrame:
+                columns: Sequence[str] = (ML_LABEL, "ret_5d_f")) -> pl.DataFrame:
     """feat_targets rows dated in [start, end) or in ``dates`` (training rebalance dates)."""
     if not table_exists(con, TARGETS_TABLE):
         raise WarehouseError(f"table {TARGETS_TABLE!r} does not exist in the warehouse: materialize it first")

@@ -19,6 +19,7 @@ from kairos_dagster.assets.ml import ML_ASSETS, MLResource, default_anchor
 from kairos_dagster.assets.sync import SYNC_ASSETS
 from kairos_dagster.calendar import rebalance_dates_between
 from kairos_dagster.definitions import build_resources
+from kairos_dagster.features.technical import TARGET_COLUMNS
 from kairos_dagster.ml.metrics import ic_stats, rank_ic_by_date
 from kairos_dagster.ml.schedule import first_scorable_week
 from kairos_dagster.ml.tables import matrix_columns
@@ -30,7 +31,7 @@ from kairos_dagster.warehouse import store
 N_TICKERS = 100
 FIRST, LAST = "2020-01-06", "2022-12-26"  # partitions synced and built
 ML = ["ml_predictions_v2", "ml_predictions_v2_tuned"]
-TARGETS = ("ret_1d_f", "ret_5d_f", "ret_21d_f", "label_end_date", "label_top_quintile_5d")
+TARGETS = TARGET_COLUMNS
 ML_OVERRIDES = dict(n_trials=3, n_folds=2, n_threads=2, params_json=json.dumps({"num_boost_round": 150}))
 
 

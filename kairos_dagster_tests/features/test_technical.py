@@ -255,6 +255,41 @@ def test_targets_forward_returns_label_and_end_date() -> None:
     assert T.label_end_dates(lab["date"]).equals(lab["label_end_date"], check_names=False)
 
 
+def test_targets_ml_label_is_the_market_residual_above_the_median() -> None:
+    prices = make_prices(n_tickers=12, n_sessions=80, seed=5)
+    dates = prices["date"].unique().sort()
+    mkt = pl.DataFrame({"date": dates, "mkt_ret": np.linspace(-0.01, 0.012, dates.len())})
+    keys = prices.select("ticker", "date")
+    rng = np.random.default_rng(0)
+    risk = keys.with_columns(
+        pl.Series("beta_252", rng.uniform(0.5, 1.5, keys.height)),
+        pl.Series("beta_63", rng.uniform(0.5, 1.5, keys.height)),
+    ).with_columns(  # younger listings: beta_252 (and beta_63) missing -> the documented fallbacks
+        pl.when(pl.col("ticker").is_in(["T00", "T02"])).then(None).otherwise(pl.col("beta_252")).alias("beta_252"),
+        pl.when(pl.col("ticker") == "T02").then(None).otherwise(pl.col("beta_63")).alias("beta_63"),
+    )
+    out = T.feat_targets(prices, keys, mkt, risk)
+    assert out.columns == ["ticker", "date", *T.TECHNICAL_TABLES["feat_targets"].columns]
+    d = dates[30]
+    m = mkt["mkt_ret"].to_numpy()
+    mkt_5d = np.prod(1 + m[31:36]) - 1  # the five sessions after d
+    one = out.filter(pl.col("date") == d).join(risk, on=["ticker", "date"]).sort("ticker")
+    np.testing.assert_allclose(one["mkt_ret_5d_f"].to_numpy(), mkt_5d, rtol=1e-12)
+    beta = one["beta_252"].fill_null(one["beta_63"]).fill_null(1.0).to_numpy()
+    assert beta[2] == 1.0 and beta[0] == one["beta_63"][0]
+    resid = one["ret_5d_f"].to_numpy() - beta * mkt_5d
+    np.testing.assert_allclose(one["ret_5d_resid_f"].to_numpy(), resid, rtol=1e-9, atol=1e-15)
+    # above the median of 12 names: exactly the 6 best residual returns
+    assert one[T.ML_LABEL].to_list() == [int(v > np.median(resid)) for v in resid] and one[T.ML_LABEL].sum() == 6
+    # the last 5 sessions have no complete horizon: every forward column is null, never filled
+    tail = out.filter(pl.col("date") > dates[-6])
+    assert tail.select(pl.col("mkt_ret_5d_f", "ret_5d_resid_f", T.ML_LABEL).null_count()).row(0) == (
+        tail.height, tail.height, tail.height)
+    # without market and risk inputs the residual columns are unknown (null), not invented
+    bare = T.feat_targets(prices, keys)
+    assert bare.columns == out.columns and bare[T.ML_LABEL].null_count() == bare.height
+
+
 def test_targets_cross_section_is_the_universe_rows_given() -> None:
     prices = make_prices(n_tickers=10, n_sessions=60, seed=3)
     uni = prices.select("ticker", "date").filter(pl.col("ticker") != "T09")
