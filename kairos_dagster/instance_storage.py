@@ -8,7 +8,9 @@ feature graph writes one materialization event per asset and week (14,000 at 5,0
 that bookkeeping took longer than the asset work itself (benchmarks/RESULTS.md).
 
 ``PooledSqliteEventLogStorage`` keeps one engine per shard, holding one pooled connection, for the
-index and the most recently used run shards; ``has_table`` remembers tables it found. Everything
+index and the most recently used run shards; ``has_table`` and the asset-key column probe remember
+what they found; an asset's summary row is updated first and inserted only when missing (Dagster
+inserts first and catches the duplicate-key error on every event after the asset's first). Everything
 else, the file layout included, is Dagster's: an existing ``.dagster_home`` keeps working, and the
 webserver and daemon read the same files. Statements stay serialized by the storage's own lock, as
 in Dagster's class, so one pooled connection per shard suffices; a forked child builds its own.
@@ -24,6 +26,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import sqlalchemy.exc as db_exc
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import AssetKeyTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
@@ -45,6 +50,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_pid = os.getpid()
         self._tables_found: set[str] = set()
+        self._asset_key_columns_found: set[str] = set()
         super().__init__(base_dir, inst_data)
 
     def _engine(self, shard: str) -> Engine:
@@ -89,6 +95,30 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         if found:
             self._tables_found.add(table_name)
         return found
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        # Dagster asks on every asset event (a PRAGMA table_info); columns only ever get added.
+        if column_name in self._asset_key_columns_found:
+            return True
+        found = super()._has_asset_key_col_on_connection(conn, column_name)
+        if found:
+            self._asset_key_columns_found.add(column_name)
+        return found
+
+    def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
+        if not (event.dagster_event and event.dagster_event.asset_key):
+            return
+        values = self._get_asset_entry_values(event, event_id, self._has_asset_key_index_cols_on_connection(conn))
+        if not values:
+            return
+        key = event.dagster_event.asset_key.to_string()
+        updated = conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == key))
+        if updated.rowcount:
+            return
+        try:
+            conn.execute(AssetKeyTable.insert().values(asset_key=key, **values))
+        except db_exc.IntegrityError:  # a concurrent writer inserted the key first (as Dagster handles it)
+            conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == key))
 
     def dispose(self) -> None:
         super().dispose()

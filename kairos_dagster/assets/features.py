@@ -18,12 +18,11 @@ from dagster import (
     AssetIn,
     AssetsDefinition,
     MetadataValue,
-    Output,
     TimeWindowPartitionMapping,
     asset,
 )
 
-from kairos_dagster.assets.metadata import frame_metadata
+from kairos_dagster.assets.metadata import frame_metadata, weekly_output
 from kairos_dagster.checks.feature_checks import (
     FeatureCheckConfig,
     feature_check_results,
@@ -60,6 +59,12 @@ def _first_dates(warehouse: DuckDBWarehouse) -> pl.DataFrame:
     return warehouse.query("SELECT ticker, min(date) AS first_date FROM sep_base GROUP BY ticker")
 
 
+def _warmup_sessions(warehouse: DuckDBWarehouse, n: int) -> set[dt.date]:
+    """The first `n` sessions of the stored price history: no ticker has the trailing data there yet."""
+    first = warehouse.query(f"SELECT DISTINCT date FROM sep_base ORDER BY date LIMIT {int(n)}")
+    return set(first.get_column("date").to_list())
+
+
 def _emit(
     context: AssetExecutionContext,
     out: pl.DataFrame,
@@ -72,7 +77,7 @@ def _emit(
     md = frame_metadata(out)
     md["window"] = MetadataValue.text(f"{start} .. {end - dt.timedelta(days=1)}")
     md.update(extra or {})
-    yield Output(out, metadata=md)
+    yield weekly_output(context, out, md)
     yield from feature_check_results(out, universe_rows, warmup, config)
 
 
@@ -90,7 +95,8 @@ UNIVERSE_LOOKBACK_WEEKS = weeks_for_sessions(universe_core.ADV_WINDOW)
     check_specs=[AssetCheckSpec("unique_keys", asset="universe"), AssetCheckSpec("every_session_covered", asset="universe")],
     **COMMON,
 )
-def universe(context: AssetExecutionContext, sep_base: pl.DataFrame, tickers: pl.DataFrame) -> Iterator:
+def universe(context: AssetExecutionContext, warehouse: DuckDBWarehouse, sep_base: pl.DataFrame,
+             tickers: pl.DataFrame) -> Iterator:
     """Per date, the point-in-time universe: domestic common stock with 20-session average dollar volume
     >= $500K and close >= $2, decided from trailing data only; delisted names included while they traded."""
     start, end = _window(context)
@@ -99,12 +105,15 @@ def universe(context: AssetExecutionContext, sep_base: pl.DataFrame, tickers: pl
     per_date = out.group_by("date").len()
     md["tickers_per_date_min"] = MetadataValue.int(int(per_date.get_column("len").min() or 0))
     md["tickers_per_date_max"] = MetadataValue.int(int(per_date.get_column("len").max() or 0))
-    yield Output(out, metadata=md)
+    yield weekly_output(context, out, md)
     sessions_with_data = set(assemble.in_window(sep_base, start, end).get_column("date").unique().to_list())
-    missing = sorted(sessions_with_data - set(per_date.get_column("date").to_list()))
+    # The first ADV_WINDOW - 1 stored sessions cannot have a universe: no 20-session ADV exists yet.
+    warmup = sessions_with_data & _warmup_sessions(warehouse, universe_core.ADV_WINDOW - 1)
+    missing = sorted(sessions_with_data - warmup - set(per_date.get_column("date").to_list()))
     yield AssetCheckResult(check_name="unique_keys", passed=out.height == out.select(KEY).unique().height)
-    yield AssetCheckResult(check_name="every_session_covered", passed=not missing,
-                           metadata={"sessions_without_universe": MetadataValue.text(", ".join(map(str, missing)) or "none")})
+    yield AssetCheckResult(check_name="every_session_covered", passed=not missing, metadata={
+        "sessions_without_universe": MetadataValue.text(", ".join(map(str, missing)) or "none"),
+        "warmup_sessions_exempt": MetadataValue.int(len(warmup))})
 
 
 @asset(
@@ -136,15 +145,21 @@ MARKET_LOOKBACK_WEEKS = 2
     **COMMON,
 )
 def market_returns(
-    context: AssetExecutionContext, sep_base: pl.DataFrame, daily: pl.DataFrame, universe: pl.DataFrame
+    context: AssetExecutionContext, warehouse: DuckDBWarehouse, sep_base: pl.DataFrame, daily: pl.DataFrame,
+    universe: pl.DataFrame,
 ) -> Iterator:
     """The market: cap-weighted universe daily return (weights = previous session's market cap)."""
     start, end = _window(context)
     out = assemble.in_window(universe_core.market_returns(sep_base, daily, universe), start, end).sort("date")
-    yield Output(out, metadata=frame_metadata(out))
-    sessions = assemble.in_window(sep_base, start, end).get_column("date").n_unique()
-    yield AssetCheckResult(check_name="one_row_per_session", passed=out.height == sessions,
-                           metadata={"rows": out.height, "sessions": sessions})
+    yield weekly_output(context, out, frame_metadata(out))
+    sessions = set(assemble.in_window(sep_base, start, end).get_column("date").unique().to_list())
+    # A return on d needs a universe on the previous session: none in the first ADV_WINDOW sessions.
+    warmup = sessions & _warmup_sessions(warehouse, universe_core.ADV_WINDOW)
+    missing = sorted(sessions - warmup - set(out.get_column("date").to_list()))
+    yield AssetCheckResult(check_name="one_row_per_session", passed=not missing and out.height <= len(sessions),
+                           metadata={"rows": out.height, "sessions": len(sessions),
+                                     "sessions_without_return": MetadataValue.text(", ".join(map(str, missing)) or "none"),
+                                     "warmup_sessions_exempt": MetadataValue.int(len(warmup))})
 
 
 # --------------------------------------------------------------------------- Phase 2
@@ -249,7 +264,7 @@ def regime_history_academic(context: AssetExecutionContext, market_returns: pl.D
     if out.height:
         last = out.tail(1).row(0, named=True)
         md["latest_regime"] = MetadataValue.text(f"{last['date']}: {last['regime']}")
-    yield Output(out, metadata=md)
+    yield weekly_output(context, out, md)
     bad = out.filter(pl.col("regime").is_not_null() & ~pl.col("regime").is_in(list(regime.REGIMES)))
     yield AssetCheckResult(
         check_name="one_known_regime_per_session",
@@ -343,7 +358,7 @@ def _factor_ic_asset() -> AssetsDefinition:
         md = frame_metadata(ic, preview=False, nulls=False)
         md["window_summary"] = MetadataValue.md(factor_report.to_markdown(window_summary))
         md["summary_to_date"] = MetadataValue.md(factor_report.to_markdown(overall))
-        yield Output(ic, metadata=md)
+        yield weekly_output(context, ic, md)
         v8 = overall.filter(pl.col("factor") == "alpha_composite_v8")
         mean_ic = float(v8.get_column("mean_ic").item()) if v8.height and v8.get_column("mean_ic").item() is not None else None
         yield AssetCheckResult(

@@ -14,11 +14,10 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     MetadataValue,
-    Output,
     asset,
 )
 
-from kairos_dagster.assets.metadata import frame_metadata
+from kairos_dagster.assets.metadata import frame_metadata, weekly_output
 from kairos_dagster.assets.ml import MLResource
 from kairos_dagster.checks.ml_checks import coverage_on_rebalance_dates, target_columns_present
 from kairos_dagster.ml import tables
@@ -58,7 +57,7 @@ def feat_matrix_v2(context: AssetExecutionContext, warehouse: DuckDBWarehouse, m
     md["columns"] = MetadataValue.int(out.width)
     md["preview"] = MetadataValue.md(
         frame_metadata(out.select(KEY + ["price", "sector", "regime", "alpha_composite_v8", *ALPHAS]))["preview"].value)
-    yield Output(out, metadata=md)
+    yield weekly_output(context, out, md)
 
     dup = out.height - out.select(KEY).unique().height
     yield AssetCheckResult(check_name="unique_keys", passed=dup == 0, metadata={"duplicate_rows": dup})

@@ -36,11 +36,10 @@ from dagster import (
     ConfigurableResource,
     EnvVar,
     MetadataValue,
-    Output,
     asset,
 )
 
-from kairos_dagster.assets.metadata import frame_metadata, markdown_table
+from kairos_dagster.assets.metadata import frame_metadata, markdown_table, weekly_output
 from kairos_dagster.calendar import rebalance_dates_between
 from kairos_dagster.features import technical
 from kairos_dagster.features import universe as universe_core
@@ -272,7 +271,7 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
         meta.update(md)
         meta["device"] = MetadataValue.text(ml.device)
         meta["seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))
-        yield Output(out, metadata=meta)
+        yield weekly_output(context, out, meta)
 
         dup = out.height - out.select(KEY).unique().height
         yield AssetCheckResult(check_name="unique_keys", passed=dup == 0, metadata={"duplicate_rows": dup})

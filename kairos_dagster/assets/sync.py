@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from kairos_dagster import calendar
-from kairos_dagster.assets.metadata import frame_metadata, markdown_table
+from kairos_dagster.assets.metadata import frame_metadata, markdown_table, weekly_output
 from kairos_dagster.partitions import SINGLE_RUN, WEEKLY, window_dates
 from kairos_dagster.resources import SharadarSource
 from kairos_dagster.sources.sync import SYNC_TABLES, SyncTable, fetch_tickers, sync_window
@@ -121,7 +121,7 @@ def _sync_asset(table: SyncTable) -> AssetsDefinition:
         md["input_rows"] = MetadataValue.int(result.input_rows)
         md["rejected_rows"] = MetadataValue.int(result.rejected)
         md["rejects_by_reason"] = MetadataValue.json(result.counts)
-        yield Output(result.clean, metadata=md)
+        yield weekly_output(context, result.clean, md)
         passed = result.reject_rate <= DEFAULT_REJECT_THRESHOLD
         yield AssetCheckResult(
             check_name="valid_rows",

@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from kairos_dagster.features.technical import ML_LABEL
 from kairos_dagster.ml import registry
 from kairos_dagster.ml.dataset import (
     KEY,
@@ -62,7 +63,7 @@ def walk_forward_predict(
     features_frame: pl.DataFrame, labels_frame: pl.DataFrame, weeks: Sequence[dt.date], *,
     model_name: str, features: Sequence[str], anchor: dt.date, models_dir: Path | str,
     alpha_column: str = "alpha_ml_v2_clf", params: Mapping[str, Any] | None = None,
-    tuner: TunerConfig | None = None, label: str = "label_top_quintile_5d", ret_col: str = "ret_5d_f",
+    tuner: TunerConfig | None = None, label: str = ML_LABEL, ret_col: str = "ret_5d_f",
     retrain_weeks: int = 13, retune_weeks: int = 52, embargo_weeks: int = 1,
     max_train_weeks: int | None = None, rows: str = "weekly", seed: int = 42, device: str = "cpu",
     n_threads: int = 2,

@@ -49,13 +49,14 @@ def built(tmp_path_factory):
         assert run_selection(defs_a, SYNC, partition_range=HISTORY, instance=instance).success
         # The universe and the market over the whole history (the regime's windows read it), everything
         # else for the last weeks.
-        assert run_selection(defs_a, MARKET, partition_range=HISTORY, instance=instance).success
+        market_a = run_selection(defs_a, MARKET, partition_range=HISTORY, instance=instance)
+        assert market_a.success
         assert run_selection(defs_a, FEATURES_NO_ML, partition_range=("2023-09-04", W), instance=instance).success
         assert run_selection(defs_b, SYNC, partition_range=(HISTORY[0], LATER), instance=instance).success
         assert run_selection(defs_b, MARKET, partition_range=HISTORY, instance=instance).success
         result_b = run_selection(defs_b, FEATURES, partition_range=("2023-09-04", LATER), instance=instance)
         assert result_b.success
-        yield a, b, result_b, defs_b, instance
+        yield a, b, result_b, defs_b, instance, market_a
 
 
 def assert_frames_close(a: pl.DataFrame, b: pl.DataFrame, name: str, rtol: float = 1e-9) -> None:
@@ -122,8 +123,23 @@ def test_every_table_holds_exactly_the_universe_rows(built):
     assert failed == []
 
 
+def test_universe_and_market_checks_pass_from_the_first_stored_week(built):
+    """The first weeks of stored history have no 20-session ADV yet: their sessions are exempt (and
+    counted), every later session must have a universe and a market return."""
+    *_, market_a = built
+    evals = {(e.asset_key.to_user_string(), e.check_name): e for e in market_a.get_asset_check_evaluations()}
+    for key in [("universe", "every_session_covered"), ("market_returns", "one_row_per_session")]:
+        ev = evals[key]
+        assert ev.passed, (key, ev.metadata)
+        assert ev.metadata["warmup_sessions_exempt"].value > 0  # the run started at the first stored week
+    universe = _tables(built[0])["universe"]
+    first_covered = universe["date"].min()
+    assert evals[("universe", "every_session_covered")].metadata["warmup_sessions_exempt"].value == 19
+    assert first_covered.isoformat() > HISTORY[0]
+
+
 def test_single_run_equals_week_by_week_for_recent_weeks(built, tmp_path):
-    _, b, _, defs_b, instance = built
+    _, b, _, defs_b, instance, _ = built
     import shutil
 
     c = tmp_path / "c.duckdb"
@@ -139,6 +155,10 @@ def test_single_run_equals_week_by_week_for_recent_weeks(built, tmp_path):
 def test_factor_report_metadata(built):
     _, b, result, *_ = built
     mats = result.asset_materializations_for_node("factor_ic")
-    assert mats and "summary_to_date" in mats[0].metadata
+    # one event per week; the rich metadata is on the run's last week, the others point to it
+    assert len(mats) > 1 and "summary_to_date" in mats[-1].metadata
+    assert mats[-1].partition == max(m.partition for m in mats)
+    assert "summary_to_date" not in mats[0].metadata
+    assert mats[0].metadata["rich_metadata_on"].value.startswith(f"week {mats[-1].partition}")
     ic = _tables(b)["feat_targets"]
     assert ic.height > 0

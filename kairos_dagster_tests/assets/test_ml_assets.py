@@ -97,8 +97,10 @@ def test_checks_pass_and_early_weeks_are_null_with_a_note(world):
         assert early.height and early[alpha].null_count() == early.height
         assert late.height and late[alpha].null_count() == 0 and late["model_version"].null_count() == 0
         assert late[alpha].is_between(0, 1).all()
-        md = world["result"].asset_materializations_for_node(name)[0].metadata
+        mats = world["result"].asset_materializations_for_node(name)
+        md = mats[-1].metadata  # the run's last week carries the rich metadata
         assert "precede the first scorable week" in md["note"].value
+        assert "models" not in mats[0].metadata and "precede" in mats[0].metadata["note"].value
         assert "oos_rank_ic" in md["models"].value and md["top_features_by_gain"].value.count("\n|") >= 20
         assert md["training_rows"].value > 0 and len(md["model_versions"].value) >= 10
 

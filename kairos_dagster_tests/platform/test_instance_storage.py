@@ -47,6 +47,12 @@ def test_range_run_events_are_all_stored_and_visible_to_a_second_instance(tmp_pa
                 if e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
         assert len(mats) == 30
         assert reader.get_run_by_id(run_id).is_success
+        # A second run updates the asset's summary row (latest materialization, last run).
+        again = run_selection(defs, ["weekly_probe"], partition_key=keys[3], instance=reader)
+        latest = reader.get_latest_materialization_event(AssetKey("weekly_probe"))
+        assert latest.run_id == again.run_id and latest.dagster_event.partition == keys[3]
+        assert reader.get_asset_keys() == [AssetKey("weekly_probe")]
+        assert len(reader.fetch_materializations(AssetKey("weekly_probe"), limit=100).records) == 31
     # Stock Dagster reads the same files: the layout is Dagster's own.
     (tmp_path / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {tmp_path}\n")
     with DagsterInstance.get() as stock:
