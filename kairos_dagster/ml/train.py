@@ -2,8 +2,8 @@
 
 ``DEFAULT_PARAMS`` are the fixed parameters of ``ml_predictions_v2`` (column ``alpha_ml_v2_clf``):
 shallow hist trees with row/column subsampling and a large ``min_child_weight``, because the label
-(top quintile of 5-day forward return) is very noisy and deep trees only memorise it. Three keys
-are training controls rather than booster parameters:
+(market-residual 5-day return above its date's median) is very noisy and deep trees only memorise
+it. Three keys are training controls rather than booster parameters:
 ``num_boost_round`` (upper bound on trees), ``early_stopping_rounds`` and ``valid_fraction`` (the
 time-ordered tail of the training dates used for early stopping; rows before it whose label horizon
 reaches into it are purged from the fit set). Set ``valid_fraction`` to 0 to disable early stopping.

@@ -2,7 +2,7 @@
 
 Objective (maximised): the mean over CV folds of the fold's mean per-date Spearman rank IC between
 the predicted probability and ``ret_5d_f`` on the fold's out-of-sample dates. Rank IC is what the
-portfolio consumes (it ranks names by the score); AUC of the top-quintile label is used instead only
+portfolio consumes (it ranks names by the score); AUC of the label is used instead only
 when no return column is given. Pruning: after each fold the running mean is reported as an
 intermediate value and ``MedianPruner`` stops trials that trail the median of earlier trials.
 
