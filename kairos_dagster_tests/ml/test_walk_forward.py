@@ -12,7 +12,8 @@ from kairos_dagster_tests.ml.synth import FEATURES, make_market
 
 ANCHOR = dt.date(2020, 1, 6)
 PARAMS = {"num_boost_round": 40, "max_depth": 3}
-KW = dict(features=FEATURES, anchor=ANCHOR, params=PARAMS, retrain_weeks=8, n_threads=1, seed=3)
+KW = dict(features=FEATURES, anchor=ANCHOR, params=PARAMS, retrain_weeks=8, n_threads=1, seed=3,
+          label="label_top_quintile_5d")  # the synthetic fixture's label column
 
 
 @pytest.fixture(scope="module")
