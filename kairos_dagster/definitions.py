@@ -35,6 +35,7 @@ def build_resources(settings: Settings) -> dict:
         api_key=EnvVar("NASDAQ_DATA_LINK_API_KEY") if settings.data_source == "nasdaq" else None,
         synthetic_seed=settings.synthetic_seed,
         synthetic_tickers=settings.synthetic_tickers,
+        synthetic_signal=settings.synthetic_signal,
     )
     return {
         "warehouse_io": KairosDuckDBIOManager(path=path),

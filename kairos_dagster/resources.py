@@ -18,6 +18,7 @@ class SharadarSource(ConfigurableResource):
     base_url: str = "https://data.nasdaq.com/api/v3"
     synthetic_seed: int = 7
     synthetic_tickers: int = 500
+    synthetic_signal: float = 1.0  # strength of the synthetic market's planted signal (1: as documented)
     # Nasdaq Data Link client tuning: per-request timeout and exponential backoff with jitter.
     timeout_s: float = 30.0
     backoff_base_s: float = 0.5
@@ -25,7 +26,7 @@ class SharadarSource(ConfigurableResource):
 
     def build(self) -> MarketSource:
         if self.kind == "synthetic":
-            return SyntheticSource(self.synthetic_seed, self.synthetic_tickers)
+            return SyntheticSource(self.synthetic_seed, self.synthetic_tickers, signal=self.synthetic_signal)
         if self.kind == "nasdaq":
             if not self.api_key:
                 raise ValueError("data source 'nasdaq' needs NASDAQ_DATA_LINK_API_KEY")

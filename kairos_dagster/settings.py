@@ -40,6 +40,19 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maxim
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:  # also rejects nan
+        raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g}, got {raw}")
+    return value
+
+
 def _monday(env: Mapping[str, str], name: str, default: str) -> dt.date:
     raw = env.get(name, "").strip() or default
     try:
@@ -72,6 +85,7 @@ class Settings:
     start_date: dt.date
     synthetic_tickers: int
     synthetic_seed: int
+    synthetic_signal: float
     output_dir: Path
     models_dir: Path
     ml_retrain_weeks: int
@@ -106,6 +120,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         start_date=_monday(env, "KAIROS_START_DATE", "2016-01-04"),
         synthetic_tickers=_int(env, "KAIROS_SYNTHETIC_TICKERS", 500, minimum=20, maximum=20_000),
         synthetic_seed=_int(env, "KAIROS_SYNTHETIC_SEED", 7, minimum=0),
+        synthetic_signal=_float(env, "KAIROS_SYNTHETIC_SIGNAL", 1.0, minimum=0.0, maximum=20.0),
         output_dir=_path(env, "KAIROS_OUTPUT_DIR", "outputs"),
         models_dir=_path(env, "KAIROS_MODELS_DIR", str(duckdb_path.parent / "models")),
         ml_retrain_weeks=_int(env, "KAIROS_ML_RETRAIN_WEEKS", 13, minimum=1, maximum=520),

@@ -42,10 +42,10 @@ class SyntheticSource:
 
     name = "synthetic"
 
-    def __init__(self, seed: int, n_tickers: int, *, now: dt.datetime | None = None) -> None:
+    def __init__(self, seed: int, n_tickers: int, *, signal: float = 1.0, now: dt.datetime | None = None) -> None:
         from kairos_dagster.sources.synthetic import SyntheticMarket
 
-        self.market = SyntheticMarket(seed=seed, n_tickers=n_tickers)
+        self.market = SyntheticMarket(seed=seed, n_tickers=n_tickers, signal=signal)
         self.as_of = last_published_session(now)
 
     def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:

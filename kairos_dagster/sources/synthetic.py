@@ -39,7 +39,9 @@ Each session d, for every listed ticker, four characteristics observable from th
 are z-scored cross-sectionally per date (winsorized at +-3; missing -> 0), and combined as
   score = sum(w_k * z_k) / sqrt(sum w_k^2),  weights {sp.SIGNAL_WEIGHTS}.
 The planted expected idiosyncratic 5-session log return is
-  alpha_5d = c(regime) * sigma_i * sqrt(5) * score,
+  alpha_5d = signal * c(regime) * sigma_i * sqrt(5) * score,
+with `signal` the market's signal strength (KAIROS_SYNTHETIC_SIGNAL; 1, the default, is this market;
+0 plants nothing; reduced-scale tests raise it to get the statistical power of more tickers),
 with sigma_i the ticker's daily idiosyncratic vol and c by (trend, vol) regime
 {sp.SIGNAL_SCALE} ((0,0)=bull/normal vol, (1,1)=bear/high vol). Each of the 5 sessions after d carries
 alpha_5d(d)/5 of drift on top of beta * market + sector loading * sector factor + Student-t(4) noise.
@@ -92,13 +94,16 @@ class SyntheticMarket:
     EPOCH = sp.EPOCH
     HORIZON = sp.HORIZON
 
-    def __init__(self, seed: int = 7, n_tickers: int = 500) -> None:
+    def __init__(self, seed: int = 7, n_tickers: int = 500, signal: float = 1.0) -> None:
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"{SOURCE}: seed must be a non-negative int, got {seed!r}")
         if not isinstance(n_tickers, int) or not 1 <= n_tickers <= 20_000:
             raise ValueError(f"{SOURCE}: n_tickers must be an int in 1..20000, got {n_tickers!r}")
+        if not isinstance(signal, int | float) or not 0.0 <= float(signal) <= 20.0:
+            raise ValueError(f"{SOURCE}: signal must be a number in 0..20, got {signal!r}")
         self.seed = seed
         self.n_tickers = n_tickers
+        self.signal = float(signal)
 
     # ------------------------------------------------------------------ range helpers
     def _range(self, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.date] | None:
@@ -111,7 +116,7 @@ class SyntheticMarket:
         return None if lo > hi else (lo, hi)
 
     def _panel_for(self, end: dt.date) -> sp.Panel:
-        return sp.panel(self.seed, self.n_tickers, end.year)
+        return sp.panel(self.seed, self.n_tickers, end.year, self.signal)
 
     @staticmethod
     def _idx(lo: dt.date, hi: dt.date) -> tuple[int, int]:

@@ -333,7 +333,7 @@ def _xs_z(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(z), -3.0, 3.0)
 
 
-def _build(seed: int, n: int, last_year: int) -> Panel:
+def _build(seed: int, n: int, last_year: int, signal: float = 1.0) -> Panel:
     st = static(seed, n)
     fu = fundamentals(seed, n)
     T = year_slice(last_year).stop
@@ -397,8 +397,8 @@ def _build(seed: int, n: int, last_year: int) -> Panel:
     insider = np.where(alive, insider, np.nan)
 
     # Sequential price recursion in chunks: drift at t+1 = alpha_5d(t) / 5, alpha from data <= t.
-    scale = np.asarray([[SIGNAL_SCALE[(0, 0)], SIGNAL_SCALE[(0, 1)]],
-                        [SIGNAL_SCALE[(1, 0)], SIGNAL_SCALE[(1, 1)]]])[trend, vol]
+    scale = signal * np.asarray([[SIGNAL_SCALE[(0, 0)], SIGNAL_SCALE[(0, 1)]],
+                                 [SIGNAL_SCALE[(1, 0)], SIGNAL_SCALE[(1, 1)]]])[trend, vol]
     wsum = np.sqrt(sum(w * w for w in SIGNAL_WEIGHTS.values()))
     z_ins = _xs_z(np.log1p(np.nan_to_num(insider)), alive)
     z_q = _xs_z(quality, ~np.isnan(quality))
@@ -480,19 +480,21 @@ def _splits(st: Static, cum: np.ndarray, divcum: np.ndarray, T: int) -> tuple[np
     return np.concatenate(out_i), np.concatenate(out_t), np.concatenate(out_r)
 
 
-_CACHE: dict[tuple[int, int], Panel] = {}
+_CACHE: dict[tuple[int, int, float], Panel] = {}
 _LOCK = threading.Lock()
 
 
-def panel(seed: int, n: int, last_year: int) -> Panel:
-    """The panel through `last_year`, reusing a cached longer panel (its first years are identical)."""
+def panel(seed: int, n: int, last_year: int, signal: float = 1.0) -> Panel:
+    """The panel through `last_year`, reusing a cached longer panel (its first years are identical).
+    `signal` multiplies the planted alpha (1: the documented market; 0: no signal)."""
     last_year = max(last_year, EPOCH.year)
+    key = (seed, n, float(signal))
     with _LOCK:
-        cached = _CACHE.get((seed, n))
+        cached = _CACHE.get(key)
         if cached is not None and cached.last_year >= last_year:
             return cached
-        built = _build(seed, n, last_year)
-        _CACHE[(seed, n)] = built
+        built = _build(seed, n, last_year, float(signal))
+        _CACHE[key] = built
         # Bound memory (a 5,000-ticker panel is ~2 GB): keep the two most recent markets.
         while len(_CACHE) > 2:
             _CACHE.pop(next(iter(_CACHE)))

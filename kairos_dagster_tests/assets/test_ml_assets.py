@@ -28,7 +28,11 @@ from kairos_dagster.settings import load_settings
 from kairos_dagster.sources.synthetic import SyntheticMarket
 from kairos_dagster.warehouse import store
 
-N_TICKERS = 100
+N_TICKERS = 300
+# Reduced scale: 300 tickers x 3 years with the planted signal at 3x (KAIROS_SYNTHETIC_SIGNAL), so the test has
+# the statistical power of the bench's 5,000 tickers x 10 years at 1x (oracle t ~13 here, ~7 there); the
+# full-scale figures are in benchmarks/RESULTS.md.
+SIGNAL = 3.0
 FIRST, LAST = "2020-01-06", "2022-12-26"  # partitions synced and built
 ML = ["ml_predictions_v2", "ml_predictions_v2_tuned"]
 TARGETS = TARGET_COLUMNS
@@ -37,7 +41,7 @@ ML_OVERRIDES = dict(n_trials=3, n_folds=2, n_threads=2, params_json=json.dumps({
 
 def _defs(root: Path, duckdb_path: Path | None = None) -> tuple[Definitions, object]:
     settings = load_settings({
-        "KAIROS_DUCKDB_PATH": str(duckdb_path or root / "k.duckdb"), "KAIROS_SYNTHETIC_TICKERS": str(N_TICKERS),
+        "KAIROS_DUCKDB_PATH": str(duckdb_path or root / "k.duckdb"), "KAIROS_SYNTHETIC_TICKERS": str(N_TICKERS), "KAIROS_SYNTHETIC_SIGNAL": str(SIGNAL),
         "KAIROS_START_DATE": FIRST, "KAIROS_MODELS_DIR": str(root / "models"),
         "KAIROS_OPTUNA_STORAGE": str(root / "optuna")})
     resources = build_resources(settings) | {"ml": MLResource.from_settings(settings, **ML_OVERRIDES)}
@@ -185,7 +189,8 @@ def test_signal_quality_out_of_sample(world):
     dates = rebalance_dates_between(first, dt.date(2022, 12, 20))
     m = _table(s, "feat_matrix_v2").filter(pl.col("date").is_in(dates))
     t = _table(s, "feat_targets").select("ticker", "date", "ret_5d_f")
-    oracle = SyntheticMarket(seed=s.synthetic_seed, n_tickers=N_TICKERS).oracle(dates[0], dates[-1])
+    oracle = SyntheticMarket(seed=s.synthetic_seed, n_tickers=N_TICKERS, signal=s.synthetic_signal).oracle(
+        dates[0], dates[-1])
     frame = m.join(t, on=["ticker", "date"]).join(oracle.select("ticker", "date", "expected_ret_5d"),
                                                     on=["ticker", "date"], how="left")
     stats = {c: ic_stats(rank_ic_by_date(frame, c, "ret_5d_f")["rank_ic"])
@@ -193,6 +198,10 @@ def test_signal_quality_out_of_sample(world):
     report = {c: {k: round(v, 4) for k, v in st.items()} for c, st in stats.items()}
     print("\nOOS weekly rank IC vs ret_5d_f:", json.dumps(report, indent=1))
     assert stats["alpha_ml_v2_tuned_clf"]["n_dates"] >= 100
-    assert stats["alpha_ml_v2_tuned_clf"]["rank_ic"] > 0
-    assert stats["alpha_ml_v2_clf"]["rank_ic"] > 0
-    assert stats["expected_ret_5d"]["rank_ic"] > 0  # the planted signal is there to be found
+    # The issue's criterion: the tuned model's OOS weekly rank IC positive with a t-stat of at least 2,
+    # reported beside the planted oracle's (as a ratio) and alpha_composite_v8's.
+    oracle_ic = stats["expected_ret_5d"]["rank_ic"]
+    print({c: f"{st['rank_ic'] / oracle_ic:.2f}x oracle" for c, st in stats.items()})
+    assert stats["alpha_ml_v2_tuned_clf"]["rank_ic"] > 0 and stats["alpha_ml_v2_tuned_clf"]["rank_ic_t"] >= 2
+    assert stats["alpha_ml_v2_clf"]["rank_ic"] > 0 and stats["alpha_ml_v2_clf"]["rank_ic_t"] >= 2
+    assert oracle_ic > 0 and stats["expected_ret_5d"]["rank_ic_t"] >= 2  # the planted signal is there to be found

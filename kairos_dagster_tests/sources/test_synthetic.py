@@ -54,6 +54,24 @@ def test_same_seed_same_frames_and_other_seed_differs() -> None:
     assert not other.equals(a["SEP"])
 
 
+def test_signal_strength_scales_the_planted_alpha_only() -> None:
+    lo, hi = D(2016, 1, 1), D(2016, 12, 31)
+    base = SyntheticMarket(*SMALL)
+    double = SyntheticMarket(*SMALL, signal=2.0)
+    none = SyntheticMarket(*SMALL, signal=0)
+    assert_frame_equal(SyntheticMarket(*SMALL, signal=1.0).table("SEP", lo, hi), base.table("SEP", lo, hi))
+    a1, a2, a0 = (m.oracle(lo, hi)["alpha_5d"].to_numpy() for m in (base, double, none))
+    assert np.abs(a1).max() > 0 and (a0 == 0).all()
+    # On the market's first session the characteristics are the same, so alpha is exactly proportional
+    # (later, prices and with them momentum and value drift apart).
+    e0, e1 = sp.EPOCH, sp.EPOCH + dt.timedelta(days=3)
+    np.testing.assert_allclose(double.oracle(e0, e1)["alpha_5d"].to_numpy(),
+                               2 * base.oracle(e0, e1)["alpha_5d"].to_numpy(), rtol=1e-9)
+    assert not double.table("SEP", lo, hi).equals(base.table("SEP", lo, hi))  # the drift is in the prices
+    with pytest.raises(ValueError, match="signal"):
+        SyntheticMarket(*SMALL, signal=-1)
+
+
 def test_week_by_week_equals_one_call(small: SyntheticMarket) -> None:
     lo, hi = D(2016, 1, 4), D(2016, 6, 26)  # Mondays .. Sunday
     weeks = [(lo + dt.timedelta(days=7 * k), lo + dt.timedelta(days=7 * k + 6)) for k in range(25)]
