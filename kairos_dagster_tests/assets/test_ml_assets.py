@@ -30,8 +30,8 @@ from kairos_dagster.warehouse import store
 
 N_TICKERS = 300
 # Reduced scale: 300 tickers x 3 years with the planted signal at 3x (KAIROS_SYNTHETIC_SIGNAL), so the test has
-# the statistical power of the bench's 5,000 tickers x 10 years at 1x (oracle t ~13 here, ~7 there); the
-# full-scale figures are in benchmarks/RESULTS.md.
+# at least the statistical power of the bench's 5,000 tickers x 10 years at 1x (oracle t ~13 here, ~7
+# there); the full-scale figures are in benchmarks/RESULTS.md.
 SIGNAL = 3.0
 FIRST, LAST = "2020-01-06", "2022-12-26"  # partitions synced and built
 ML = ["ml_predictions_v2", "ml_predictions_v2_tuned"]
