@@ -28,6 +28,7 @@ KEY = ("ticker", "date")
 # Every forward-looking column of feat_targets: never a feature.
 TARGET_PATTERN = re.compile(r"^(ret_.*_f|label_.*)$")
 LABEL_END = "label_end_date"
+OWN_LABEL_END = "_ticker_label_end_date"  # feat_targets' horizon end in the ticker's own sessions
 
 
 class DatasetError(ValueError):
@@ -126,7 +127,13 @@ def training_rows(features_frame: pl.DataFrame, labels_frame: pl.DataFrame, feat
                   rows: str = "weekly", ret_col: str | None = "ret_5d_f") -> tuple[pl.DataFrame, dict[str, int]]:
     """Join features with feat_targets on (ticker, date) for row dates in [start, end].
 
-    Only rows whose label horizon ended on or before ``label_end`` are kept (asserted, not assumed).
+    Only rows whose label horizon ended on or before ``label_end`` are kept. A row's horizon ends
+    ``LABEL_HORIZON`` XNYS sessions after its date, or later when feat_targets says so: its
+    ``label_end_date`` counts the ticker's own sessions, so a name that missed sessions (a halt)
+    looks further ahead. ``label_end_date`` is the later of the two, and purges here, in the
+    early-stopping tail and in the tuning folds use it. A calendar horizon past ``label_end`` is a
+    schedule error (raised); a row whose own longer horizon runs past it is dropped and counted
+    (``rows_horizon_after_label_end``).
     Every rebalance date (or session, for daily rows) in the window must have feature rows, so a
     caller that loaded too little history fails instead of silently training on a shorter window.
     Rows with a null label (delisted before the horizon ended) are dropped and counted in the stats.
@@ -151,13 +158,19 @@ def training_rows(features_frame: pl.DataFrame, labels_frame: pl.DataFrame, feat
         raise MissingHistoryError(f"features has no rows on {missing.height} training dates in {start}..{end}, "
                            f"first {missing['date'].min()}; load history back to the training start")
     assert_unique_keys(feats, "features")
-    labels = labels_frame.select([*KEY, label, *extra]).join(want, on="date", how="semi")
+    own_end = [pl.col(LABEL_END).alias(OWN_LABEL_END)] if LABEL_END in labels_frame.columns else []
+    labels = labels_frame.select([*KEY, label, *extra, *own_end]).join(want, on="date", how="semi")
     assert_unique_keys(labels, "feat_targets")
     out = with_label_end(feats.join(labels, on=list(KEY), how="left"))
     late = out.filter(pl.col(LABEL_END) > label_end)
     if late.height:
         raise DatasetError(f"training rows up to {late['date'].max()} have label horizons ending after "
                            f"{label_end} (look-ahead)")
+    n_late_own = 0
+    if own_end:
+        out = out.with_columns(pl.max_horizontal(LABEL_END, OWN_LABEL_END).alias(LABEL_END)).drop(OWN_LABEL_END)
+        n_late_own = int((out[LABEL_END] > label_end).sum())
+        out = out.filter(pl.col(LABEL_END) <= label_end)
     bad = out.filter(pl.col(label).is_not_null() & ~pl.col(label).is_in([0, 1]))
     if bad.height:
         r = bad.row(0, named=True)
@@ -166,4 +179,5 @@ def training_rows(features_frame: pl.DataFrame, labels_frame: pl.DataFrame, feat
     out = out.filter(pl.col(label).is_not_null()).sort(["date", "ticker"])
     if out.height == 0:
         raise DatasetError(f"no labelled training rows in {start}..{end}")
-    return out, {"rows": out.height, "rows_null_label": n_null, "dates": out["date"].n_unique()}
+    return out, {"rows": out.height, "rows_null_label": n_null, "rows_horizon_after_label_end": n_late_own,
+                 "dates": out["date"].n_unique()}

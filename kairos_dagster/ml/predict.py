@@ -127,6 +127,7 @@ def walk_forward_predict(
             model = train_classifier(frame, features, label, model_params, seed=seed, device=device,
                                      n_threads=n_threads, ret_col=ret_col)
             extra = {"retrain_week": plan.retrain_week, "fold": plan.fold, "rows_null_label": stats["rows_null_label"],
+                     "rows_horizon_after_label_end": stats["rows_horizon_after_label_end"],
                      "train_rows_start": frame["date"].min(), "train_rows_end": frame["date"].max(),
                      "label_end_used": frame["label_end_date"].max()}
             if tune_record is not None:
@@ -136,7 +137,9 @@ def walk_forward_predict(
         card = registry.load_card(models_dir, model_name, version)
         reg_rows.append(registry.registry_row(models_dir, model_name, version))
         train_stats = {"rows": card["rows"], "fit_rows": card["fit_rows"], "valid_rows": card["valid_rows"],
-                       "rows_null_label": card.get("rows_null_label", 0), "train_seconds": card["train_seconds"],
+                       "rows_null_label": card.get("rows_null_label", 0),
+                       "rows_horizon_after_label_end": card.get("rows_horizon_after_label_end", 0),
+                       "train_seconds": card["train_seconds"],
                        "best_iteration": card["best_iteration"]}
         metric_frames.append(metric_rows(model_name, version, plan.fold, retrain, "train", train_stats))
         metric_frames.append(metric_rows(model_name, version, plan.fold, retrain, "valid", card["cv_metrics"],

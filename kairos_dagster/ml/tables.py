@@ -147,7 +147,7 @@ def load_matrix(con: duckdb.DuckDBPyConnection, columns: Sequence[str], start: d
 
 
 def load_labels(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, dates: Sequence[dt.date],
-                columns: Sequence[str] = (ML_LABEL, "ret_5d_f")) -> pl.DataFrame:
+                columns: Sequence[str] = (ML_LABEL, "ret_5d_f", "label_end_date")) -> pl.DataFrame:
     """feat_targets rows dated in [start, end) or in ``dates`` (training rebalance dates)."""
     if not table_exists(con, TARGETS_TABLE):
         raise WarehouseError(f"table {TARGETS_TABLE!r} does not exist in the warehouse: materialize it first")

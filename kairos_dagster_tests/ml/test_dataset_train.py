@@ -81,6 +81,27 @@ def test_bad_input_is_named(market):
         training_rows(f, bad, FEATURES, LABEL, **kw)
 
 
+def test_a_ticker_horizon_past_the_label_end_is_purged_and_counted(market):
+    """A halted name's 5 own sessions end later than the calendar's: that row must not train a model
+    whose labels end before its horizon does, and the purge uses the later end."""
+    f, t = market
+    d, label_end = dt.date(2020, 9, 25), dt.date(2020, 10, 7)  # calendar horizon of d ends 2020-10-02
+    t = t.with_columns(pl.col("date").map_batches(label_end_dates).alias("label_end_date")).with_columns(
+        pl.when((pl.col("ticker") == "T001") & (pl.col("date") == d)).then(pl.lit(dt.date(2020, 10, 9)))
+        .otherwise(pl.col("label_end_date")).alias("label_end_date"))
+    out, stats = training_rows(f, t, FEATURES, LABEL, start=START, end=dt.date(2020, 9, 30), label_end=label_end)
+    assert stats["rows_horizon_after_label_end"] == 1
+    assert out.filter((pl.col("ticker") == "T001") & (pl.col("date") == d)).height == 0
+    assert out.filter(pl.col("date") == d).height == 39 and out["label_end_date"].max() <= label_end
+    # with a later label end the row trains, carrying its own (later) horizon end for every purge
+    out2, stats2 = training_rows(f, t, FEATURES, LABEL, start=START, end=dt.date(2020, 9, 30),
+                                 label_end=dt.date(2020, 10, 9))
+    row = out2.filter((pl.col("ticker") == "T001") & (pl.col("date") == d))
+    assert stats2["rows_horizon_after_label_end"] == 0 and row["label_end_date"].to_list() == [dt.date(2020, 10, 9)]
+    assert out2.filter((pl.col("ticker") == "T000") & (pl.col("date") == d))["label_end_date"].to_list() == [
+        sessions_offset(d, 5)]
+
+
 def test_null_labels_are_dropped_and_counted(market):
     f, t = market
     t = t.with_columns(pl.when(pl.col("ticker") == "T000").then(None).otherwise(pl.col(LABEL)).alias(LABEL))
