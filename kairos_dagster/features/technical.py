@@ -511,15 +511,24 @@ def feat_vol_sizing(prices: pl.DataFrame) -> pl.DataFrame:
     return build_table(_prepare(prices, "feat_vol_sizing"), VOL_SIZING, helpers=VOL_SIZING_HELPERS)
 
 
+def check_market_returns(mkt_ret: pl.DataFrame, table: str = "market_returns") -> None:
+    """date, mkt_ret: one row per date, no nulls, every return above -100%."""
+    check_columns(mkt_ret, table, ("date", "mkt_ret"))
+    dup = mkt_ret.filter(pl.col("date").is_duplicated())
+    if dup.height:
+        raise ValueError(f"{table}: duplicate date {dup['date'][0]}")
+    r = pl.col("mkt_ret")
+    bad = mkt_ret.filter((r <= -1.0) | r.is_nan() | r.is_infinite())  # polars orders NaN above every number
+    if bad.height:
+        raise ValueError(f"{table}: mkt_ret {bad['mkt_ret'][0]} on {bad['date'][0]} is not a return above -100%")
+
+
 def feat_beta(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
     """Beta, correlation and idiosyncratic vol vs `mkt_ret` (date, mkt_ret) over 63 and 252 sessions.
 
     A session without a market return makes every window containing it null.
     """
-    check_columns(mkt_ret, "mkt_ret", ("date", "mkt_ret"))
-    dup = mkt_ret.filter(pl.col("date").is_duplicated())
-    if dup.height:
-        raise ValueError(f"mkt_ret: duplicate date {dup['date'][0]}")
+    check_market_returns(mkt_ret, "mkt_ret")
     lf = _prepare(prices, "feat_beta").join(
         mkt_ret.lazy().select("date", "mkt_ret"), on="date", how="left", maintain_order="left"
     )
@@ -540,10 +549,8 @@ TARGET_COLUMNS = (*(f"ret_{h}d_f" for h in TARGET_HORIZONS), "label_end_date", "
 def market_forward_return(mkt_ret: pl.DataFrame, horizon: int = LABEL_HORIZON) -> pl.DataFrame:
     """date, mkt_ret_{h}d_f: the market's compounded return over the `horizon` sessions after each date
     (null where fewer than `horizon` later sessions are stored). `mkt_ret` is market_returns."""
-    check_columns(mkt_ret, "market_returns", ("date", "mkt_ret"))
+    check_market_returns(mkt_ret)
     m = mkt_ret.select("date", "mkt_ret").sort("date")
-    if m["date"].is_duplicated().any():
-        raise ValueError(f"market_returns: duplicate date {m.filter(pl.col('date').is_duplicated())['date'][0]}")
     growth = (1.0 + pl.col("mkt_ret")).log().rolling_sum(horizon).shift(-horizon)
     return m.select("date", (growth.exp() - 1.0).alias(f"mkt_ret_{horizon}d_f"))
 
@@ -600,6 +607,9 @@ def feat_targets(prices: pl.DataFrame, universe: pl.DataFrame | None = None, mkt
             pl.lit(None, pl.Float64).alias(c) for c in ("mkt_ret_5d_f", "ret_5d_resid_f")
         ).with_columns(pl.lit(None, pl.Int8).alias(ML_LABEL)).select("ticker", "date", *TARGET_COLUMNS).collect()
     check_columns(risk, "feat_beta", ("ticker", "date", *RISK_COLUMNS), no_nulls=False)
+    dup = risk.filter(pl.struct("ticker", "date").is_duplicated())
+    if dup.height:  # a repeated key would silently duplicate target rows in the join
+        raise ValueError(f"feat_beta: duplicate key ticker={dup['ticker'][0]!r} date={dup['date'][0]}")
     beta = pl.coalesce("beta_252", "beta_63", pl.lit(1.0))
     return (
         lf.join(market_forward_return(mkt_ret).lazy(), on="date", how="left", maintain_order="left")

@@ -288,6 +288,15 @@ def test_targets_ml_label_is_the_market_residual_above_the_median() -> None:
     # without market and risk inputs the residual columns are unknown (null), not invented
     bare = T.feat_targets(prices, keys)
     assert bare.columns == out.columns and bare[T.ML_LABEL].null_count() == bare.height
+    # bad inputs name what is wrong, nothing is computed from them
+    with pytest.raises(ValueError, match="feat_beta: duplicate key ticker='T03'"):
+        T.feat_targets(prices, keys, mkt, pl.concat([risk, risk.filter(pl.col("ticker") == "T03").head(1)]))
+    with pytest.raises(ValueError, match="market_returns: duplicate date"):
+        T.feat_targets(prices, keys, pl.concat([mkt, mkt.head(1)]), risk)
+    for bad in (-1.5, float("nan")):
+        with pytest.raises(ValueError, match="is not a return above -100%"):
+            T.feat_targets(prices, keys, mkt.with_columns(pl.when(pl.col("date") == d).then(bad)
+                                                          .otherwise(pl.col("mkt_ret")).alias("mkt_ret")), risk)
 
 
 def test_targets_cross_section_is_the_universe_rows_given() -> None:
