@@ -27,6 +27,7 @@ from kairos_dagster.checks.feature_checks import (
     FeatureCheckConfig,
     feature_check_results,
     feature_check_specs,
+    session_coverage_result,
 )
 from kairos_dagster.features import assemble, composites, factor_report, fundamental, regime, technical
 from kairos_dagster.features import universe as universe_core
@@ -57,6 +58,11 @@ def _universe_rows(universe: pl.DataFrame, start: dt.date, end: dt.date) -> pl.D
 
 def _first_dates(warehouse: DuckDBWarehouse) -> pl.DataFrame:
     return warehouse.query("SELECT ticker, min(date) AS first_date FROM sep_base GROUP BY ticker")
+
+
+def _sessions(prices: pl.DataFrame, start: dt.date, end: dt.date) -> set[dt.date]:
+    """Sessions with stored prices in [start, end)."""
+    return set(assemble.in_window(prices, start, end).get_column("date").unique().to_list())
 
 
 def _warmup_sessions(warehouse: DuckDBWarehouse, n: int) -> set[dt.date]:
@@ -106,14 +112,11 @@ def universe(context: AssetExecutionContext, warehouse: DuckDBWarehouse, sep_bas
     md["tickers_per_date_min"] = MetadataValue.int(int(per_date.get_column("len").min() or 0))
     md["tickers_per_date_max"] = MetadataValue.int(int(per_date.get_column("len").max() or 0))
     yield weekly_output(context, out, md)
-    sessions_with_data = set(assemble.in_window(sep_base, start, end).get_column("date").unique().to_list())
-    # The first ADV_WINDOW - 1 stored sessions cannot have a universe: no 20-session ADV exists yet.
-    warmup = sessions_with_data & _warmup_sessions(warehouse, universe_core.ADV_WINDOW - 1)
-    missing = sorted(sessions_with_data - warmup - set(per_date.get_column("date").to_list()))
     yield AssetCheckResult(check_name="unique_keys", passed=out.height == out.select(KEY).unique().height)
-    yield AssetCheckResult(check_name="every_session_covered", passed=not missing, metadata={
-        "sessions_without_universe": MetadataValue.text(", ".join(map(str, missing)) or "none"),
-        "warmup_sessions_exempt": MetadataValue.int(len(warmup))})
+    # The first ADV_WINDOW - 1 stored sessions cannot have a universe: no 20-session ADV exists yet.
+    yield session_coverage_result(
+        "every_session_covered", _sessions(sep_base, start, end), set(per_date.get_column("date").to_list()),
+        _warmup_sessions(warehouse, universe_core.ADV_WINDOW - 1), missing_label="sessions_without_universe")
 
 
 @asset(
@@ -152,14 +155,12 @@ def market_returns(
     start, end = _window(context)
     out = assemble.in_window(universe_core.market_returns(sep_base, daily, universe), start, end).sort("date")
     yield weekly_output(context, out, frame_metadata(out))
-    sessions = set(assemble.in_window(sep_base, start, end).get_column("date").unique().to_list())
+    sessions, covered = _sessions(sep_base, start, end), set(out.get_column("date").to_list())
     # A return on d needs a universe on the previous session: none in the first ADV_WINDOW sessions.
-    warmup = sessions & _warmup_sessions(warehouse, universe_core.ADV_WINDOW)
-    missing = sorted(sessions - warmup - set(out.get_column("date").to_list()))
-    yield AssetCheckResult(check_name="one_row_per_session", passed=not missing and out.height <= len(sessions),
-                           metadata={"rows": out.height, "sessions": len(sessions),
-                                     "sessions_without_return": MetadataValue.text(", ".join(map(str, missing)) or "none"),
-                                     "warmup_sessions_exempt": MetadataValue.int(len(warmup))})
+    yield session_coverage_result(
+        "one_row_per_session", sessions, covered, _warmup_sessions(warehouse, universe_core.ADV_WINDOW),
+        missing_label="sessions_without_return", duplicate_rows=out.height - len(covered),
+        extra={"rows": out.height, "sessions": len(sessions)})
 
 
 # --------------------------------------------------------------------------- Phase 2

@@ -72,3 +72,19 @@ def feature_check_results(
             )
         )
     return results
+
+
+def session_coverage_result(check_name: str, sessions: set, covered: set, warmup: set, *,
+                            missing_label: str, duplicate_rows: int = 0,
+                            extra: dict | None = None) -> AssetCheckResult:
+    """Every stored session of the window has output, except the warm-up sessions at the very start of
+    the stored history (exempt, and counted); the uncovered ones are listed. `duplicate_rows`: rows
+    beyond one per session, for outputs that must have exactly one."""
+    exempt = sessions & warmup
+    missing = sorted(sessions - exempt - covered)
+    return AssetCheckResult(check_name=check_name, passed=not missing and duplicate_rows == 0, metadata={
+        **(extra or {}),
+        "duplicate_rows": duplicate_rows,
+        missing_label: MetadataValue.text(", ".join(map(str, missing)) or "none"),
+        "warmup_sessions_exempt": MetadataValue.int(len(exempt)),
+    })
