@@ -26,31 +26,27 @@ def _path(env: Mapping[str, str], name: str, default: str) -> Path:
     return p if p.is_absolute() else (Path.cwd() / p)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+def _number(env: Mapping[str, str], name: str, default, cast, kind: str, minimum, maximum=None):
+    """`name` parsed by `cast` (`kind` names it in errors), within [minimum, maximum]; `default` if unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise SettingsError(f"{name} must be {bound}, got {value}")
+        raise SettingsError(f"{name} must be {kind}, got {raw!r}") from None
+    if not minimum <= value or (maximum is not None and not value <= maximum):  # also rejects nan
+        bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
+        raise SettingsError(f"{name} must be {bound}, got {raw}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    return _number(env, name, default, int, "a whole number", minimum, maximum)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not minimum <= value <= maximum:  # also rejects nan
-        raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g}, got {raw}")
-    return value
+    return _number(env, name, default, float, "a number", minimum, maximum)
 
 
 def _monday(env: Mapping[str, str], name: str, default: str) -> dt.date:
