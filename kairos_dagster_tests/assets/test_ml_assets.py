@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import DagsterInstance, Definitions
+from dagster import Definitions
 
 from kairos_dagster.assets.features import FEATURE_ASSETS
 from kairos_dagster.assets.matrix import MATRIX_ASSETS
@@ -26,7 +26,7 @@ from kairos_dagster.ml.tables import matrix_columns
 from kairos_dagster.runner import run_selection
 from kairos_dagster.settings import load_settings
 from kairos_dagster.sources.synthetic import SyntheticMarket
-from kairos_dagster.warehouse import store
+from kairos_dagster_tests.helpers import check_outcomes, read_table
 
 N_TICKERS = 300
 # Reduced scale: 300 tickers x 3 years with the planted signal at 3x (KAIROS_SYNTHETIC_SIGNAL), so the test has
@@ -52,20 +52,6 @@ def _defs(root: Path, duckdb_path: Path | None = None) -> tuple[Definitions, obj
     return defs, settings
 
 
-def _table(settings, name, start=None, end=None):
-    with store.connect(settings.duckdb_path, read_only=True) as con:
-        return store.read_window(con, name, "date" if start else None, start, end)
-
-
-def _checks(result):
-    return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, instance):
@@ -89,13 +75,13 @@ def test_default_anchor_and_device_come_from_settings():
 
 
 def test_checks_pass_and_early_weeks_are_null_with_a_note(world):
-    checks = _checks(world["result"])
+    checks = check_outcomes(world["result"])
     assert checks and all(checks.values()), {k: v for k, v in checks.items() if not v}
     assert ("feat_matrix_v2", "ml_coverage") in checks and ("feat_matrix_v2", "freshness") in checks
     first = first_scorable_week(world["ml"].anchor_date, world["ml"].retrain_weeks)
     for name, alpha in zip(ML, ["alpha_ml_v2_clf", "alpha_ml_v2_tuned_clf"], strict=True):
-        preds = _table(world["settings"], name)
-        universe = _table(world["settings"], "universe")
+        preds = read_table(world["settings"], name)
+        universe = read_table(world["settings"], "universe")
         assert preds.height == universe.height and preds.columns == ["ticker", "date", alpha, "model_version"]
         early, late = preds.filter(pl.col("date") < first), preds.filter(pl.col("date") >= first)
         assert early.height and early[alpha].null_count() == early.height
@@ -111,13 +97,13 @@ def test_checks_pass_and_early_weeks_are_null_with_a_note(world):
 
 def test_registry_rows_artifacts_and_metrics(world):
     s = world["settings"]
-    reg = _table(s, "ml_model_registry")
+    reg = read_table(s, "ml_model_registry")
     assert {"model_name", "model_version", "train_start", "train_end", "label_end", "created_at", "params_json",
             "metrics_json", "artifact_path"} <= set(reg.columns)
     assert reg.select("model_name", "model_version").is_unique().all()
     for name, model in [("ml_predictions_v2", "ml_v2"), ("ml_predictions_v2_tuned", "ml_v2_tuned")]:
         mine = reg.filter(pl.col("model_name") == model)
-        used = set(_table(s, name)["model_version"].drop_nulls().unique().to_list())
+        used = set(read_table(s, name)["model_version"].drop_nulls().unique().to_list())
         assert used == set(mine["model_version"].to_list())
         for row in mine.iter_rows(named=True):
             path = Path(row["artifact_path"])
@@ -131,7 +117,7 @@ def test_registry_rows_artifacts_and_metrics(world):
             assert dt.date.fromisoformat(card["label_end_used"]) <= row["label_end"]
             if model == "ml_v2_tuned":
                 assert json.loads(row["metrics_json"])["tune"]["n_trials"] >= 3
-    metrics = _table(s, "ml_metrics")
+    metrics = read_table(s, "ml_metrics")
     assert set(metrics["split"].unique().to_list()) == {"train", "valid", "oos"}
     assert metrics.filter((pl.col("metric") == "gain_total") & pl.col("feature").is_not_null()).height > 0
     assert list((s.optuna_storage / "ml_v2_tuned").glob("*.journal"))
@@ -141,7 +127,7 @@ def test_single_run_backfill_equals_week_by_week(world, instance, tmp_path):
     # Weeks across the retrain point anchor + 4 * 13 weeks = 2021-02-15, from a fresh model registry.
     weeks = ["2021-02-01", "2021-02-08", "2021-02-15", "2021-02-22"]
     start, end = dt.date(2021, 2, 1), dt.date(2021, 3, 1)
-    span = {n: _table(world["settings"], n, start, end) for n in ML}
+    span = {n: read_table(world["settings"], n, start, end) for n in ML}
     db = tmp_path / "copy.duckdb"
     shutil.copyfile(world["settings"].duckdb_path, db)
     defs, s2 = _defs(tmp_path, db)
@@ -149,7 +135,7 @@ def test_single_run_backfill_equals_week_by_week(world, instance, tmp_path):
     for week in reversed(weeks):
         assert run_selection(defs, ML, partition_key=week, instance=instance).success
     for n in ML:
-        weekly = _table(s2, n, start, end)
+        weekly = read_table(s2, n, start, end)
         assert weekly.equals(span[n]), n
         assert weekly["model_version"].n_unique() == 2
     # Both were retrained from scratch in the fresh registry: same data + seeds give identical predictions.
@@ -159,22 +145,22 @@ def test_single_run_backfill_equals_week_by_week(world, instance, tmp_path):
     again = run_selection(defs, ML, partition_key=weeks[-1], instance=instance)
     for n in ML:
         assert again.asset_materializations_for_node(n)[0].metadata["training_history_loaded"].value is False
-        assert _table(s2, n, start, end).equals(span[n]), n
+        assert read_table(s2, n, start, end).equals(span[n]), n
 
 
 def test_feat_matrix_v2_columns_keys_price_and_coverage(world):
     s = world["settings"]
-    m = _table(s, "feat_matrix_v2").sort("date", "ticker")
+    m = read_table(s, "feat_matrix_v2").sort("date", "ticker")
     assert m.columns == matrix_columns() and m.width >= 100
     for c in ["alpha_ml_v2_tuned_clf", "alpha_ml_v2_clf", "alpha_composite_v8", "vol_blend", "adv_20", "sector",
               "industry", "regime", "price"]:
         assert c in m.columns, c
     assert not set(TARGETS) & set(m.columns) and not any(c.endswith("_f") for c in m.columns)
     assert m.select("ticker", "date").is_unique().all()
-    universe = _table(s, "universe").sort("date", "ticker")
+    universe = read_table(s, "universe").sort("date", "ticker")
     assert m.select("ticker", "date").equals(universe.select("ticker", "date"))
     assert m["price"].equals(universe["closeunadj"].alias("price"))
-    v8 = _table(s, "alpha_composite_v8").sort("date", "ticker")
+    v8 = read_table(s, "alpha_composite_v8").sort("date", "ticker")
     assert m["alpha_composite_v8"].equals(v8["alpha_composite_v8"])
     first = first_scorable_week(world["ml"].anchor_date, world["ml"].retrain_weeks)
     rebal = m.filter(pl.col("date").is_in(rebalance_dates_between(first, m["date"].max())))
@@ -187,8 +173,8 @@ def test_signal_quality_out_of_sample(world):
     s = world["settings"]
     first = first_scorable_week(world["ml"].anchor_date, world["ml"].retrain_weeks)
     dates = rebalance_dates_between(first, dt.date(2022, 12, 20))
-    m = _table(s, "feat_matrix_v2").filter(pl.col("date").is_in(dates))
-    t = _table(s, "feat_targets").select("ticker", "date", "ret_5d_f")
+    m = read_table(s, "feat_matrix_v2").filter(pl.col("date").is_in(dates))
+    t = read_table(s, "feat_targets").select("ticker", "date", "ret_5d_f")
     oracle = SyntheticMarket(seed=s.synthetic_seed, n_tickers=N_TICKERS, signal=s.synthetic_signal).oracle(
         dates[0], dates[-1])
     frame = m.join(t, on=["ticker", "date"]).join(oracle.select("ticker", "date", "expected_ret_5d"),

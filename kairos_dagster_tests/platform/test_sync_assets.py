@@ -3,15 +3,14 @@
 import datetime as dt
 
 import polars as pl
-import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey
 
 from kairos_dagster.definitions import build_definitions
 from kairos_dagster.resources import SharadarSource
 from kairos_dagster.runner import run_selection
 from kairos_dagster.settings import load_settings
 from kairos_dagster.sources.synthetic import SyntheticMarket
-from kairos_dagster.warehouse import store
+from kairos_dagster_tests.helpers import check_outcomes, read_table
 
 SYNC = ["tickers", "sep_base", "daily", "sf1", "sf2", "sf3"]
 N_TICKERS = 40
@@ -27,26 +26,12 @@ def _defs(tmp_path, **resources):
     return defs, settings
 
 
-def _table(settings, name):
-    with store.connect(settings.duckdb_path, read_only=True) as con:
-        return store.read_window(con, name, None, None, None)
-
-
-def _checks(result):
-    return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
-
 
 def test_single_run_backfill_equals_week_by_week_and_is_idempotent(tmp_path, instance):
     defs_a, s_a = _defs(tmp_path / "a")
     result = run_selection(defs_a, SYNC, partition_range=("2024-01-01", "2024-02-05"), instance=instance)
     assert result.success
-    checks = _checks(result)
+    checks = check_outcomes(result)
     assert checks and all(checks.values()), checks
     assert ("sep_base", "valid_rows") in checks and ("sep_base", "prices_valid") in checks
 
@@ -54,12 +39,12 @@ def test_single_run_backfill_equals_week_by_week_and_is_idempotent(tmp_path, ins
     for week in ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22", "2024-01-29", "2024-02-05"]:
         assert run_selection(defs_b, SYNC, partition_key=week, instance=instance).success
     for name in SYNC:
-        assert _table(s_a, name).equals(_table(s_b, name)), name
+        assert read_table(s_a, name).equals(read_table(s_b, name)), name
 
     # Re-materializing a partition leaves identical rows.
-    before = _table(s_a, "sep_base")
+    before = read_table(s_a, "sep_base")
     assert run_selection(defs_a, SYNC, partition_key="2024-01-15", instance=instance).success
-    assert _table(s_a, "sep_base").equals(before)
+    assert read_table(s_a, "sep_base").equals(before)
 
     # What is stored is exactly the source's window.
     market = SyntheticMarket(seed=7, n_tickers=N_TICKERS)
@@ -100,16 +85,16 @@ class CorruptSource(SharadarSource):
 def test_bad_rows_are_rejected_counted_and_fail_the_check(tmp_path, instance):
     defs, settings = _defs(tmp_path, source=CorruptSource(synthetic_tickers=N_TICKERS))
     result = run_selection(defs, SYNC, partition_key="2024-03-04", instance=instance, raise_on_error=False)
-    checks = _checks(result)
+    checks = check_outcomes(result)
     assert checks[("sep_base", "valid_rows")] is False
     assert checks[("sep_base", "prices_valid")] is True  # nothing invalid was stored
     assert checks[("daily", "valid_rows")] is True
     meta = result.asset_materializations_for_node("sep_base")[0].metadata
     counts = meta["rejects_by_reason"].value
     assert counts["duplicate_row"] == 3 and counts["unknown_ticker"] == 2 and counts["price_nonpositive_or_nan"] > 0
-    rejects = _table(settings, "sync_rejects")
+    rejects = read_table(settings, "sync_rejects")
     assert rejects.filter(pl.col("table_name") == "sep_base").height == sum(counts.values())
-    stored = _table(settings, "sep_base")
+    stored = read_table(settings, "sep_base")
     assert stored.filter(pl.col("close") <= 0).height == 0 and "NOPE" not in stored.get_column("ticker").to_list()
 
 

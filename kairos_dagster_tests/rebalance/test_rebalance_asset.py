@@ -7,7 +7,7 @@ import shutil
 
 import polars as pl
 import pytest
-from dagster import AssetCheckSeverity, DagsterInstance
+from dagster import AssetCheckSeverity
 
 from kairos_dagster.assets.rebalance import OP_NAME, OVERRIDE_FIELDS, RebalanceConfig
 from kairos_dagster.definitions import build_definitions
@@ -25,12 +25,6 @@ SELECTION = ["rebalance_picks", "rebalance_trades"]
 @pytest.fixture(scope="module")
 def base_db(tmp_path_factory):
     return build_warehouse(tmp_path_factory.mktemp("base") / "k.duckdb")
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import sys
 from zoneinfo import ZoneInfo
 
 import polars as pl
-import pytest
-from dagster import DagsterInstance, build_schedule_context, build_sensor_context
+from dagster import build_schedule_context, build_sensor_context
 
 from kairos_dagster import automation
 from kairos_dagster.automation import daily_update_schedule, rebalance_day_sensor, rebalance_due
@@ -17,12 +16,6 @@ from kairos_dagster.warehouse import store
 from kairos_dagster.warehouse.io_manager import DuckDBWarehouse
 
 NY = ZoneInfo("America/New_York")
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 def _warehouse(tmp_path, dates):
