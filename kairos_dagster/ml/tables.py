@@ -136,14 +136,24 @@ def check_tables(con: duckdb.DuckDBPyConnection, columns: Sequence[str], ml_tabl
 
 def load_matrix(con: duckdb.DuckDBPyConnection, columns: Sequence[str], start: dt.date, end: dt.date, *,
                 dates: Sequence[dt.date] | None = None, ml_tables: Sequence[str] = (),
-                price: bool = False) -> pl.DataFrame:
-    """Run ``matrix_sql`` for universe rows in [start, end) (restricted to ``dates`` when given)."""
+                price: bool = False, chunk_days: int | None = None) -> pl.DataFrame:
+    """Run ``matrix_sql`` for universe rows in [start, end) (restricted to ``dates`` when given).
+
+    ``chunk_days``: query consecutive windows of that many days and concatenate (same rows, same
+    order), so DuckDB's result buffers for one window, not the whole span, sit beside the frame.
+    """
     check_tables(con, columns, ml_tables)
     sql = matrix_sql(columns, ml_tables=ml_tables, price=price, date_list=dates is not None)
-    params: dict[str, object] = {"start": start, "end": end}
-    if dates is not None:
-        params["dates"] = list(dates)
-    return con.execute(sql, params).pl()
+    cuts = [start]
+    while chunk_days and cuts[-1] + dt.timedelta(days=chunk_days) < end:
+        cuts.append(cuts[-1] + dt.timedelta(days=chunk_days))
+    parts = []
+    for lo, hi in zip(cuts, [*cuts[1:], end], strict=True):
+        params: dict[str, object] = {"start": lo, "end": hi}
+        if dates is not None:
+            params["dates"] = list(dates)
+        parts.append(con.execute(sql, params).pl())
+    return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical", rechunk=False)
 
 
 def load_labels(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, dates: Sequence[dt.date],

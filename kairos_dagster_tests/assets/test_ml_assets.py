@@ -20,12 +20,14 @@ from kairos_dagster.assets.sync import SYNC_ASSETS
 from kairos_dagster.calendar import rebalance_dates_between
 from kairos_dagster.definitions import build_resources
 from kairos_dagster.features.technical import TARGET_COLUMNS
+from kairos_dagster.ml import tables
 from kairos_dagster.ml.metrics import ic_stats, rank_ic_by_date
 from kairos_dagster.ml.schedule import first_scorable_week
 from kairos_dagster.ml.tables import matrix_columns
 from kairos_dagster.runner import run_selection
 from kairos_dagster.settings import load_settings
 from kairos_dagster.sources.synthetic import SyntheticMarket
+from kairos_dagster.warehouse import store
 from kairos_dagster_tests.helpers import check_outcomes, read_table
 
 N_TICKERS = 300
@@ -166,6 +168,16 @@ def test_feat_matrix_v2_columns_keys_price_and_coverage(world):
     rebal = m.filter(pl.col("date").is_in(rebalance_dates_between(first, m["date"].max())))
     assert rebal.height and rebal["alpha_ml_v2_tuned_clf"].null_count() == 0
     assert m["sector"].null_count() == 0 and m["regime"].null_count() < m.height
+
+
+def test_matrix_loaded_in_chunks_equals_one_query(world):
+    s = world["settings"]
+    cols = [*tables.feature_columns(), *tables.SECTOR_COLUMNS]
+    lo, hi = dt.date(2021, 11, 1), dt.date(2022, 3, 7)
+    with store.connect(s.duckdb_path, read_only=True) as con:
+        whole = tables.load_matrix(con, cols, lo, hi, price=True)
+        chunked = tables.load_matrix(con, cols, lo, hi, price=True, chunk_days=30)
+    assert whole.height > 0 and chunked.equals(whole)
 
 
 def test_signal_quality_out_of_sample(world):
