@@ -337,34 +337,55 @@ def _pct(x: float | None) -> str:
 
 
 @app.command("demo")
-def demo_cmd() -> None:
+def demo_cmd(
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="run the demo as if this ISO day were today (morning, before the open); default today "
+                        "in New York. A future day is allowed: the synthetic market is generated for it.")] = None,
+) -> None:
     """Run the weekly job end to end on the synthetic market and print where the outputs are."""
     import os
 
-    # The demo's partitions start with its data: four years back (one of warm-up history for the long
-    # rolling windows, three of features, models and rebalances), with the walk-forward grid anchored at
-    # the first feature week and a small Optuna budget. Variables the operator set win. These must be
-    # in the environment before the partitions and the Definitions are built (their modules read it).
-    monday = calendar.week_start(_today())
+    from kairos_dagster.demo_plan import DemoPlanError, demo_plan
+
+    day = _date(as_of, "--as-of") or _today()
+    # The demo's partitions start with its data: one year of warm-up history, then three years of
+    # features, models and rebalances up to the latest completed rebalance, with the walk-forward grid
+    # anchored at the first feature week and a small Optuna budget. Variables the operator set win.
+    # These must be in the environment before the partitions and the Definitions are built (their
+    # modules read it).
+    if os.environ.get("KAIROS_DATA_SOURCE", "synthetic").strip().lower() not in ("", "synthetic"):
+        raise _fail("the demo runs on the synthetic market: unset KAIROS_DATA_SOURCE or set it to synthetic")
+    os.environ["KAIROS_DATA_SOURCE"] = "synthetic"  # a Nasdaq key in the environment must not switch it
+    try:
+        operator_start = os.environ.get("KAIROS_START_DATE", "").strip()
+        operator_anchor = os.environ.get("KAIROS_ML_ANCHOR", "").strip()
+        plan = demo_plan(day, first_partition=dt.date.fromisoformat(operator_start) if operator_start else None,
+                         anchor=dt.date.fromisoformat(operator_anchor) if operator_anchor else None)
+    except (DemoPlanError, calendar.CalendarError) as exc:
+        raise _fail(f"--as-of {day}: {exc}") from None
+    except ValueError as exc:
+        raise _fail(f"KAIROS_START_DATE / KAIROS_ML_ANCHOR: {exc}") from None
+    os.environ["KAIROS_AS_OF"] = day.isoformat()
     for name, value in {
-        "KAIROS_START_DATE": (monday - dt.timedelta(weeks=52 * 4)).isoformat(),
-        "KAIROS_ML_ANCHOR": (monday - dt.timedelta(weeks=52 * 3)).isoformat(),
+        "KAIROS_START_DATE": plan.sync_start.isoformat(),
+        "KAIROS_ML_ANCHOR": plan.anchor.isoformat(),
         "KAIROS_ML_TRIALS": "3",
     }.items():
         os.environ.setdefault(name, value)
-    demo_env = {k: os.environ[k] for k in ("KAIROS_START_DATE", "KAIROS_ML_ANCHOR", "KAIROS_ML_TRIALS")}
-    from kairos_dagster.definitions import defs
+    settings = _settings()
+    from kairos_dagster.definitions import build_definitions
     from kairos_dagster.demo import run_demo
     from kairos_dagster.runner import dagster_home
     from kairos_dagster.warehouse.summary import warehouse_summary
 
-    settings = _settings()
-    if settings.data_source != "synthetic":
-        raise _fail("the demo runs on the synthetic market: unset NASDAQ_DATA_LINK_API_KEY or set KAIROS_DATA_SOURCE=synthetic")
-    # `make ui` reads this file so the UI sees the demo's partitions and walk-forward anchor.
+    defs = build_definitions(settings)
+    # `make ui` reads this file so the UI sees the demo's partitions, walk-forward anchor and as-of day.
+    names = ["KAIROS_START_DATE", "KAIROS_ML_ANCHOR", "KAIROS_ML_TRIALS", "KAIROS_DATA_SOURCE"]
+    if as_of is not None:  # a replayed day; a demo of today leaves the UI on the real clock
+        names.append("KAIROS_AS_OF")
     settings.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-    (settings.duckdb_path.parent / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in demo_env.items()))
-    ok = run_demo(defs, settings, typer.echo)
+    (settings.duckdb_path.parent / "demo.env").write_text("".join(f"{k}={os.environ[k]}\n" for k in names))
+    ok = run_demo(defs, settings, plan, typer.echo)
     typer.echo("\n" + warehouse_summary(settings.duckdb_path))
     typer.echo(f"\nRun history and asset metadata: DAGSTER_HOME={dagster_home()}; open the UI with `make ui` "
                "(http://127.0.0.1:3000).")

@@ -36,6 +36,7 @@ def build_resources(settings: Settings) -> dict:
         synthetic_seed=settings.synthetic_seed,
         synthetic_tickers=settings.synthetic_tickers,
         synthetic_signal=settings.synthetic_signal,
+        as_of=settings.as_of.isoformat() if settings.as_of else "",
     )
     return {
         "warehouse_io": KairosDuckDBIOManager(path=path),

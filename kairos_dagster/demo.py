@@ -1,9 +1,9 @@
 """`make demo`: the weekly job end to end on the synthetic market, through the Dagster instance.
 
-Syncs the last three years (plus one year of warm-up history for the long rolling windows), builds
-the feature graph, the ML predictions and feat_matrix_v2 for the three years in single-run
-backfills, then runs the latest week's rebalance and an execution preview when those assets exist.
-Every step is a Dagster run, so the history shows up in the UI (`make ui`).
+For an as-of day (default today; demo_plan decides the dates): syncs three years plus one year of
+warm-up history up to the latest completed rebalance, builds the feature graph, the ML predictions
+and feat_matrix_v2 for the three years in single-run backfills, then runs that week's rebalance and
+an execution preview. Every step is a Dagster run, so the history shows up in the UI (`make ui`).
 """
 
 from __future__ import annotations
@@ -14,26 +14,15 @@ from collections.abc import Callable
 from dagster import AssetSelection, Definitions
 
 from kairos_dagster.automation import FEATURE_GROUPS
-from kairos_dagster.partitions import WEEKLY
+from kairos_dagster.demo_plan import DemoPlan
 from kairos_dagster.runner import failure_messages, get_instance, run_selection
 from kairos_dagster.settings import Settings
 
-YEARS = 3
-WARMUP_YEARS = 1
 
-
-def demo_range(last_key: str, first_key: str) -> tuple[str, str, str]:
-    """(sync start, feature start, last week) as partition keys, clipped at the first partition."""
-    last = dt.date.fromisoformat(last_key)
-    first = dt.date.fromisoformat(first_key)
-    features = max(first, last - dt.timedelta(weeks=52 * YEARS))
-    sync = max(first, features - dt.timedelta(weeks=52 * WARMUP_YEARS))
-    return sync.isoformat(), features.isoformat(), last_key
-
-
-def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None]) -> bool:
+def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callable[[str], None]) -> bool:
     instance = get_instance()
-    sync_start, feat_start, last = demo_range(WEEKLY.get_last_partition_key(), WEEKLY.get_first_partition_key())
+    sync_start, feat_start, last = (plan.sync_start.isoformat(), plan.feature_start.isoformat(),
+                                    plan.rebalance_week.isoformat())
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     steps: list[tuple[str, AssetSelection, tuple[str, str]]] = [
         ("sync SHARADAR tables (synthetic market)", AssetSelection.groups("sync"), (sync_start, last)),
@@ -44,10 +33,14 @@ def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None])
     ]
     if "rebalance_picks" in keys:
         # rebalance_picks and rebalance_trades are one multi-asset: select them together.
-        steps.append(("the latest week's rebalance",
+        steps.append((f"the rebalance of {plan.rebalance_date}",
                       AssetSelection.assets("rebalance_picks").required_multi_asset_neighbors(), (last, last)))
     echo(f"Kairos demo: {settings.synthetic_tickers} synthetic tickers (seed {settings.synthetic_seed}), "
          f"weeks {sync_start} .. {last}; warehouse {settings.duckdb_path}")
+    echo(f"Rebalance {plan.rebalance_date} (week {last}): {plan.why}.")
+    tunes = "; ".join(f"{w.point}: {w.folds} of 3 folds" + (f" ({w.folds_why})" if w.folds_why else "")
+                      for w in plan.tunes)
+    echo(f"Walk-forward: anchor {plan.anchor}, {len(plan.fits)} retrain points, tuning at {tunes}")
     for title, selection, (first, final) in steps:
         echo(f"\n==> {title}: weeks {first} .. {final} (one run)")
         t0 = dt.datetime.now()
@@ -59,7 +52,7 @@ def run_demo(defs: Definitions, settings: Settings, echo: Callable[[str], None])
             for line in failure_messages(result):
                 echo(f"    {line[:2000]}")
             return False
-    print_latest_rebalance(settings, echo)
+    print_rebalance(settings, plan.rebalance_date, echo)
     if "execution" in keys:
         import os
 
@@ -71,18 +64,17 @@ def _fmt(x: object) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def print_latest_rebalance(settings: Settings, echo: Callable[[str], None]) -> None:
-    """Where the latest picks are, and the short summary an operator reads first."""
+def print_rebalance(settings: Settings, rebalance_date: dt.date, echo: Callable[[str], None]) -> None:
+    """Where the demo's picks are, and the short summary an operator reads first."""
     import json
 
-    root = settings.output_dir / "rebalance"
-    folders = sorted(p for p in root.glob("????-??-??") if (p / "picks.csv").exists()) if root.exists() else []
-    if not folders:
+    latest = settings.output_dir / "rebalance" / rebalance_date.isoformat()
+    if not (latest / "portfolio_summary.json").exists():
+        echo(f"\nNo picks were written for {rebalance_date} ({latest})")
         return
-    latest = folders[-1]
     summary = json.loads((latest / "portfolio_summary.json").read_text())
     port, metrics, regime = summary.get("portfolio", {}), summary.get("metrics", {}), summary.get("regime", {})
-    echo(f"\nLatest rebalance {summary.get('rebalance_date')}: picks {latest / 'picks.csv'}")
+    echo(f"\nRebalance {summary.get('rebalance_date')}: picks {latest / 'picks.csv'}")
     echo(f"    {port.get('n_positions')} positions, total weight {port.get('total_weight'):.3f}, "
          f"top 5 weight {port.get('top_5_weight'):.3f}, estimated vol {port.get('estimated_vol'):.3f}, "
          f"turnover vs prior {_fmt(metrics.get('turnover_vs_prior'))}, regime {regime.get('regime')}")

@@ -32,11 +32,22 @@ TIMEZONE = "America/New_York"
 SINGLE_RUN = BackfillPolicy.single_run()
 
 
-def weekly_partitions(start_date: dt.date | None = None) -> WeeklyPartitionsDefinition:
-    start = start_date or load_settings().start_date
+def weekly_partitions(start_date: dt.date | None = None, as_of: dt.date | None = None) -> WeeklyPartitionsDefinition:
+    """Weeks from `start_date` to the current week, or to the week of `as_of` (KAIROS_AS_OF: the
+    platform replayed as if that day were today; past or, on the synthetic market, future)."""
+    if start_date is None or as_of is None:
+        settings = load_settings()
+        start_date = start_date or settings.start_date
+        as_of = as_of or settings.as_of
+    if as_of is None:
+        return WeeklyPartitionsDefinition(
+            start_date=start_date.isoformat(), day_offset=1, timezone=TIMEZONE, end_offset=1, fmt="%Y-%m-%d")
+    last_monday = calendar.week_start(as_of)
+    # end_date caps the set at the as-of week; end_offset must reach that far past today when it is ahead
+    ahead = (last_monday - calendar.week_start(dt.date.today())).days // 7
     return WeeklyPartitionsDefinition(
-        start_date=start.isoformat(), day_offset=1, timezone=TIMEZONE, end_offset=1, fmt="%Y-%m-%d"
-    )
+        start_date=start_date.isoformat(), end_date=(last_monday + dt.timedelta(days=7)).isoformat(),
+        day_offset=1, timezone=TIMEZONE, end_offset=max(1, ahead + 2), fmt="%Y-%m-%d")
 
 
 WEEKLY = weekly_partitions()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from dagster import ConfigurableResource
 
-from kairos_dagster.sources.source import MarketSource, NasdaqSource, SyntheticSource
+from kairos_dagster.sources.source import NEW_YORK, MarketSource, NasdaqSource, SyntheticSource
 
 
 class SharadarSource(ConfigurableResource):
@@ -19,6 +21,9 @@ class SharadarSource(ConfigurableResource):
     synthetic_seed: int = 7
     synthetic_tickers: int = 500
     synthetic_signal: float = 1.0  # strength of the synthetic market's planted signal (1: as documented)
+    # KAIROS_AS_OF (synthetic only): serve the market as published on the morning of this ISO day
+    # (through the session before it), as if it were today; "" means today.
+    as_of: str = ""
     # Nasdaq Data Link client tuning: per-request timeout and exponential backoff with jitter.
     timeout_s: float = 30.0
     backoff_base_s: float = 0.5
@@ -26,7 +31,10 @@ class SharadarSource(ConfigurableResource):
 
     def build(self) -> MarketSource:
         if self.kind == "synthetic":
-            return SyntheticSource(self.synthetic_seed, self.synthetic_tickers, signal=self.synthetic_signal)
+            now = None
+            if self.as_of:
+                now = dt.datetime.combine(dt.date.fromisoformat(self.as_of), dt.time(7, 0), tzinfo=NEW_YORK)
+            return SyntheticSource(self.synthetic_seed, self.synthetic_tickers, signal=self.synthetic_signal, now=now)
         if self.kind == "nasdaq":
             if not self.api_key:
                 raise ValueError("data source 'nasdaq' needs NASDAQ_DATA_LINK_API_KEY")

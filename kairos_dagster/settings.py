@@ -91,6 +91,7 @@ class Settings:
     ml_trials: int = 6  # Optuna trials per tune point (small default for the demo)
     optuna_storage: Path | str | None = None  # directory of Optuna journal files, or a database URL
     ml_anchor: dt.date | None = None  # walk-forward grid anchor; None: derived from start_date (assets/ml.py)
+    as_of: dt.date | None = None  # KAIROS_AS_OF: replay the synthetic market as if this day were today
 
     @property
     def nasdaq_key_present(self) -> bool:
@@ -110,10 +111,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if device not in {"cpu", "cuda"}:
         raise SettingsError(f"KAIROS_XGB_DEVICE must be 'cpu' or 'cuda', got {device!r}")
     duckdb_path = _path(env, "KAIROS_DUCKDB_PATH", "data/kairos.duckdb")
+    as_of = _as_of(env, source)
+    start_date = _monday(env, "KAIROS_START_DATE", "2016-01-04")
+    if as_of is not None and as_of < start_date:
+        raise SettingsError(f"KAIROS_AS_OF {as_of} is before KAIROS_START_DATE {start_date}")
     return Settings(
         duckdb_path=duckdb_path,
         data_source=source,
-        start_date=_monday(env, "KAIROS_START_DATE", "2016-01-04"),
+        start_date=start_date,
         synthetic_tickers=_int(env, "KAIROS_SYNTHETIC_TICKERS", 500, minimum=20, maximum=20_000),
         synthetic_seed=_int(env, "KAIROS_SYNTHETIC_SEED", 7, minimum=0),
         synthetic_signal=_float(env, "KAIROS_SYNTHETIC_SIGNAL", 1.0, minimum=0.0, maximum=20.0),
@@ -126,7 +131,26 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ml_trials=_int(env, "KAIROS_ML_TRIALS", 6, minimum=1, maximum=10_000),
         optuna_storage=_optuna_storage(env, duckdb_path),
         ml_anchor=_monday(env, "KAIROS_ML_ANCHOR", "") if env.get("KAIROS_ML_ANCHOR", "").strip() else None,
+        as_of=as_of,
     )
+
+
+def _as_of(env: Mapping[str, str], source: str) -> dt.date | None:
+    """KAIROS_AS_OF: the day treated as today, on the morning before the open (data through the session
+    before it). Synthetic only: the live feed serves what it has today, never a chosen day's view."""
+    raw = env.get("KAIROS_AS_OF", "").strip()
+    if not raw:
+        return None
+    try:
+        value = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise SettingsError(f"KAIROS_AS_OF must be an ISO date (YYYY-MM-DD), got {raw!r}") from None
+    if source != "synthetic":
+        raise SettingsError(f"KAIROS_AS_OF replays the synthetic market as of a day; the {source} source "
+                            "serves today's data: unset KAIROS_AS_OF")
+    if not dt.date(1999, 1, 4) <= value <= dt.date(2040, 12, 1):
+        raise SettingsError(f"KAIROS_AS_OF must be between 1999-01-04 and 2040-12-01, got {raw}")
+    return value
 
 
 def _optuna_storage(env: Mapping[str, str], duckdb_path: Path) -> Path | str:

@@ -194,6 +194,7 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
         weeks = sorted({d - dt.timedelta(days=d.weekday()) for d in keys["date"].unique().to_list()})
         scored_weeks = scorable_weeks(weeks, ml)
         md: dict[str, Any] = {}
+        unscored: dict[dt.date, str] = {}
         schema = {alpha: pl.Float64, "model_version": pl.String}
         if not scored_weeks:
             out = keys.with_columns([pl.lit(None, t).alias(c) for c, t in schema.items()])
@@ -222,6 +223,8 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
             history: pl.DataFrame | None = None
             labels_all: pl.DataFrame | None = None
             preds, registries, metric_frames = [], [], []
+            unscored: dict[dt.date, str] = {}
+            notes: dict[dt.date, str] = {}
             for chunk in _model_chunks(scored_weeks, ml, model_name):
                 lo, hi = chunk[0], chunk[-1] + dt.timedelta(days=7)
                 with warehouse.connect() as con:
@@ -242,21 +245,33 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
                 preds.append(result.predictions)
                 registries.append(result.registry)
                 metric_frames.append(result.metrics)
+                unscored |= result.unscored_weeks
+                notes |= result.notes
             md["training_history_loaded"] = MetadataValue.bool(history is not None)
             out = keys.join(pl.concat(preds), on=KEY, how="left", maintain_order="left")
-            registry = pl.concat(registries).unique("model_version", keep="first", maintain_order=True)
+            registry = pl.concat(registries, how="vertical_relaxed").unique("model_version", keep="first",
+                                                                           maintain_order=True)
             metrics = pl.concat(metric_frames, how="vertical_relaxed").unique(maintain_order=True)
             with warehouse.connect() as con:
-                tables.upsert_registry(con, registry)
-                tables.upsert_metrics(con, metrics)
-            folds = _fold_table(registry, metrics)
-            latest = registry.sort("train_end")["model_version"][-1]
-            md["models"] = MetadataValue.md(markdown_table(folds, max_rows=100))
-            md["model_versions"] = MetadataValue.json(registry["model_version"].to_list())
-            md["top_features_by_gain"] = MetadataValue.md(
-                f"Model {latest}\n\n" + markdown_table(_top_gain(metrics, latest), max_rows=20))
-            md["training_rows"] = MetadataValue.int(int(folds["train_rows"].fill_null(0).max() or 0))
-            md["training_seconds"] = MetadataValue.float(float(folds["train_seconds"].fill_null(0).sum()))
+                if registry.height:
+                    tables.upsert_registry(con, registry)
+                if metrics.height:
+                    tables.upsert_metrics(con, metrics)
+            if notes:  # walk-forward decisions: fewer tuning folds, fixed parameters, a reused model
+                md["walk_forward_decisions"] = MetadataValue.md(markdown_table(pl.DataFrame(
+                    {"retrain_week": list(notes), "decision": list(notes.values())}), max_rows=100))
+            md["unscored_weeks"] = MetadataValue.int(len(unscored))
+            if unscored:
+                md["unscored_weeks_why"] = MetadataValue.json({str(w): why for w, why in sorted(unscored.items())})
+            if registry.height:
+                folds = _fold_table(registry, metrics)
+                latest = registry.sort("train_end")["model_version"][-1]
+                md["models"] = MetadataValue.md(markdown_table(folds, max_rows=100))
+                md["model_versions"] = MetadataValue.json(registry["model_version"].to_list())
+                md["top_features_by_gain"] = MetadataValue.md(
+                    f"Model {latest}\n\n" + markdown_table(_top_gain(metrics, latest), max_rows=20))
+                md["training_rows"] = MetadataValue.int(int(folds["train_rows"].fill_null(0).max() or 0))
+                md["training_seconds"] = MetadataValue.float(float(folds["train_seconds"].fill_null(0).sum()))
             oos = metrics.filter((pl.col("split") == "oos") & (pl.col("metric") == "rank_ic"))["value"]
             stats = ic_stats(oos)
             md["oos_rank_ic_mean"] = MetadataValue.float(stats["rank_ic"])
@@ -277,11 +292,14 @@ def _ml_asset(name: str, tuned: bool) -> AssetsDefinition:
         yield AssetCheckResult(check_name="unique_keys", passed=dup == 0, metadata={"duplicate_rows": dup})
         yield AssetCheckResult(check_name="rows_match_universe", passed=out.height == keys.height,
                                metadata={"rows": out.height, "universe_rows": keys.height})
-        in_scored = out.filter((pl.col("date") - pl.duration(days=pl.col("date").dt.weekday() - 1))
-                               .is_in(scored_weeks))
-        unscored = int(in_scored[alpha].null_count())
-        yield AssetCheckResult(check_name="scorable_rows_scored", passed=unscored == 0,
-                               metadata={"rows_in_scorable_weeks": in_scored.height, "null_alpha_rows": unscored})
+        # Weeks the walk-forward left unscored by design (no model could be fitted yet) are counted, not failed.
+        unscored_by_design = [w for w in scored_weeks if w in unscored] if scored_weeks else []
+        expect = [w for w in scored_weeks if w not in unscored_by_design]
+        in_scored = out.filter((pl.col("date") - pl.duration(days=pl.col("date").dt.weekday() - 1)).is_in(expect))
+        null_rows = int(in_scored[alpha].null_count())
+        yield AssetCheckResult(check_name="scorable_rows_scored", passed=null_rows == 0,
+                               metadata={"rows_in_scorable_weeks": in_scored.height, "null_alpha_rows": null_rows,
+                                         "weeks_unscored_by_design": len(unscored_by_design)})
 
     return _ml
 

@@ -46,6 +46,10 @@ from kairos_dagster.ml.metrics import auc, ic_stats, rank_ic_by_date
 from kairos_dagster.ml.train import DEFAULT_PARAMS, predict_proba, train_classifier
 
 
+class TuningInfeasible(DatasetError):
+    """Not even one purged, embargoed CV fold fits in the tuning window: keep the fixed parameters."""
+
+
 @dataclass(frozen=True)
 class TuneResult:
     best_params: dict[str, Any]  # DEFAULT_PARAMS merged with the best trial's parameters
@@ -81,6 +85,52 @@ def suggest_params(trial: optuna.Trial, max_boost_rounds: int = 400) -> dict[str
     }
 
 
+def _fold_bounds(n_dates: int, n_folds: int) -> list[int]:
+    return [round(i * n_dates / (n_folds + 1)) for i in range(n_folds + 2)]
+
+
+def fold_infeasibility(dates: Sequence[dt.date], label_ends: Sequence[dt.date], n_folds: int,
+                       embargo_weeks: int) -> str:
+    """Why ``n_folds`` purged, embargoed CV folds cannot be cut from these training dates ("" if they can).
+
+    ``dates`` are the distinct training dates (sorted) and ``label_ends`` the earliest label end of the
+    rows on each date: a fold needs at least one fit row whose label ended before its OOS block's first
+    date minus the embargo, and every block at least two dates. Pure (no frame), so the demo's planner
+    and the tuner decide alike: the planner passes calendar horizons, the tuner the rows' own."""
+    if n_folds < 1:
+        return f"{n_folds} folds"
+    n = len(dates)
+    if n < 2 * (n_folds + 1):
+        return f"{n} dates < {2 * (n_folds + 1)} for {n_folds}"
+    bounds = _fold_bounds(n, n_folds)
+    earliest_end = min(label_ends)
+    for k in range(1, n_folds + 1):
+        cutoff = dates[bounds[k]] - dt.timedelta(weeks=embargo_weeks)
+        if not earliest_end < cutoff:
+            return (f"{n} dates: fold {k} of {n_folds} has no fit rows with label ending before {cutoff}")
+    return ""
+
+
+def feasible_folds(dates: Sequence[dt.date], label_ends: Sequence[dt.date], n_folds: int,
+                   embargo_weeks: int) -> tuple[int, str]:
+    """(the most folds <= ``n_folds`` that are feasible, 0 if none; why the planned count was cut, or "")."""
+    why = fold_infeasibility(dates, label_ends, n_folds, embargo_weeks)
+    if not why:
+        return n_folds, ""
+    for k in range(n_folds - 1, 0, -1):
+        if not fold_infeasibility(dates, label_ends, k, embargo_weeks):
+            return k, why
+    return 0, why
+
+
+def frame_folds(frame: pl.DataFrame, n_folds: int, embargo_weeks: int) -> tuple[int, str]:
+    """``feasible_folds`` for training rows (their dates and each date's earliest label end)."""
+    if LABEL_END not in frame.columns:
+        frame = with_label_end(frame)
+    per_date = frame.group_by("date").agg(pl.col(LABEL_END).min()).sort("date")
+    return feasible_folds(per_date["date"].to_list(), per_date[LABEL_END].to_list(), n_folds, embargo_weeks)
+
+
 def cv_folds(frame: pl.DataFrame, n_folds: int, embargo_weeks: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
     """Purged, embargoed, expanding walk-forward folds (fit rows, OOS rows)."""
     if LABEL_END not in frame.columns:
@@ -89,7 +139,7 @@ def cv_folds(frame: pl.DataFrame, n_folds: int, embargo_weeks: int) -> list[tupl
     if len(dates) < 2 * (n_folds + 1):
         raise DatasetError(f"tuning window has {len(dates)} dates; {n_folds} CV folds need at least "
                            f"{2 * (n_folds + 1)}")
-    bounds = [round(i * len(dates) / (n_folds + 1)) for i in range(n_folds + 2)]
+    bounds = _fold_bounds(len(dates), n_folds)
     folds = []
     for k in range(1, n_folds + 1):
         first, last = dates[bounds[k]], dates[bounds[k + 1] - 1]
@@ -120,6 +170,12 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
     if not 0.0 < fit_fraction <= 1.0:
         raise ValueError(f"fit_fraction must be in (0, 1], got {fit_fraction}")
     base = {**DEFAULT_PARAMS, **(base_params or {}), "valid_fraction": 0.0, "max_bin": cv_max_bin}
+    planned_folds = n_folds
+    # A short window (a holiday moves its end, the first tune after the anchor) gets fewer folds, never
+    # an aborted run; not even one fold: the caller keeps the fixed parameters (TuningInfeasible).
+    n_folds, folds_why = frame_folds(train_frame, planned_folds, embargo_weeks)
+    if n_folds == 0:
+        raise TuningInfeasible(f"tuning: 0 folds ({folds_why}); fixed parameters kept")
     folds = cv_folds(train_frame.sort(["date", "ticker"]), n_folds, embargo_weeks)
     if fit_fraction < 1.0:
         tickers = train_frame["ticker"].unique().sort()
@@ -160,7 +216,10 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
         "n_complete": len(complete),
         "n_pruned": sum(s == optuna.trial.TrialState.PRUNED for s in states),
         "best_value": best.value, "best_trial": best.number, "best_trial_params": best.params,
-        "objective": "mean_rank_ic" if ret_col else "auc", "n_folds": n_folds, "embargo_weeks": embargo_weeks,
+        "objective": "mean_rank_ic" if ret_col else "auc", "n_folds": n_folds,
+        "n_folds_planned": planned_folds, "n_dates": train_frame["date"].n_unique(),
+        "folds_note": f"tuning: {n_folds} folds" + (f" ({folds_why})" if folds_why else ""),
+        "embargo_weeks": embargo_weeks,
         "seed": seed, "rows": train_frame.height, "fit_fraction": fit_fraction, "cv_max_bin": cv_max_bin,
         "train_start": train_frame["date"].min(), "train_end": train_frame["date"].max(),
     }
