@@ -71,10 +71,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("rebalance_core", 5, "risk4.build_portfolio on a 5,000-row signal frame (fresh, then with prior)", 5),
     Stage("rebalance_asset", 5, "one materialization of rebalance_picks/rebalance_trades (last partition)", 5,
           None, ("matrix",)),
+    Stage("friday", 10, "the Friday schedule's runs for the last week: targets refresh + weekly_pipeline_job", 60,
+          None, ("matrix",)),
+    Stage("demo", 10, "`make demo` from a fresh git clone (bootstrap included; details: without it)", None),
 )
 BY_NAME = {s.name: s for s in STAGES}
 ISSUE_TITLES = {2: "Issue 2 — platform: synthetic market and sync", 3: "Issue 3 — feature graph, Phases 1-5",
-                4: "Issue 4 — ML, Phases 6-7", 5: "Issue 5 — rebalance"}
+                4: "Issue 4 — ML, Phases 6-7", 5: "Issue 5 — rebalance", 10: "Issue 10 — the first run, the Friday run"}
 
 
 # ------------------------------------------------------------------------------- machine
@@ -344,6 +347,14 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
     if n == "rebalance_core":
         return (f"{r['signal_rows']:,} rows, {r['eligible']:,} eligible, {r['positions']} positions; fresh "
                 f"{r['fresh_seconds']} s, with prior {r['with_prior_seconds']} s")
+    if n == "demo":
+        return (f"fresh clone: {r['with_bootstrap_s']} s with the .venv bootstrap, {r['without_bootstrap_s']} s "
+                f"without (fresh data, outputs and Dagster home)" + (f"; failed: {r['tail']}" if r.get("tail") else ""))
+    if n == "friday":
+        runs = "; ".join(f"{x['run_key']} {_fmt_s(x['seconds'])}" for x in r["runs"])
+        steps = sorted(r["step_seconds"].items(), key=lambda kv: -kv[1])[:4]
+        return (f"week {r['week']} ({r['week_kind']}): {runs}; slowest steps: "
+                + ", ".join(f"{k} {v} s" for k, v in steps))
     if "step_seconds" in r:
         steps = list(r["step_seconds"].items())[:4]
         rows = sum(v or 0 for v in r["assets"].values())

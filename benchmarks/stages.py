@@ -391,6 +391,72 @@ def stage_rebalance_asset() -> dict:
     return _materialize(_assets(*REBALANCE_ASSETS), (last_week(), last_week()), run_config=cfg)
 
 
+# ------------------------------------------------------------------------------- issue 10
+def stage_friday() -> dict:
+    """The Friday 21:00 schedule's two runs as it launches them for the last week: the forward-target
+    refresh of the previous weeks, then weekly_pipeline_job (sync + feature graph + ML + matrix).
+    Reports whether the week is a retrain or retune point (those weeks fit models; the 60 s target is
+    for a week that only scores)."""
+    from dagster import build_schedule_context
+
+    from kairos_dagster.automation import PIPELINE_SELECTION, friday_weekly_schedule
+    from kairos_dagster.ml.schedule import model_schedule
+    from kairos_dagster.settings import load_settings
+
+    _require(("feat_matrix_v2", "ml_predictions_v2", "ml_predictions_v2_tuned"), "friday")
+    monday = _env_date("BENCH_LAST_WEEK")
+    friday = dt.datetime.combine(monday + dt.timedelta(days=4), dt.time(21, 0), tzinfo=dt.UTC)
+    requests = friday_weekly_schedule(build_schedule_context(scheduled_execution_time=friday))
+    runs, total = [], 0.0
+    for req in requests:
+        tags = req.tags
+        if req.asset_selection:  # the targets refresh over the previous weeks
+            rng = (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"])
+            r = _materialize(_assets(*(k.to_user_string() for k in req.asset_selection)), rng)
+        else:
+            r = _materialize(PIPELINE_SELECTION, (req.partition_key, req.partition_key))
+        runs.append({"run_key": req.run_key, **r})
+        total += r["seconds"]
+    from kairos_dagster.assets.ml import default_anchor
+
+    settings = load_settings()
+    plan = model_schedule(monday, anchor=default_anchor(settings), retrain_weeks=settings.ml_retrain_weeks,
+                          retune_weeks=settings.ml_retune_weeks)
+    kind = ("retune" if plan.tune_week == monday else "retrain" if plan.retrain_week == monday else "score only")
+    return {"seconds": total, "success": all(r["success"] for r in runs), "week": monday.isoformat(),
+            "week_kind": kind, "runs": runs,
+            "assets": {k: v for r in runs for k, v in r["assets"].items()},
+            "step_seconds": {k: v for r in runs for k, v in r["step_seconds"].items()}}
+
+
+def stage_demo() -> dict:
+    """`make demo` from a fresh `git clone` of this checkout's HEAD, environment bootstrap included,
+    then a second `make demo` timing without the bootstrap (fresh data, the .venv kept)."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    tmp = Path(tempfile.mkdtemp(prefix="kairos-demo-bench-"))
+    try:
+        subprocess.run(["git", "clone", "-q", str(root), str(tmp / "k")], check=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "DAGSTER_", "BENCH_"))}
+        t0 = time.perf_counter()
+        first = subprocess.run(["make", "demo"], cwd=tmp / "k", env=env, capture_output=True, text=True)
+        with_bootstrap = time.perf_counter() - t0
+        for p in ("data", "outputs", ".dagster_home"):
+            shutil.rmtree(tmp / "k" / p, ignore_errors=True)
+        t0 = time.perf_counter()
+        second = subprocess.run(["make", "demo"], cwd=tmp / "k", env=env, capture_output=True, text=True)
+        without = time.perf_counter() - t0
+        return {"seconds": with_bootstrap, "success": first.returncode == 0 and second.returncode == 0,
+                "without_bootstrap_s": round(without, 1), "with_bootstrap_s": round(with_bootstrap, 1),
+                "tail": (first.stdout + first.stderr)[-600:] if first.returncode else ""}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
@@ -411,6 +477,8 @@ STAGES: dict[str, Callable[[], dict]] = {
     "ic": stage_ic,
     "rebalance_core": stage_rebalance_core,
     "rebalance_asset": stage_rebalance_asset,
+    "friday": stage_friday,
+    "demo": stage_demo,
 }
 
 

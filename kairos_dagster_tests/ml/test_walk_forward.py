@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 
 import duckdb
 import numpy as np
@@ -79,7 +80,7 @@ def test_metrics_frame_loads_into_duckdb(market, tmp_path):
     res = walk_forward_predict(f, t, mondays(dt.date(2020, 10, 12), 2), model_name="m", models_dir=tmp_path, **KW)
     m = res.metrics
     assert dict(m.schema) == ML_METRICS_SCHEMA
-    assert {"train", "valid", "oos"} == set(m["split"].unique())
+    assert {"train", "valid", "oos", "plan"} == set(m["split"].unique())
     assert {"rows", "train_seconds", "auc", "rank_ic", "icir", "gain_total"} <= set(m["metric"].unique())
     gains = m.filter(pl.col("metric") == "gain_total")
     assert gains["feature"].null_count() == 0 and gains.height <= 20
@@ -121,3 +122,57 @@ def test_planted_signal_gives_positive_oos_weekly_rank_ic(tmp_path):
     stats = ic_stats(rank_ic_by_date(scored, "alpha_ml_v2_clf", "ret_5d_f")["rank_ic"])
     assert stats["n_dates"] >= 50
     assert stats["rank_ic"] > 0 and stats["rank_ic_t"] >= 2.0, stats  # strength 0 gives t ~ 0.2
+
+
+def test_short_tuning_window_uses_fewer_folds_and_records_it(market, tmp_path):
+    """First tune point anchor + 10 weeks: 8 training dates, where fold 1 of 3 purged folds finds no fit rows."""
+    f, t = market
+    week = ANCHOR + dt.timedelta(weeks=10)
+    res = walk_forward_predict(f, t, [week], model_name="tuned", models_dir=tmp_path, alpha_column="a",
+                               tuner=TunerConfig(n_trials=2, n_folds=3), **{**KW, "retrain_weeks": 10})
+    record = json.loads(next((tmp_path / "tuned" / "tuning").glob("tune_*.json")).read_text())
+    assert record["status"] == "tuned" and record["n_folds"] == 2 and record["n_folds_planned"] == 3
+    assert record["folds_note"] == "tuning: 2 folds (8 dates: fold 1 of 3 has no fit rows with label ending before 2020-01-17)"
+    plan = res.metrics.filter(pl.col("split") == "plan")
+    assert dict(zip(plan["metric"], plan["value"], strict=True))["tune_folds"] == 2.0
+    assert "tuning: 2 folds" in res.notes[week]
+    assert res.predictions["a"].null_count() == 0
+
+
+def test_window_too_short_for_any_fold_or_model(market, tmp_path):
+    """Retraining every 3 weeks: the first retrain point has 1 training date (< MIN_TRAIN_DATES) and no
+    earlier model, so its weeks stay unscored and counted; the tuner keeps the fixed parameters there.
+    The next point trains. A span and week-by-week runs decide the same."""
+    f, t = market
+    kw = {**KW, "retrain_weeks": 3}
+    weeks = mondays(ANCHOR + dt.timedelta(weeks=3), 6)
+    tuner = TunerConfig(n_trials=2, n_folds=3)
+    span = walk_forward_predict(f, t, weeks, model_name="m", models_dir=tmp_path / "a", alpha_column="a",
+                                tuner=tuner, **kw)
+    assert sorted(span.unscored_weeks) == weeks[:3]
+    assert "no model: 1 training dates < 4" in span.unscored_weeks[weeks[0]]
+    first = span.predictions.filter(pl.col("date") < weeks[3])
+    assert first.height and first["a"].null_count() == first.height and first["model_version"].null_count() == first.height
+    assert span.predictions.filter(pl.col("date") >= weeks[3])["a"].null_count() == 0
+    tunings = [json.loads(p.read_text()) for p in (tmp_path / "a" / "m" / "tuning").glob("*.json")]
+    assert [r["status"] for r in tunings] == ["fixed_params"] and "tuning: 0 folds" in tunings[0]["folds_note"]
+    single = pl.concat([walk_forward_predict(f, t, [w], model_name="m", models_dir=tmp_path / "b", alpha_column="a",
+                                             tuner=tuner, **kw).predictions for w in reversed(weeks)])
+    assert single.sort(["date", "ticker"]).equals(span.predictions)
+
+
+def test_short_training_window_reuses_the_previous_model(market, tmp_path):
+    """A rolling 6-week window whose labels are missing on most of its dates reuses the previous model."""
+    f, t = market
+    kw = {**KW, "retrain_weeks": 3, "max_train_weeks": 6}
+    weeks = mondays(dt.date(2020, 6, 1), 6)  # retrain points 2020-06-01 and 2020-06-22
+    gap = pl.col("date").is_between(dt.date(2020, 5, 18), dt.date(2020, 6, 5))  # labels of the second window
+    t_gap = t.with_columns(pl.when(gap).then(None).otherwise(pl.col(KW["label"])).alias(KW["label"]))
+    res = walk_forward_predict(f, t_gap, weeks, model_name="m", models_dir=tmp_path, alpha_column="a", **kw)
+    second = dt.date(2020, 6, 22)
+    assert "reused the previous model" in res.notes[second]
+    versions = res.predictions.group_by(pl.col("date") >= second).agg(pl.col("model_version").unique())
+    assert all(len(v) == 1 for v in versions["model_version"]) and versions["model_version"].explode().n_unique() == 1
+    assert res.predictions["a"].null_count() == 0
+    reused = res.metrics.filter((pl.col("split") == "plan") & (pl.col("metric") == "reused_previous_model"))
+    assert sorted(reused["value"].to_list()) == [0.0, 1.0]

@@ -60,3 +60,23 @@ def test_optuna_url_reaches_the_ml_resource_as_an_env_var_not_a_value(monkeypatc
     resource = MLResource.from_settings(load_settings())
     assert resource.optuna_url == EnvVar("KAIROS_OPTUNA_STORAGE")
     assert "s3cret" not in repr(resource)
+
+
+def test_as_of_replays_the_synthetic_market_only():
+    assert load_settings({}).as_of is None
+    assert load_settings({"KAIROS_AS_OF": "2027-06-30"}).as_of == dt.date(2027, 6, 30)  # the future: synthetic
+    with pytest.raises(SettingsError, match="KAIROS_AS_OF must be an ISO date"):
+        load_settings({"KAIROS_AS_OF": "tomorrow"})
+    with pytest.raises(SettingsError, match="KAIROS_AS_OF replays the synthetic market"):
+        load_settings({"KAIROS_AS_OF": "2026-12-01", "NASDAQ_DATA_LINK_API_KEY": "k"})
+    with pytest.raises(SettingsError, match="before KAIROS_START_DATE"):
+        load_settings({"KAIROS_AS_OF": "2020-01-01", "KAIROS_START_DATE": "2021-01-04"})
+
+
+def test_as_of_source_serves_data_through_the_session_before_that_morning():
+    from kairos_dagster.resources import SharadarSource
+
+    src = SharadarSource(kind="synthetic", synthetic_tickers=30, as_of="2026-04-02").build()  # Thursday
+    assert src.latest_date("SEP") == dt.date(2026, 4, 1)
+    sep = src.fetch("SEP", dt.date(2026, 3, 30), dt.date(2026, 4, 5))
+    assert sep["date"].max() == dt.date(2026, 4, 1)
