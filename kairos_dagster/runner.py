@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from dagster import (
     define_asset_job,
 )
 
+from kairos_dagster import run_guard
 from kairos_dagster.settings import PROJECT_ROOT
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -50,11 +52,17 @@ def run_selection(
     tags: Mapping[str, str] | None = None,
     instance: DagsterInstance | None = None,
     raise_on_error: bool = True,
+    echo: Callable[[str], None] | None = None,
 ) -> ExecuteInProcessResult:
-    """Materialize `selection` for one partition, a range of partitions in a single run, or unpartitioned."""
+    """Materialize `selection` for one partition, a range of partitions in a single run, or unpartitioned.
+
+    Before launching, runs of this host whose process died are marked failed and their warehouse slot
+    freed, and a live run holding the slot is waited for, saying so (run_guard)."""
     if not isinstance(selection, AssetSelection):
         selection = AssetSelection.assets(*[AssetKey(s) for s in selection])
-    run_tags = dict(tags or {})
+    instance = instance or get_instance()
+    run_guard.prepare_launch(instance, echo or _stderr)
+    run_tags = {**run_guard.launch_tags(), **dict(tags or {})}
     if partition_range is not None:
         start, end = partition_range
         if start == end:
@@ -69,11 +77,15 @@ def run_selection(
     config.setdefault("loggers", {"console": {"config": {"log_level": os.environ.get("KAIROS_LOG_LEVEL", "INFO")}}})
     return resolved.execute_in_process(
         run_config=config,
-        instance=instance or get_instance(),
+        instance=instance,
         partition_key=partition_key,
         tags=run_tags,
         raise_on_error=raise_on_error,
     )
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def failure_messages(result: ExecuteInProcessResult) -> list[str]:

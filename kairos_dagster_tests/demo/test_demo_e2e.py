@@ -55,5 +55,5 @@ def test_demo_as_of(tmp_path, as_of, rebalance, folds):
     assert calendar.signal_date_for(reb) <= latest_price <= calendar.previous_session(day)
     (signal_rows,) = con.execute("SELECT count(*) FROM feat_matrix_v2 WHERE date = ? AND alpha_ml_v2_tuned_clf "
                                  "IS NOT NULL", [calendar.signal_date_for(reb)]).fetchone()
-    assert signal_rows > 100
+    assert signal_rows > 50  # the universe of a 300-ticker market holds ~90 names
     assert f"KAIROS_AS_OF={as_of}" in (tmp_path / "data" / "demo.env").read_text()
