@@ -13,10 +13,16 @@ from typing import Annotated
 
 import typer
 
+try:  # typer >= 0.20 vendors click; its exceptions are not click's own
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
 from kairos_dagster import calendar, cli_execution
 from kairos_dagster.settings import SettingsError, load_settings
 
-app = typer.Typer(help="Kairos weekly stock selection on Dagster.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Kairos weekly stock selection on Dagster. Add --debug to any command for tracebacks.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 check_app = typer.Typer(help="NYSE rebalance calendar (last trading day of each week).", no_args_is_help=True)
 app.add_typer(check_app, name="check-rebalance")
 cli_execution.register(app)  # approve, execute, emergency
@@ -187,11 +193,11 @@ def _report_run(result) -> None:
 def backfill_cmd(
     start: Annotated[str, typer.Argument(help="first date (its week is the first partition)")],
     end: Annotated[str, typer.Argument(help="last date (its week is the last partition)")],
-    select: Annotated[str, typer.Option("--select", help="asset groups, comma-separated, or 'all'")] = "sync",
+    select: Annotated[str, typer.Option("--select", help="asset groups and asset keys, comma-separated, or 'all'")] = "sync",
 ) -> None:
-    """Materialize a range of weekly partitions of asset groups in a single run (a single-run backfill)."""
-    from dagster import AssetSelection
+    """Materialize a range of weekly partitions of asset groups in a single run (a single-run backfill).
 
+    --select takes asset group names and asset keys, comma-separated (spaces are trimmed), or 'all'."""
     from kairos_dagster.definitions import defs
     from kairos_dagster.partitions import week_key
     from kairos_dagster.runner import run_selection
@@ -199,11 +205,50 @@ def backfill_cmd(
     a, b = _date(start, "START"), _date(end, "END")
     if a > b:
         raise _fail(f"START {a} is after END {b}")
-    sel = AssetSelection.all() if select == "all" else AssetSelection.groups(*select.split(","))
-    sel = sel - AssetSelection.groups("execution")
-    result = run_selection(defs, sel, partition_range=(week_key(a), week_key(b)),
+    first, last = _check_weeks(week_key(a), week_key(b), "START", "END")
+    sel = _selection(defs, select)
+    result = run_selection(defs, sel, partition_range=(first, last),
                            tags={"kairos/trigger": "cli_backfill"}, raise_on_error=False)
     _report_run(result)
+
+
+def _check_weeks(first: str, last: str, first_what: str, last_what: str) -> tuple[str, str]:
+    """Refuse weeks outside the partitions (before KAIROS_START_DATE, after the current week) before
+    anything runs, naming the valid range."""
+    from kairos_dagster.partitions import WEEKLY
+
+    lo, hi = WEEKLY.get_first_partition_key(), WEEKLY.get_last_partition_key()
+    valid = f"valid weeks are {lo} .. {hi} (KAIROS_START_DATE to the current week)"
+    if first < lo:
+        raise _fail(f"{first_what} falls in week {first}, before the first partition {lo}; {valid}; nothing was run")
+    if last > hi:
+        raise _fail(f"{last_what} falls in week {last}, after the last partition {hi}; {valid}; nothing was run")
+    return first, last
+
+
+def _selection(defs, select: str):
+    """Asset groups and asset keys named in `select` ('all' for every asset but execution's)."""
+    from dagster import AssetSelection
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()} - {None}
+    names = [n.strip() for n in select.split(",") if n.strip()]
+    if not names:
+        raise _fail(f"--select is empty; choose groups ({', '.join(sorted(groups))}), asset keys, or 'all'")
+    if names == ["all"]:
+        sel = AssetSelection.all()
+    else:
+        unknown = [n for n in names if n not in groups and n not in keys]
+        if unknown:
+            raise _fail(f"--select: unknown group or asset {', '.join(map(repr, unknown))}; groups: "
+                        f"{', '.join(sorted(groups))}; or any asset key (e.g. sep_base, feat_beta)")
+        sel = (AssetSelection.groups(*[n for n in names if n in groups])
+               | AssetSelection.assets(*[n for n in names if n in keys and n not in groups]))
+    sel = sel - AssetSelection.groups("execution")
+    if not sel.resolve(graph):
+        raise _fail(f"--select {select!r} selects no asset that a backfill can run (execution is never backfilled)")
+    return sel
 
 
 @app.command("status")
@@ -224,16 +269,9 @@ def _latest_matrix_date(path) -> dt.date | None:
 
 
 def _failure_messages(result) -> list[str]:
-    out = []
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE" and event.event_specific_data is not None:
-            data = event.event_specific_data
-            user = getattr(data, "user_failure_data", None)
-            if user is not None and user.description:
-                out.append(user.description.strip())
-            elif getattr(data, "error", None) is not None:
-                out.append(data.error.message.strip())
-    return out
+    from kairos_dagster.runner import failure_messages
+
+    return failure_messages(result)
 
 
 @app.command("rebalance")
@@ -284,6 +322,9 @@ def rebalance_cmd(
                    f"{week_reb}, the next after {d} is {calendar.next_rebalance_after(d)}. Pass --force to rebalance anyway.",
                    err=True)
         raise typer.Exit(1)
+    from kairos_dagster.partitions import week_key as _week_key
+
+    _check_weeks(_week_key(d), _week_key(d), "--date", "--date")
     plan = rw.WeekPlan.for_date(d)
     parent = Path(output_dir) if output_dir else settings.output_dir / "rebalance"
 
@@ -394,9 +435,99 @@ def demo_cmd(
         raise typer.Exit(1)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+# Errors an operator caused (a bad setting, argument or date): exit 2, one line, no traceback.
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from kairos_dagster.demo_plan import DemoPlanError
+    from kairos_dagster.portfolio.config import ConfigError
+
+    return (SettingsError, calendar.CalendarError, ConfigError, DemoPlanError)
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The innermost cause of an exception chain (a Dagster wrapper's user exception included)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = getattr(exc, "user_exception", None) or exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `kairos` console entry: every failure ends in one or two lines (tracebacks with --debug or
+    KAIROS_LOG_LEVEL=DEBUG), exit 2 for bad input, 1 for a failed run or command, 130 when interrupted."""
+    import os
+    import traceback
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+        os.environ["KAIROS_LOG_LEVEL"] = "DEBUG"
+    debug = debug or os.environ.get("KAIROS_LOG_LEVEL", "").strip().upper() == "DEBUG"
+    try:
+        rc = app(args, prog_name="kairos", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except click_exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: interrupted; nothing was started", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns every failure into a message
+        from kairos_dagster.runner import RunInterrupted
+
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, RunInterrupted):
+            typer.echo(f"error: {_interrupted_summary(exc)}", err=True)
+            return 130
+        cause = innermost(exc)
+        if isinstance(exc, _bad_input_types()) or isinstance(cause, _bad_input_types()):
+            typer.echo(f"error: {cause if isinstance(cause, _bad_input_types()) else exc}", err=True)
+            return EXIT_BAD_INPUT
+        where = _where(cause)
+        typer.echo(f"error: {type(cause).__name__}: {str(cause).strip() or repr(cause)}{where}", err=True)
+        if not debug:
+            typer.echo("       (run with --debug or KAIROS_LOG_LEVEL=DEBUG for the traceback)", err=True)
+        return 1
+
+
+def _where(exc: BaseException) -> str:
+    """' (at kairos_dagster/x.py:N)': the innermost frame of our own code that raised."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "kairos_dagster" in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at {f.filename[f.filename.rindex('kairos_dagster'):]}:{f.lineno})"
+
+
+def _interrupted_summary(exc) -> str:
+    """What an interrupted run did: the steps completed, the one rolled back, the status recorded."""
+    from kairos_dagster.runner import get_instance
+
+    done, stopped = [], []
+    try:
+        for rec in get_instance().all_logs(exc.run_id):
+            ev = rec.dagster_event
+            if ev is not None and ev.event_type_value == "STEP_SUCCESS":
+                done.append(ev.step_key)
+            elif ev is not None and ev.event_type_value == "STEP_FAILURE":
+                stopped.append(ev.step_key)
+    except Exception:  # noqa: BLE001 - the summary is best effort; the run's status is in the UI
+        pass
+    return (f"{exc.signame} stopped run {exc.run_id}; it is marked canceled. Completed steps: "
+            f"{', '.join(done) or 'none'}; stopped (its write rolled back): {', '.join(stopped) or 'none'}; "
+            "no further step started")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

@@ -35,6 +35,14 @@ def _settings():
         raise _fail(str(exc)) from None
 
 
+def _require_warehouse() -> None:
+    """Refuse to run against a missing warehouse (opening it would create an empty one)."""
+    s = _settings()
+    if not s.duckdb_path.exists():
+        raise _fail(f"warehouse {s.duckdb_path} does not exist (KAIROS_DUCKDB_PATH): run `kairos sync` or `make demo` "
+                    "first; nothing was created")
+
+
 def _rebalance_day(text: str | None, picks: str | None) -> dt.date:
     """--date, else the picks folder's name (outputs/rebalance/YYYY-MM-DD/picks.csv); must be a rebalance day."""
     folder = None
@@ -57,6 +65,10 @@ def _rebalance_day(text: str | None, picks: str | None) -> dt.date:
     reb = calendar.rebalance_date_for_week(d)
     if reb != d:
         raise _fail(f"{d} is not a rebalance day ({calendar.REBALANCE_RULE.lower()}); that week's is {reb}")
+    from kairos_dagster.cli import _check_weeks
+    from kairos_dagster.partitions import week_key
+
+    _check_weeks(week_key(d), week_key(d), "the rebalance date", "the rebalance date")
     return d
 
 
@@ -101,6 +113,7 @@ def approve_cmd(
     picks: Annotated[str | None, typer.Option("--picks", help="picks.csv (default outputs/rebalance/DATE/picks.csv)")] = None,
 ) -> None:
     """Approve (or --reject) the week's picks: materializes rebalance_approval, bound to the picks' content hash."""
+    _require_warehouse()
     d = _rebalance_day(date, None)
     cfg: dict = {"by": by, "decision": "reject" if reject else "approve"}
     if note:
@@ -145,6 +158,7 @@ def execute_cmd(
         typer.echo("--dry-run without --execute: previewing (nothing is ever submitted in a preview)")
     if not picks and not verify:
         raise _fail("--picks is required (except with --verify)")
+    _require_warehouse()
     d = _rebalance_day(date, picks)
     try:
         gap = normalize_max_gap(max_gap)
@@ -190,6 +204,7 @@ def _broker_resource():
     from kairos_dagster.broker.resource import BrokerResource
 
     s = _settings()
+    _require_warehouse()
     try:
         return BrokerResource.from_env(str(s.duckdb_path), auto_paper=s.auto_paper).process_config_and_initialize()
     except Exception as exc:  # credentials of any kind of wrongness: say what, never the values

@@ -22,6 +22,7 @@ from kairos_dagster.automation import (
     weekly_sync_job,
 )
 from kairos_dagster.broker.resource import BrokerResource
+from kairos_dagster.console_logger import compact_console_logger
 from kairos_dagster.instance_tuning import install_sqlite_tuning
 from kairos_dagster.resources import SharadarSource
 from kairos_dagster.settings import Settings, load_settings
@@ -62,6 +63,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         resources=build_resources(settings),
         # One DuckDB writer: separate processes buy nothing and cost ~3 s of start-up per step.
         executor=in_process_executor,
+        loggers={"console": compact_console_logger},
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from dagster import (
     ExecuteInProcessResult,
     define_asset_job,
 )
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.utils import make_new_run_id
 
 from kairos_dagster import run_guard
 from kairos_dagster.settings import PROJECT_ROOT
@@ -75,13 +80,70 @@ def run_selection(
     config = dict(run_config or {})
     # Dagster's console logger prints every engine event at DEBUG; operators want the asset logs.
     config.setdefault("loggers", {"console": {"config": {"log_level": os.environ.get("KAIROS_LOG_LEVEL", "INFO")}}})
-    return resolved.execute_in_process(
+    run_id = make_new_run_id()
+    return _interruptible(lambda: resolved.execute_in_process(
         run_config=config,
         instance=instance,
         partition_key=partition_key,
         tags=run_tags,
         raise_on_error=raise_on_error,
-    )
+        run_id=run_id,
+    ), instance, run_id, echo or _stderr)
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped a run: the step in progress was rolled back or finished, no later step ran."""
+
+    def __init__(self, run_id: str, signame: str, result: ExecuteInProcessResult | None) -> None:
+        self.run_id, self.signame, self.result = run_id, signame, result
+        super().__init__(f"run {run_id} stopped by {signame}: canceled")
+
+
+def _interruptible(execute: Callable[[], ExecuteInProcessResult], instance: DagsterInstance, run_id: str,
+                   echo: Callable[[str], None]) -> ExecuteInProcessResult:
+    """Run `execute` in a worker thread, so that SIGINT/SIGTERM reach this (main) thread.
+
+    Dagster's in-process execution captures SIGINT and never acts on it between steps. Here a signal
+    marks the run CANCELING and raises DagsterExecutionInterruptedError inside the worker at its next
+    Python instruction: a step in a DuckDB call finishes that call first, then its transaction rolls back
+    (atomic window writes), no further step starts, and Dagster records the run as CANCELED."""
+    if threading.current_thread() is not threading.main_thread():
+        return execute()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = execute()
+        except BaseException as exc:  # delivered back to the caller below
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"kairos-run-{run_id[:8]}", daemon=True)
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not received:
+            echo(f"{signal.Signals(signum).name}: stopping run {run_id} after the current step's write rolls "
+                 "back or completes; no further step starts")
+            run = instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                instance.report_run_canceling(run, message=f"{signal.Signals(signum).name} received by the kairos CLI")
+        received.append(signum)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
+                                                   ctypes.py_object(DagsterExecutionInterruptedError))
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise RunInterrupted(run_id, signal.Signals(received[0]).name, box.get("result"))
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _stderr(line: str) -> None:
@@ -89,14 +151,19 @@ def _stderr(line: str) -> None:
 
 
 def failure_messages(result: ExecuteInProcessResult) -> list[str]:
-    """One line per failed step: the innermost error's message (the wrapper says only "error in op")."""
+    """One line per failed step, naming the step and its week(s): an operator's Failure description,
+    else the innermost error's message (the wrapper says only "error in op")."""
+    from kairos_dagster.console_logger import innermost_error
+
+    tags = result.dagster_run.tags
+    weeks = (f" (weeks {tags[RANGE_START_TAG]} .. {tags[RANGE_END_TAG]})" if RANGE_START_TAG in tags
+             else f" (week {tags['dagster/partition']})" if "dagster/partition" in tags else "")
     lines = []
     for event in result.all_events:
         if not event.is_step_failure or event.event_specific_data is None:
             continue
-        err = event.event_specific_data.error
-        while err is not None and err.cause is not None:
-            err = err.cause
-        if err is not None:
-            lines.append(f"{event.step_key}: {err.message.strip()}")
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        cause = user.description if user is not None and user.description else innermost_error(data.error)
+        lines.append(f"{event.step_key}{weeks}: {cause.strip()}")
     return lines
