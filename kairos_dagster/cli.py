@@ -247,7 +247,8 @@ def _selection(defs, select: str):
                | AssetSelection.assets(*[n for n in names if n in keys and n not in groups]))
     sel = sel - AssetSelection.groups("execution")
     if not sel.resolve(graph):
-        raise _fail(f"--select {select!r} selects no asset that a backfill can run (execution is never backfilled)")
+        raise _fail(f"--select {select!r} selects no asset that a backfill can run (execution is never backfilled); "
+                    f"groups: {', '.join(sorted(groups - {'execution'}))}")
     return sel
 
 

@@ -120,7 +120,7 @@ def test_registry_rows_artifacts_and_metrics(world):
             if model == "ml_v2_tuned":
                 assert json.loads(row["metrics_json"])["tune"]["n_trials"] >= 3
     metrics = read_table(s, "ml_metrics")
-    assert set(metrics["split"].unique().to_list()) == {"train", "valid", "oos"}
+    assert set(metrics["split"].unique().to_list()) == {"train", "valid", "oos", "plan"}
     assert metrics.filter((pl.col("metric") == "gain_total") & pl.col("feature").is_not_null()).height > 0
     assert list((s.optuna_storage / "ml_v2_tuned").glob("*.journal"))
 
