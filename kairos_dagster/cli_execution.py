@@ -189,6 +189,7 @@ def execute_cmd(
             raise typer.Exit(1)
         return
     typer.echo(_text(md, "plan_text") or "")
+    typer.echo(f"Gates: {_text(md, 'gates')}")
     if md.get("trades_differences") is not None:
         typer.echo("Plan vs trades.csv:\n" + _text(md, "trades_differences"))
     if mode == "execute" and not dry_run:
@@ -197,6 +198,38 @@ def execute_cmd(
     else:
         typer.echo(f"{'Dry run' if dry_run else 'Preview'}: nothing submitted. Plan: {_text(md, 'preview_file')}")
     typer.echo(f"Run {result.run_id}: SUCCESS")
+
+
+def override_cmd(
+    date: Annotated[str, typer.Option("--date", help="the rebalance date (ISO) whose picks the override is for")],
+    gate: Annotated[str, typer.Option("--gate", help="the gate to excuse: a blocking gate's name, "
+                                                     "gates_not_evaluated or gates_evaluated_on_other_picks")],
+    by: Annotated[str, typer.Option("--by", help="who overrides (recorded with the OS user and the host)")],
+    note: Annotated[str | None, typer.Option("--note", help="why (required)")] = None,
+    picks: Annotated[str | None, typer.Option("--picks", help="picks.csv (default outputs/rebalance/DATE/picks.csv)")] = None,
+) -> None:
+    """Record a typed override of one execution gate for these picks (bound to their content hash)."""
+    from kairos_dagster.broker.approval import picks_content_hash
+    from kairos_dagster.checks.rebalance_gates import GATES
+    from kairos_dagster.portfolio import gate_records
+    from kairos_dagster.warehouse import store
+
+    _require_warehouse()
+    d = _rebalance_day(date, picks)
+    allowed = {name for name, blocking, _ in GATES if blocking} | {gate_records.NOT_EVALUATED, gate_records.OTHER_PICKS}
+    if gate not in allowed:
+        raise _fail(f"--gate {gate!r} is not an execution gate; choose from {', '.join(sorted(allowed))}")
+    if not note or not note.strip():
+        raise _fail("an override needs --note saying why; it is recorded with your name, OS user and host")
+    path = Path(picks) if picks else _settings().output_dir / "rebalance" / d.isoformat() / "picks.csv"
+    if not path.exists():
+        raise _fail(f"picks file not found: {path}")
+    digest = picks_content_hash(path)
+    with store.connect(_settings().duckdb_path) as con:
+        row = gate_records.record_override(con, d, gate, digest, by=by, note=note)
+    r = row.row(0, named=True)
+    typer.echo(f"Override recorded: gate {gate} for the picks of {d} ({digest[:12]}, {path}) by {r['overridden_by']} "
+               f"(OS user {r['os_user']} on {r['host']}) at {r['overridden_at']:%Y-%m-%d %H:%M} UTC: {r['note']}")
 
 
 # ---------------------------------------------------------------------------------- emergency
@@ -242,4 +275,5 @@ def liquidate_cmd(
 def register(app: typer.Typer) -> None:
     app.command("approve")(approve_cmd)
     app.command("execute")(execute_cmd)
+    app.command("override")(override_cmd)
     app.add_typer(emergency_app, name="emergency")

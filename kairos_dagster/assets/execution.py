@@ -7,9 +7,10 @@ for that date, the file must match them (same hash over the picks.csv columns) o
 refused. Execution recomputes the hash of the file it is about to send: a picks file that does not
 match its approval (changed after approval, or a different file) is refused, live and paper alike.
 
-Gates: the latest evaluation of the blocking `rebalance_picks` gate checks for this week's partition,
-read from the Dagster instance; a failed blocking gate blocks execution (a blocked rebalance run writes
-no rows, so older picks may still be on disk: the instance is the authority).
+Gates: the verdicts the rebalance stored in the warehouse for this date (portfolio.gate_records), bound
+to the picks' content hash: picks never evaluated, evaluated on other content, or with a failed blocking
+gate are refused unless a typed override record (`kairos override`) excuses that gate for these picks.
+A fresh Dagster home on a copied warehouse changes nothing: the warehouse is the authority.
 """
 
 import datetime as dt
@@ -20,16 +21,12 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 from dagster import (
-    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     AssetSpec,
     Config,
-    DagsterEventType,
-    DagsterInstance,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -55,6 +52,7 @@ from kairos_dagster.broker.tracking import (
 )
 from kairos_dagster.checks.rebalance_gates import GATES
 from kairos_dagster.partitions import SINGLE_RUN, WEEKLY, window_dates
+from kairos_dagster.portfolio import gate_records
 from kairos_dagster.portfolio.outputs import (
     PICKS_CSV_COLUMNS,
     OutputFileError,
@@ -110,26 +108,6 @@ def _covers(tags: dict[str, str], key: str) -> bool:
         return True
     lo, hi = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
     return bool(lo and hi and lo <= key <= hi)
-
-
-def rebalance_gate_status(instance: DagsterInstance, partition_key: str, *,
-                          scan: int = 200) -> tuple[list[str], str]:
-    """(failed blocking gates, source) from the latest run that evaluated rebalance_picks' gates for the
-    partition. No evaluation at all (e.g. hand-made picks) fails no gate; the source says so."""
-    key = AssetCheckKey(AssetKey("rebalance_picks"), BLOCKING_GATES[0])
-    for rec in instance.event_log_storage.get_asset_check_execution_history(key, limit=scan):
-        if rec.event is None:  # planned, never evaluated (the run failed earlier)
-            continue
-        run = instance.get_run_by_id(rec.run_id)
-        if run is None or not _covers(dict(run.tags), partition_key):
-            continue
-        failed = []
-        for entry in instance.all_logs(rec.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
-            ev = entry.dagster_event.asset_check_evaluation_data
-            if ev.asset_key == AssetKey("rebalance_picks") and ev.check_name in BLOCKING_GATES and not ev.passed:
-                failed.append(f"{ev.check_name}: {ev.description or 'failed'}")
-        return sorted(set(failed)), f"rebalance run {rec.run_id}"
-    return [], f"no rebalance gate evaluations for partition {partition_key} (picks not made by `rebalance`)"
 
 
 def _now() -> dt.datetime:
@@ -328,7 +306,9 @@ def execution(context: AssetExecutionContext, config: ExecutionRunConfig, wareho
         raise Failure(description=str(exc)) from None
     path = Path(config.picks_path) if config.picks_path else default_picks_path(rebalance_outputs, reb)
     picks = load_picks(path)
-    failed_gates, gate_source = rebalance_gate_status(context.instance, key)
+    # The gates travel with the picks: enforced from the warehouse, bound to this file's content hash.
+    with warehouse.connect() as con:
+        failed_gates, gate_source = gate_records.enforced_failures(con, reb, picks_content_hash(path))
     ecfg = engine.ExecutionConfig(max_gap=max_gap, intraday=config.intraday, force_moo=config.force_moo,
                                   portfolio_value_override=config.portfolio_value, auto_paper=broker.auto_paper)
     submit = config.mode == "execute" and not config.dry_run

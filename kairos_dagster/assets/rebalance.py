@@ -32,11 +32,18 @@ from pydantic import Field
 
 from kairos_dagster import calendar as cal
 from kairos_dagster.assets.metadata import frame_metadata, markdown_table
-from kairos_dagster.checks.rebalance_gates import gate_check_results, rebalance_gate_specs
+from kairos_dagster.broker.approval import picks_content_hash
+from kairos_dagster.checks.rebalance_gates import GATES, gate_check_results, rebalance_gate_specs
 from kairos_dagster.partitions import SINGLE_RUN, WEEKLY, lookback_mapping, weeks_for_sessions, window_dates
+from kairos_dagster.portfolio import gate_records
 from kairos_dagster.portfolio import rebalance_weeks as rw
 from kairos_dagster.portfolio.config import ConfigError, Risk4Config, config_by_name
-from kairos_dagster.portfolio.outputs import OutputFileError, read_picks_csv, write_rebalance_outputs
+from kairos_dagster.portfolio.outputs import (
+    OutputFileError,
+    picks_csv_frame,
+    read_picks_csv,
+    write_rebalance_outputs,
+)
 from kairos_dagster.portfolio.risk4 import PortfolioInputError
 from kairos_dagster.portfolio.trades import TradePlanError
 from kairos_dagster.settings import Settings
@@ -262,6 +269,15 @@ def rebalance(context: AssetExecutionContext, config: RebalanceConfig, warehouse
             weeks = compute_rebalance(inputs, plans, risk)
         except (PortfolioInputError, TradePlanError, OutputFileError, store.WarehouseError, ValueError) as exc:
             raise Failure(description=f"rebalance of {start}..{end - dt.timedelta(days=1)}: {exc}") from None
+    if weeks:  # the verdicts travel with the picks (portfolio.gate_records), blocked weeks included
+        blocking = {name for name, is_blocking, _ in GATES if is_blocking}
+        now = dt.datetime.now(dt.UTC)
+        rows = pl.concat([gate_records.gate_rows(
+            w.plan.rebalance_date, w.plan.signal_date, w.gates,
+            None if w.blocked or w.result is None else picks_content_hash(picks_csv_frame(rw.picks_rows(w))),
+            blocking=blocking, run_id=context.run.run_id, now=now) for w in weeks])
+        with warehouse.connect() as con:
+            gate_records.record_gate_results(con, rows)
     yield from gate_check_results(weeks)
     reasons = rw.block_reasons(weeks)
     if reasons:

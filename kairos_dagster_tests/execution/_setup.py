@@ -38,9 +38,25 @@ def picks_frame(shares: dict[str, int] | None = None) -> pl.DataFrame:
         "shares": [shares[t] for t in tickers]})
 
 
-def write_picks(outputs: Path, shares: dict[str, int] | None = None, day: dt.date = REB) -> Path:
+def write_picks(outputs: Path, shares: dict[str, int] | None = None, day: dt.date = REB, *,
+                record_gates: bool = True, db: Path | None = None) -> Path:
+    """A picks.csv standing in for the rebalance's; with `record_gates` (default) its passing gate verdicts
+    are stored in the warehouse (KAIROS_DUCKDB_PATH, or `db`) the way `rebalance` stores them."""
+    import os
+
+    from kairos_dagster.broker.approval import picks_content_hash
+    from kairos_dagster.portfolio import gate_records
+    from kairos_dagster.portfolio.gates import GateResult
+
     folder = outputs / "rebalance" / day.isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "picks.csv"
     picks_frame(shares).write_csv(path)
+    if record_gates:
+        gates = [GateResult(name, True, "block", "passed", None)
+                 for name in ("feat_matrix_has_signal_date", "ml_alpha_coverage", "min_eligible_block")]
+        with store.connect(db or Path(os.environ["KAIROS_DUCKDB_PATH"])) as con:
+            gate_records.record_gate_results(con, gate_records.gate_rows(
+                day, cal.previous_session(day), gates, picks_content_hash(path), blocking={g.name for g in gates},
+                run_id="test-rebalance", now=dt.datetime(2026, 1, 15, 22, tzinfo=dt.UTC)))
     return path

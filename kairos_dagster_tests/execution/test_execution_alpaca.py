@@ -66,7 +66,7 @@ def env(tmp_path, monkeypatch, fake):
     monkeypatch.setenv("APCA_API_DATA_URL", fake.base_url)
     settings = load_settings({"KAIROS_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
                               "KAIROS_OUTPUT_DIR": str(tmp_path / "outputs")})
-    picks = write_picks(tmp_path / "outputs")
+    picks = write_picks(tmp_path / "outputs", db=tmp_path / "k.duckdb")
     return settings, picks, tmp_path
 
 

@@ -207,39 +207,59 @@ def test_demo_execution_previews_then_executes_and_verifies_on_the_simulated_bro
     assert rows(db, "SELECT count(*) FROM execution_orders WHERE status = 'filled'")[0][0] == 4
 
 
-def test_failed_blocking_rebalance_gate_of_the_partition_blocks_execution(env, monkeypatch):
-    """The gate verdicts are read from the instance: a stand-in rebalance_picks with the real gate check specs
-    records a failed blocking gate for the week; execution of that week is then refused."""
-    from dagster import AssetCheckResult, Definitions, Failure, asset
+def test_failed_blocking_rebalance_gate_blocks_execution_from_the_warehouse_even_with_a_fresh_home(env, monkeypatch):
+    """The gate verdicts live in the warehouse (rebalance_gate_results): a failed blocking gate refuses
+    execution, and a fresh Dagster home on the same (copied) warehouse changes nothing."""
+    import shutil
 
-    from kairos_dagster.assets.execution import rebalance_gate_status
-    from kairos_dagster.checks.rebalance_gates import rebalance_gate_specs
-    from kairos_dagster.partitions import WEEKLY
-    from kairos_dagster.runner import run_selection
+    from kairos_dagster.broker.approval import picks_content_hash
+    from kairos_dagster.portfolio import gate_records
+    from kairos_dagster.portfolio.gates import GateResult
 
     db, picks, tmp = env
     monkeypatch.setenv("KAIROS_AUTO_PAPER", "1")
+    gates = [GateResult("ml_alpha_coverage", False, "block", "alpha coverage 80% < 95%", 0.8),
+             GateResult("turnover", True, "warn", "turnover 20%", 0.2)]
+    with duckdb.connect(str(db)) as con:
+        gate_records.record_gate_results(con, gate_records.gate_rows(
+            REB, dt.date(2026, 1, 15), gates, picks_content_hash(picks), blocking={"ml_alpha_coverage"},
+            run_id="r1", now=dt.datetime(2026, 1, 15, 22, tzinfo=dt.UTC)))
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 1 and "ml_alpha_coverage: alpha coverage 80% < 95%" in out, out
+    # a copy of the warehouse with a brand-new Dagster home: still refused
+    copy = tmp / "copy.duckdb"
+    shutil.copy(db, copy)
+    monkeypatch.setenv("KAIROS_DUCKDB_PATH", str(copy))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp / "fresh_home"))
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 1 and "ml_alpha_coverage: alpha coverage 80% < 95%" in out, out
+    code, out = kairos("execute", "--picks", str(picks), "--as-of", PRE_OPEN)  # the preview still works
+    assert code == 0 and "ml_alpha_coverage" in out, out
+    assert not has_table(copy, "execution_orders") and rows(copy, "SELECT count(*) FROM sim_orders")[0][0] == 0
 
-    @asset(name="rebalance_picks", partitions_def=WEEKLY, check_specs=rebalance_gate_specs())
-    def stand_in():
-        for spec in rebalance_gate_specs():
-            yield AssetCheckResult(check_name=spec.name, passed=spec.name != "ml_alpha_coverage",
-                                   description="alpha coverage 80% < 95%")
-        raise Failure("blocked")
 
-    real = build_definitions(load_settings())
-    with DagsterInstance.ephemeral() as inst:
-        assert rebalance_gate_status(inst, "2026-01-12")[0] == []
-        run_selection(Definitions(assets=[stand_in]), ["rebalance_picks"], partition_key="2026-01-12", instance=inst,
-                      raise_on_error=False)
-        failed, source = rebalance_gate_status(inst, "2026-01-12")
-        assert failed == ["ml_alpha_coverage: alpha coverage 80% < 95%"] and source.startswith("rebalance run")
-        assert rebalance_gate_status(inst, "2026-01-19")[0] == []  # another week is not affected
-        defs = Definitions(assets=[a for a in real.assets if getattr(a, "op", None) is None
-                                   or a.op.name != "rebalance"], resources=real.resources, executor=real.executor)
-        r = run_selection(defs, ["execution"], partition_key="2026-01-12", instance=inst, raise_on_error=False,
-                          run_config={"ops": {"execution": {"config": {"mode": "execute", "as_of": PRE_OPEN}}}})
-        from kairos_dagster.cli import _failure_messages
+def test_hand_made_or_changed_picks_are_refused_unless_an_override_is_recorded(env, monkeypatch):
+    from kairos_dagster.portfolio import gate_records
+    from kairos_dagster_tests.execution._setup import SHARES
 
-        assert not r.success and "failed blocking gates: ['ml_alpha_coverage" in "\n".join(_failure_messages(r))
-    assert not has_table(db, "execution_orders") and rows(db, "SELECT count(*) FROM sim_orders")[0][0] == 0
+    db, picks, tmp = env
+    monkeypatch.setenv("KAIROS_AUTO_PAPER", "1")
+    # the picks file changed after the rebalance evaluated it
+    write_picks(tmp / "outputs", {**SHARES, "AAA": 81}, record_gates=False)
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 1 and "gates_evaluated_on_other_picks" in out, out
+    # never evaluated at all (hand-made picks)
+    with duckdb.connect(str(db)) as con:
+        con.execute(f"DELETE FROM {gate_records.GATE_RESULTS_TABLE}")
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 1 and "gates_not_evaluated" in out, out
+    code, out = kairos("override", "--date", REB.isoformat(), "--gate", "gates_not_evaluated", "--by", "ops")
+    assert code == 2 and "--note" in out, out
+    code, out = kairos("override", "--date", REB.isoformat(), "--gate", "gates_not_evaluated", "--by", "ops",
+                       "--note", "hand-made picks for the test account")
+    assert code == 0 and "recorded" in out, out
+    (rec,) = rows(db, "SELECT gate, overridden_by, os_user, host, note FROM gate_overrides")
+    assert rec[0] == "gates_not_evaluated" and rec[1] == "ops" and rec[2] and rec[3] and rec[4].startswith("hand-made")
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 0 and "overridden by ops" in out, out
+    assert rows(db, "SELECT count(*) FROM execution_orders")[0][0] == 4
