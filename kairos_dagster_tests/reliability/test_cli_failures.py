@@ -195,3 +195,43 @@ def test_an_unexpected_error_is_one_line_naming_the_cause_and_debug_shows_the_tr
     assert "error: BrokerError: simulated broker needs table sep_base" in out.stderr
     debug = kairos(env, "--debug", "emergency", "cancel-all", timeout=120)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_a_live_holder_of_the_warehouse_slot_is_waited_for_then_reaped_when_its_process_dies(tmp_path):
+    """A run of this host holding the `duckdb` slot: the next command says who holds it and gives up after
+    KAIROS_POOL_WAIT_S; once that run's process is gone, the next command reaps it and runs."""
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from kairos_dagster import run_guard
+
+    env = make_env(tmp_path, KAIROS_POOL_WAIT_S="3")
+    holder = subprocess.Popen(["sleep", "600"])
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    try:
+        with DagsterInstance.get() as inst:
+            tags = {run_guard.HOST_TAG: __import__("socket").gethostname(), run_guard.PID_TAG: str(holder.pid),
+                    run_guard.PID_START_TAG: run_guard.process_start(holder.pid)}
+            run = inst.add_run(DagsterRun(job_name="weekly_pipeline_job", run_id="a" * 36,
+                                          status=DagsterRunStatus.STARTED, tags=tags))
+            inst.event_log_storage.initialize_concurrency_limit_to_default(run_guard.POOL)  # as the executor does
+            inst.event_log_storage.claim_concurrency_slot(run_guard.POOL, run.run_id, "sep_base")
+        out = kairos(env, "backfill", "2023-01-02", "2023-01-09", "--select", "tickers", timeout=120)
+        assert out.returncode == 1, out.stderr
+        assert f"waiting for the warehouse slot held by run {run.run_id} (weekly_pipeline_job)" in out.stderr
+        assert f"by PID {holder.pid}" in out.stderr and "still held" in out.stderr
+        assert not (tmp_path / "kairos.duckdb").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    out = kairos(env, "backfill", "2023-01-02", "2023-01-09", "--select", "tickers", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"run {run.run_id} (PID {holder.pid}): marked failed" in out.stderr
+    assert run_status(env, run.run_id) == DagsterRunStatus.FAILURE
+
+
+def test_the_instance_frees_slots_of_ended_runs_where_the_daemon_runs():
+    import yaml
+
+    cfg = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    assert cfg["run_monitoring"]["enabled"] is True
+    assert 0 < cfg["run_monitoring"]["free_slots_after_run_end_seconds"] <= 300
