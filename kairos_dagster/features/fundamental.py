@@ -374,9 +374,11 @@ def _window_sum(rows: pl.DataFrame, events: pl.DataFrame, value: str, days: int,
             cum.rename({"_cum": alias}), left_on=key, right_on="filingdate", by="ticker",
             strategy="backward", check_sortedness=False,
         ).drop("filingdate")
-    return r.with_columns(
-        (pl.col("_c1").fill_null(0.0) - pl.col("_c0").fill_null(0.0)).alias(name)
-    ).drop("_c1", "_c0", "_d0")
+    c1, c0 = pl.col("_c1").fill_null(0.0), pl.col("_c0").fill_null(0.0)
+    diff = c1 - c0
+    # a window whose events net to zero is exactly 0, not the add-subtract residue of two large cum sums
+    residue = diff.abs() <= xs.FLAT_RTOL * pl.max_horizontal(c1.abs(), c0.abs())
+    return r.with_columns(pl.when(residue).then(0.0).otherwise(diff).alias(name)).drop("_c1", "_c0", "_d0")
 
 
 def _window_distinct(rows: pl.DataFrame, events: pl.DataFrame, who: str, days: int, name: str) -> pl.DataFrame:

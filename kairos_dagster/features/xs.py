@@ -6,8 +6,10 @@ Every verb works per date by default (``by=("date",)``) and optionally per group
 - NaN and ±inf are treated as missing: they become null, stay null and are not counted in means,
   standard deviations, ranks or bucket sizes.
 - Standard deviations are population (ddof=0) unless ``ddof`` says otherwise.
-- A group whose standard deviation is 0 (or which has a single value) gives a null z-score rather than
-  ±inf: there is no cross-sectional information in it.
+- A group whose standard deviation is 0, or within float rounding of its scale (``is_flat``:
+  std <= FLAT_RTOL * max(1, |mean|)), or which has a single value, gives a null z-score rather than ±inf
+  or rounding noise scaled up to ±1: there is no cross-sectional information in it. (Two names equal up
+  to 1e-17 would otherwise get z = ±1, and a run with one more week of history could flip them.)
 - Rows whose group key is null form no group: their result is null (a null sector is not a sector).
 """
 
@@ -18,6 +20,15 @@ from collections.abc import Sequence
 import polars as pl
 
 By = str | Sequence[str]
+# Relative spread below which a group is flat: float64 rounding of sums and means is ~1e-16 relative, and
+# inputs computed along different paths (a longer history, another chunking) agree to ~1e-15; real
+# cross-sectional spreads are many orders of magnitude above this.
+FLAT_RTOL = 1e-12
+
+
+def spread_ok(sd: pl.Expr, mean: pl.Expr) -> pl.Expr:
+    """True where a standard deviation is real information, not rounding (see FLAT_RTOL)."""
+    return sd > FLAT_RTOL * pl.max_horizontal(pl.lit(1.0), mean.abs())
 
 
 def _keys(by: By) -> list[str]:
@@ -53,11 +64,12 @@ def demean(col: str | pl.Expr, by: By = ("date",)) -> pl.Expr:
 
 
 def zscore(col: str | pl.Expr, by: By = ("date",), ddof: int = 0) -> pl.Expr:
-    """(x - mean) / std over the group; population std (ddof=0); null where std is 0 or undefined."""
+    """(x - mean) / std over the group; population std (ddof=0); null where the group is flat (std 0 or
+    within rounding of its scale) or std is undefined."""
     keys = _keys(by)
     x = clean(col)
-    sd = x.std(ddof=ddof).over(keys)
-    z = pl.when(sd > 0).then((x - x.mean().over(keys)) / sd).otherwise(None)
+    sd, mean = x.std(ddof=ddof).over(keys), x.mean().over(keys)
+    z = pl.when(spread_ok(sd, mean)).then((x - mean) / sd).otherwise(None)
     return _alias(_null_if_key_null(z, keys), col)
 
 
@@ -132,7 +144,7 @@ def add_zscores_clipped(
         *[pl.col(f"_x_{i}").std(ddof=0).alias(f"_s_{i}") for i in range(len(cols))],
     )
     out = lf.join(stats, on=keys, how="left", maintain_order="left").with_columns(
-        pl.when(pl.col(f"_s_{i}") > 0)
+        pl.when(spread_ok(pl.col(f"_s_{i}"), pl.col(f"_m_{i}")))
         .then(((pl.col(f"_x_{i}") - pl.col(f"_m_{i}")) / pl.col(f"_s_{i}")).clip(-limit, limit))
         .otherwise(None)
         .alias(f"{prefix}{c}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from kairos_dagster.features.xs import spread_ok
+
 from kairos_dagster import calendar as cal
 from kairos_dagster.portfolio.config import Risk4Config
 
@@ -108,11 +110,12 @@ def score_and_rank(eligible: pl.DataFrame, clip: float) -> pl.DataFrame:
     """alpha_z over the eligible rows (population std), clipped to +-clip, with rank 1..n.
 
     Ties (clipping makes many) are broken by ticker so the ranking is deterministic. A cross-section
-    with zero spread has no information: every alpha_z is 0.
+    with zero spread, or a spread within float rounding of its scale (features.xs.FLAT_RTOL), has no
+    information: every alpha_z is 0.
     """
     a = pl.col("alpha")
     std = a.std(ddof=0)
-    z = pl.when(std > 0).then((a - a.mean()) / std).otherwise(0.0).clip(-clip, clip)
+    z = pl.when(spread_ok(std, a.mean())).then((a - a.mean()) / std).otherwise(0.0).clip(-clip, clip)
     return (
         eligible.with_columns(z.alias("alpha_z"))
         .sort(["alpha_z", "ticker"], descending=[True, False])

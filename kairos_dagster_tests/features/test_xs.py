@@ -128,3 +128,45 @@ def test_duplicate_keys_fast_path_and_fallback():
     dup = pl.concat([ok, ok.tail(1)])
     assert duplicate_keys(dup) == 1
     assert duplicate_keys(dup.sort("ticker", "date")) == 1  # sorted with a repeat: not strictly increasing
+
+
+def test_a_group_flat_up_to_rounding_is_flat():
+    """The reported case: two Real Estate names 1e-17 apart had z = +-1 (noise scaled to a full std)."""
+    df = pl.DataFrame({"date": [1] * 5, "sector": ["RE", "RE", "Tech", "Tech", "Tech"],
+                       "x": [-0.017071, -0.017071 + 1e-17, 1.0, 2.0, 3.0]})
+    out = df.with_columns(xs.zscore("x", ("date", "sector")).alias("z"))
+    assert out["z"].to_list()[:2] == [None, None]
+    assert out["z"].to_list()[2:] == pytest.approx([-1.2247448714, 0.0, 1.2247448714])
+    big = pl.DataFrame({"date": [1, 1], "x": [1e9, 1e9 * (1 + 1e-15)]})  # relative, not absolute
+    assert big.with_columns(xs.zscore("x"))["x"].to_list() == [None, None]
+    stacked = xs.add_zscores_clipped(df, ["x"], by=("date", "sector"))
+    assert stacked["_z_x"].to_list()[:2] == [None, None]
+
+
+def test_rounding_noise_is_never_amplified():
+    """Metamorphic: every input perturbed by up to 1e-13 relative moves no z-score (plain, clipped, stacked,
+    per date and per sector) by more than 1e-9, on cross-sections with 1-3 names in some sectors and
+    groups that are flat up to rounding."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    sector = rng.choice(["A", "B", "C", "D", "E"], n, p=[0.6, 0.3, 0.05, 0.03, 0.02])
+    x = rng.standard_normal(n)
+    flat = rng.random(n) < 0.3
+    x[flat & (sector == "D")] = 0.25  # a sector flat except for rounding
+    df = pl.DataFrame({"date": rng.integers(0, 40, n), "sector": sector, "x": x})
+    df = df.with_columns(pl.when(pl.col("x") == 0.25).then(0.25 + rng.standard_normal(n) * 1e-17)
+                         .otherwise(pl.col("x")).alias("x"))
+    noisy = df.with_columns(pl.col("x") * (1 + pl.Series(rng.uniform(-1e-13, 1e-13, n))))
+
+    def scores(frame: pl.DataFrame) -> pl.DataFrame:
+        out = frame.with_columns(xs.zscore("x").alias("z_date"), xs.zscore("x", ("date", "sector")).alias("z_sec"),
+                                 xs.zscore_clipped("x", ("date", "sector")).alias("z_clip"))
+        return xs.add_zscores_clipped(out, ["x"], by=("date", "sector"))
+
+    a, b = scores(df), scores(noisy)
+    for col in ("z_date", "z_sec", "z_clip", "_z_x"):
+        assert a[col].is_null().to_list() == b[col].is_null().to_list(), col
+        diff = (a[col] - b[col]).abs().max()
+        assert diff is None or diff <= 1e-9, (col, diff)
