@@ -340,7 +340,9 @@ class NasdaqDataLinkClient:
     def _raise_for_error(self, resp: httpx.Response, table: str, where: str) -> None:
         code, message = "", resp.text[:200]
         try:
-            err = resp.json().get("quandl_error") or {}
+            body = resp.json()
+            # the API's documented body is {"quandl_error": {...}}; the official SDK reads {"error": {...}}
+            err = body.get("quandl_error") or body.get("error") or {}
             code, message = str(err.get("code", "")), str(err.get("message", message))
         except (ValueError, AttributeError):
             pass

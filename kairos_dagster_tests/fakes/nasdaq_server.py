@@ -79,7 +79,11 @@ class FakeNasdaqServer:
         seed: int = 0,
         slow_seconds: float = 0.5,
         max_per_page: int = 10_000,
+        error_key: str = "quandl_error",
     ) -> None:
+        if error_key not in ("quandl_error", "error"):
+            raise ValueError(f"error_key must be 'quandl_error' (the API's) or 'error' (the SDK's), got {error_key!r}")
+        self.error_key = error_key
         self.provider = provider
         self.api_key = api_key
         self.tables = {t.upper() for t in tables}
@@ -194,35 +198,35 @@ class FakeNasdaqServer:
         with self._lock:
             self.requests.append({"path": path, "params": dict(query), "auth": auth})
         if key != self.api_key:
-            return _error("auth")
+            return _error("auth", self.error_key)
         prefix = "/api/v3/datatables/SHARADAR/"
         if not path.startswith(prefix):
-            return _error("unknown_table")
+            return _error("unknown_table", self.error_key)
         rest = path[len(prefix):]
         if rest.endswith("/metadata.json"):
             table = rest[: -len("/metadata.json")].upper()
             if table not in self.tables:
-                return _error("unknown_table")
+                return _error("unknown_table", self.error_key)
             return 200, json.dumps(self._metadata(table)).encode(), "metadata"
         if not rest.endswith(".json"):
-            return _error("unknown_table")
+            return _error("unknown_table", self.error_key)
         table = rest[: -len(".json")].upper()
         if table not in self.tables:
-            return _error("unknown_table")
+            return _error("unknown_table", self.error_key)
         if table in self.forbidden_tables:
-            return _error("forbidden")
+            return _error("forbidden", self.error_key)
 
         cursor_id = query.get("qopts.cursor_id")
         fault = self._pick_fault(cursor_id is not None)
         if fault == "drop":
             return 0, b"", "drop"
         elif fault in _ERRORS:
-            return _error(fault)
+            return _error(fault, self.error_key)
 
         try:
             frame, next_cursor, page = self._select(table, query)
         except _BadRequest as exc:
-            return _error(exc.kind)
+            return _error(exc.kind, self.error_key)
         body = self._render(frame, next_cursor, page)
         if fault == "truncated":
             return 200, body[: max(1, len(body) // 2)], "truncated"
@@ -312,9 +316,9 @@ class _BadRequest(Exception):
         self.kind = kind
 
 
-def _error(kind: str) -> tuple[int, bytes, str]:
+def _error(kind: str, key: str = "quandl_error") -> tuple[int, bytes, str]:
     status, code, message = _ERRORS[kind]
-    return status, json.dumps({"quandl_error": {"code": code, "message": message}}).encode(), kind
+    return status, json.dumps({key: {"code": code, "message": message}}).encode(), kind
 
 
 def _coerce(raw: str, dtype: pl.DataType) -> Any:

@@ -311,3 +311,18 @@ def test_faulty_server_gives_the_same_tables(provider) -> None:
     assert faults >= 3, faulty.counts
     assert 0.05 < faults / faulty.total_calls < 0.4, faulty.counts
     assert len(set(faulty.counts) - {"ok"}) >= 4, faulty.counts  # several kinds of fault, not one
+
+
+@pytest.mark.parametrize("error_key", ["quandl_error", "error"])
+def test_both_error_bodies_are_handled_alike(provider, error_key) -> None:
+    """The API documents {"quandl_error": {...}}; the official SDK reads {"error": {...}}: same handling."""
+    fake = FakeNasdaqServer(provider, api_key=KEY, forbidden_tables={"SF3"}, slow_seconds=SLOW, error_key=error_key)
+    with fake:
+        # the code and message are read from the body (not the raw JSON text after a bare status)
+        with pytest.raises(NasdaqAuthError, match=r"bad API key \(HTTP \d+ QEAx01: [^{]"):
+            make_client(fake, api_key="wrong-key-123").fetch_table("SEP")
+        with pytest.raises(NasdaqAuthError, match=r"no permission for table SF3 \(HTTP \d+ QEPx04: [^{]"):
+            make_client(fake).fetch_range("SF3", None, None)
+        with pytest.raises(NasdaqDataLinkError, match=r"unknown table INDICATORS \(HTTP \d+ QECx02: [^{]"):
+            make_client(fake).fetch_table("INDICATORS")
+        assert fake.total_calls == 3
