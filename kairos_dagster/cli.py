@@ -144,9 +144,12 @@ def sync_cmd(
             raise _fail(f"unknown table {name!r}; choose from {', '.join(SHARADAR_ALIASES)}")
         chosen.append(SYNC_TABLES[asset])
 
-    from kairos_dagster.definitions import build_resources
+    from kairos_dagster.resources import SharadarSource, SourceConfigError
 
-    source = build_resources(settings)["source"].build()
+    try:  # every field from the settings; the key read from the environment here, never printed
+        source = SharadarSource().build()
+    except SourceConfigError as exc:
+        raise _fail(str(exc)) from None
     from kairos_dagster.partitions import WEEKLY
 
     current_week = WEEKLY.get_last_partition_key()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, EnvVar, in_process_executor
+from dagster import Definitions, in_process_executor
 
 from kairos_dagster.assets.execution import EXECUTION_ASSETS
 from kairos_dagster.assets.features import FEATURE_ASSETS
@@ -24,21 +24,16 @@ from kairos_dagster.automation import (
 from kairos_dagster.broker.resource import BrokerResource
 from kairos_dagster.console_logger import compact_console_logger
 from kairos_dagster.instance_tuning import install_sqlite_tuning
-from kairos_dagster.resources import SharadarSource
+from kairos_dagster.resources import source_resource
 from kairos_dagster.settings import Settings, load_settings
 from kairos_dagster.warehouse.io_manager import DuckDBWarehouse, KairosDuckDBIOManager
 
 
 def build_resources(settings: Settings) -> dict:
     path = str(settings.duckdb_path)
-    source = SharadarSource(
-        kind=settings.data_source,
-        api_key=EnvVar("NASDAQ_DATA_LINK_API_KEY") if settings.data_source == "nasdaq" else None,
-        synthetic_seed=settings.synthetic_seed,
-        synthetic_tickers=settings.synthetic_tickers,
-        synthetic_signal=settings.synthetic_signal,
-        as_of=settings.as_of.isoformat() if settings.as_of else "",
-    )
+    # Fields a run config leaves out keep the settings' values: a partial run config can never change
+    # where the data comes from (resources.source_resource).
+    source = source_resource(settings)
     return {
         "warehouse_io": KairosDuckDBIOManager(path=path),
         "warehouse": DuckDBWarehouse(path=path),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_NASDAQ_BASE_URL = "https://data.nasdaq.com/api/v3"
 
 
 class SettingsError(ValueError):
@@ -92,6 +93,7 @@ class Settings:
     optuna_storage: Path | str | None = None  # directory of Optuna journal files, or a database URL
     ml_anchor: dt.date | None = None  # walk-forward grid anchor; None: derived from start_date (assets/ml.py)
     as_of: dt.date | None = None  # KAIROS_AS_OF: replay the synthetic market as if this day were today
+    nasdaq_base_url: str = DEFAULT_NASDAQ_BASE_URL  # KAIROS_NASDAQ_BASE_URL (a proxy, a local server)
 
     @property
     def nasdaq_key_present(self) -> bool:
@@ -132,7 +134,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         optuna_storage=_optuna_storage(env, duckdb_path),
         ml_anchor=_monday(env, "KAIROS_ML_ANCHOR", "") if env.get("KAIROS_ML_ANCHOR", "").strip() else None,
         as_of=as_of,
+        nasdaq_base_url=_url(env, "KAIROS_NASDAQ_BASE_URL", DEFAULT_NASDAQ_BASE_URL),
     )
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if not re.match(r"^https?://[^/\s]+", raw):
+        raise SettingsError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
 
 
 def _as_of(env: Mapping[str, str], source: str) -> dt.date | None:

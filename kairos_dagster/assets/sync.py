@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
+    Failure,
     MetadataValue,
     Output,
     asset,
@@ -19,7 +20,8 @@ from dagster import (
 from kairos_dagster import calendar
 from kairos_dagster.assets.metadata import frame_metadata, markdown_table, weekly_output
 from kairos_dagster.partitions import SINGLE_RUN, WEEKLY, window_dates
-from kairos_dagster.resources import SharadarSource
+from kairos_dagster.resources import SharadarSource, SourceConfigError
+from kairos_dagster.settings import SettingsError
 from kairos_dagster.sources.sync import SYNC_TABLES, SyncTable, fetch_tickers, sync_window
 from kairos_dagster.sources.validate import DEFAULT_REJECT_THRESHOLD
 from kairos_dagster.warehouse import store
@@ -36,15 +38,42 @@ GROUP = "sync"
     kinds={"duckdb", "polars"},
     check_specs=[AssetCheckSpec("unique_table_ticker", asset="tickers")],
 )
-def tickers(context: AssetExecutionContext, source: SharadarSource) -> Iterator:
+def tickers(context: AssetExecutionContext, source: SharadarSource, warehouse: DuckDBWarehouse) -> Iterator:
     """SHARADAR TICKERS: one row per (table, ticker) with sector, industry, category and listing dates."""
-    df = fetch_tickers(source.build())
+    ident = bind_source(warehouse, source)
+    df = fetch_tickers(_build(source))
     md = frame_metadata(df, None, nulls=False)
-    md["source"] = MetadataValue.text(source.kind)
+    md["source"] = MetadataValue.text(ident)
     md["sep_tickers"] = MetadataValue.int(df.filter(pl.col("table") == "SEP").height)
     md["delisted"] = MetadataValue.int(df.filter((pl.col("table") == "SEP") & (pl.col("isdelisted") == "Y")).height)
     yield Output(df, metadata=md)
     yield AssetCheckResult(check_name="unique_table_ticker", passed=True, metadata={"rows": df.height})
+
+
+def bind_source(warehouse: DuckDBWarehouse, source: SharadarSource) -> str:
+    """The source this run syncs from, checked against the one the warehouse was built from (recorded in
+    kairos_meta at its first sync): a warehouse never holds synthetic rows beside real ones."""
+    try:
+        ident = source.identity()
+    except (SourceConfigError, SettingsError) as exc:
+        raise Failure(description=f"data source: {exc}") from None
+    with warehouse.connect() as con:
+        held = store.read_meta(con, "data_source")
+        if held is None:
+            store.write_meta(con, "data_source", ident)
+        elif held != ident:
+            raise Failure(description=(
+                f"warehouse {warehouse.path} holds data from source `{held}`; this run's source is `{ident}`: a "
+                "warehouse never mixes sources (point KAIROS_DUCKDB_PATH at another file, or set KAIROS_DATA_SOURCE / "
+                "KAIROS_SYNTHETIC_* to the warehouse's); nothing was written"))
+    return ident
+
+
+def _build(source: SharadarSource):
+    try:
+        return source.build()
+    except (SourceConfigError, SettingsError) as exc:
+        raise Failure(description=f"data source: {exc}") from None
 
 
 def _stored_checks(warehouse: DuckDBWarehouse, table: SyncTable, start: dt.date, end: dt.date) -> list[AssetCheckResult]:
@@ -112,11 +141,12 @@ def _sync_asset(table: SyncTable) -> AssetsDefinition:
     )
     def _sync(context: AssetExecutionContext, source: SharadarSource, warehouse: DuckDBWarehouse) -> Iterator:
         start, end = window_dates(context.partition_time_window)
+        ident = bind_source(warehouse, source)
         known = warehouse.read("tickers", columns=["ticker"]).get_column("ticker").unique()
-        result = sync_window(source.build(), table, start, end, known)
+        result = sync_window(_build(source), table, start, end, known)
         _record_rejects(warehouse, name, result.rejects, start, end)
         md = frame_metadata(result.clean, table.partition_column)
-        md["source"] = MetadataValue.text(source.kind)
+        md["source"] = MetadataValue.text(ident)
         md["window"] = MetadataValue.text(f"{start} .. {end - dt.timedelta(days=1)}")
         md["input_rows"] = MetadataValue.int(result.input_rows)
         md["rejected_rows"] = MetadataValue.int(result.rejected)

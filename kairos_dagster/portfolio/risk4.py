@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from kairos_dagster.features.xs import spread_ok
-
 from kairos_dagster import calendar as cal
+from kairos_dagster.features.xs import spread_ok
 from kairos_dagster.portfolio.config import Risk4Config
 
 TOL = 1e-9

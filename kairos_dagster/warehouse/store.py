@@ -228,3 +228,17 @@ def date_range(con: duckdb.DuckDBPyConnection, table: str, column: str) -> tuple
         return None, None, 0
     lo, hi, n = con.execute(f"SELECT min({ident(column)}), max({ident(column)}), count(*) FROM {ident(table)}").fetchone()
     return lo, hi, int(n)
+
+
+META_TABLE = "kairos_meta"  # facts about the warehouse itself (key, value): e.g. the data source it holds
+
+
+def read_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    if not table_exists(con, META_TABLE):
+        return None
+    row = con.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def write_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    upsert_rows(con, META_TABLE, pl.DataFrame({"key": [key], "value": [value]}), ["key"])

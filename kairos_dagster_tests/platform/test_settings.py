@@ -80,3 +80,11 @@ def test_as_of_source_serves_data_through_the_session_before_that_morning():
     assert src.latest_date("SEP") == dt.date(2026, 4, 1)
     sep = src.fetch("SEP", dt.date(2026, 3, 30), dt.date(2026, 4, 5))
     assert sep["date"].max() == dt.date(2026, 4, 1)
+
+
+def test_nasdaq_base_url_setting():
+    assert load_settings({}).nasdaq_base_url == "https://data.nasdaq.com/api/v3"
+    assert load_settings({"KAIROS_NASDAQ_BASE_URL": "http://127.0.0.1:8080/api/v3/"}).nasdaq_base_url == \
+        "http://127.0.0.1:8080/api/v3"
+    with pytest.raises(SettingsError, match="KAIROS_NASDAQ_BASE_URL must be an http"):
+        load_settings({"KAIROS_NASDAQ_BASE_URL": "data.nasdaq.com"})
