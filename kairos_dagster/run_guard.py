@@ -26,7 +26,6 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 POOL = "duckdb"
 HOST_TAG, PID_TAG, PID_START_TAG = "kairos/host", "kairos/pid", "kairos/pid_start"
 LIVE_STATUSES = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
-DEFAULT_WAIT_S = 600.0
 
 
 class PoolWaitTimeout(RuntimeError):
@@ -123,16 +122,10 @@ def wait_for_pool(instance: DagsterInstance, echo: Callable[[str], None], *, tim
 
 
 def pool_wait_seconds() -> float:
-    raw = os.environ.get("KAIROS_POOL_WAIT_S", "").strip()
-    if not raw:
-        return DEFAULT_WAIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"KAIROS_POOL_WAIT_S must be a number of seconds, got {raw!r}") from None
-    if not 0 <= value <= 86_400:
-        raise ValueError(f"KAIROS_POOL_WAIT_S must be between 0 and 86400, got {raw}")
-    return value
+    """KAIROS_POOL_WAIT_S (settings; default 600 s)."""
+    from kairos_dagster.settings import load_settings
+
+    return load_settings().pool_wait_s
 
 
 def _started(instance: DagsterInstance, run_id: str) -> str:

@@ -94,6 +94,7 @@ class Settings:
     ml_anchor: dt.date | None = None  # walk-forward grid anchor; None: derived from start_date (assets/ml.py)
     as_of: dt.date | None = None  # KAIROS_AS_OF: replay the synthetic market as if this day were today
     nasdaq_base_url: str = DEFAULT_NASDAQ_BASE_URL  # KAIROS_NASDAQ_BASE_URL (a proxy, a local server)
+    pool_wait_s: float = 600.0  # KAIROS_POOL_WAIT_S: how long a command waits for the warehouse slot
 
     @property
     def nasdaq_key_present(self) -> bool:
@@ -135,6 +136,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ml_anchor=_monday(env, "KAIROS_ML_ANCHOR", "") if env.get("KAIROS_ML_ANCHOR", "").strip() else None,
         as_of=as_of,
         nasdaq_base_url=_url(env, "KAIROS_NASDAQ_BASE_URL", DEFAULT_NASDAQ_BASE_URL),
+        pool_wait_s=_float(env, "KAIROS_POOL_WAIT_S", 600.0, minimum=0.0, maximum=86_400.0),
     )
 
 

@@ -173,7 +173,7 @@ def test_selection_trims_spaces_and_takes_asset_keys():
 
     graph = defs.resolve_asset_graph()
     picked = {k.to_user_string() for k in _selection(defs, "sync, phase1_universe").resolve(graph)}
-    assert {"sep_base", "tickers", "universe", "market_returns"} <= picked
+    assert {"sep_base", "tickers", "universe", "sep_base_academic"} <= picked and "feat_beta" not in picked
     assert {k.to_user_string() for k in _selection(defs, " sep_base ,feat_beta").resolve(graph)} == {"sep_base",
                                                                                                      "feat_beta"}
 
@@ -235,3 +235,17 @@ def test_the_instance_frees_slots_of_ended_runs_where_the_daemon_runs():
     cfg = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     assert cfg["run_monitoring"]["enabled"] is True
     assert 0 < cfg["run_monitoring"]["free_slots_after_run_end_seconds"] <= 300
+
+
+def test_a_failed_step_is_one_line_naming_the_asset_the_week_and_the_cause(tmp_path):
+    """`approve` of a header-only picks file used to end in Dagster's wrapper error with the cause buried."""
+    from kairos_dagster_tests.execution._setup import build_sep, write_picks
+
+    env = make_env(tmp_path, KAIROS_START_DATE="2025-12-01")
+    build_sep(tmp_path / "kairos.duckdb")
+    picks = write_picks(tmp_path / "outputs", db=tmp_path / "kairos.duckdb")
+    picks.write_text(picks.read_text().splitlines()[0] + "\n")  # the header only
+    out = kairos(env, "approve", "--date", "2026-01-16", "--by", "me", timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "DagsterExecutionStepExecutionError" not in out.stderr
+    assert "rebalance_approval (week 2026-01-12): kairos_dagster.broker.approval.ApprovalError: picks are empty" \
+        in out.stderr, out.stderr
