@@ -16,7 +16,7 @@ import pandas as pd
 import polars as pl
 
 from kairos_dagster.features import technical as T
-from kairos_dagster.features.rolling import build_table, merge_stages
+from kairos_dagster.features.ops import build_table, merge_stages, prepare_prices
 from kairos_dagster.features.universe import market_returns
 
 
@@ -85,7 +85,7 @@ def run_polars(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
     evaluated in one pass (what the tables do, minus the columns pandas does not compute)."""
     feats = {f.name: f for f in (*T.PRICE_ACTION, *T.TREND, *T.VOL_VOLATILITY, *T.BETA)}
     stages = merge_stages(*(T.TABLE_HELPERS[t] for t in ("feat_trend", "feat_vol_volatility", "feat_beta")))
-    lf = T._prepare(prices, "bench").join(mkt_ret.lazy(), on="date", how="left", maintain_order="left")
+    lf = prepare_prices(prices, "bench").join(mkt_ret.lazy(), on="date", how="left", maintain_order="left")
     # helper columns no subset feature reads are pruned by the query optimizer
     return build_table(lf, [feats[c] for c in SUBSET], helpers=stages)
 

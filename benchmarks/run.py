@@ -148,7 +148,7 @@ def scale_key(tickers: int, years: int) -> str:
 # The project's pools (one DuckDB writer) with run and event storage inside the scratch DAGSTER_HOME.
 DAGSTER_YAML = """storage:
   custom:
-    module: kairos_dagster.instance_storage
+    module: kairos_dagster.instance.storage
     class: KairosSqliteStorage
     config:
       base_dir: {home}

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kairos_dagster.features.technical import ML_LABEL
+from kairos_dagster.features.targets import ML_LABEL
 
 FEATURE_GROUPS = ("phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites",
                   "phase5_regime", "phase5_composites")
@@ -57,7 +57,7 @@ def _materialize(selection: Any, partition_range: tuple[str, str], run_config: d
     """One run of `selection` over the partition range through the Dagster instance; time and counts."""
     from dagster import DagsterInstance
 
-    from kairos_dagster.runner import dagster_home, run_selection
+    from kairos_dagster.instance.runner import dagster_home, run_selection
 
     defs = _defs()
     dagster_home()
@@ -205,9 +205,9 @@ def stage_pandas() -> dict:
 # ------------------------------------------------------------------------------- issue 4
 def _ml_history() -> tuple[pl.DataFrame, pl.DataFrame, list[dt.date], dict]:
     """Training rows of one model on the full window: universe on rebalance dates, labels known by the end."""
-    from kairos_dagster.assets.ml import default_anchor
     from kairos_dagster.calendar import rebalance_dates_between
     from kairos_dagster.ml import tables
+    from kairos_dagster.ml.walk_forward import default_anchor
     from kairos_dagster.settings import load_settings
 
     # From the walk-forward anchor, as the assets do: before it the universe is still warming up.
@@ -399,13 +399,15 @@ def stage_friday() -> dict:
     for a week that only scores)."""
     from dagster import build_schedule_context
 
-    from kairos_dagster.automation import PIPELINE_SELECTION, friday_weekly_schedule
+    from kairos_dagster.definitions import build_definitions
+    from kairos_dagster.defs.features.automation import PIPELINE_SELECTION
     from kairos_dagster.ml.schedule import model_schedule
     from kairos_dagster.settings import load_settings
 
     _require(("feat_matrix_v2", "ml_predictions_v2", "ml_predictions_v2_tuned"), "friday")
     monday = _env_date("BENCH_LAST_WEEK")
     friday = dt.datetime.combine(monday + dt.timedelta(days=4), dt.time(21, 0), tzinfo=dt.UTC)
+    friday_weekly_schedule = build_definitions().get_schedule_def("friday_weekly_schedule")
     requests = friday_weekly_schedule(build_schedule_context(scheduled_execution_time=friday))
     runs, total = [], 0.0
     for req in requests:
@@ -417,7 +419,7 @@ def stage_friday() -> dict:
             r = _materialize(PIPELINE_SELECTION, (req.partition_key, req.partition_key))
         runs.append({"run_key": req.run_key, **r})
         total += r["seconds"]
-    from kairos_dagster.assets.ml import default_anchor
+    from kairos_dagster.ml.walk_forward import default_anchor
 
     settings = load_settings()
     plan = model_schedule(monday, anchor=default_anchor(settings), retrain_weeks=settings.ml_retrain_weeks,

@@ -8,6 +8,7 @@ count as full sessions; unscheduled closures such as 2018-12-05 and 2025-01-09 a
 from __future__ import annotations
 
 import datetime as dt
+import math
 from functools import lru_cache
 
 import exchange_calendars as xcals
@@ -183,3 +184,12 @@ def next_rebalance_after(d: dt.date) -> dt.date:
 def signal_date_for(rebalance_date: dt.date) -> dt.date:
     """The session whose data a rebalance uses: the one before the rebalance date (known at its open)."""
     return previous_session(rebalance_date)
+
+
+def weeks_for_sessions(sessions: int) -> int:
+    """Weeks of history that hold at least `sessions` XNYS sessions before any week.
+
+    A year has ~252 sessions in 52 weeks (holidays and unscheduled closures take ~10 weekdays), so
+    count 4.75 sessions a week, plus two weeks of slack; a test checks it over 1999-2035.
+    """
+    return math.ceil(sessions / 4.75) + 2

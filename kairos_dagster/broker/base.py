@@ -11,8 +11,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-NY_TZ = "America/New_York"
-
 # Order statuses that will not change any more (Alpaca's names).
 TERMINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced", "done_for_day",
                                "stopped", "suspended"})

@@ -12,13 +12,12 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from kairos_dagster.broker.base import Account, AssetInfo, Position
+from kairos_dagster.constants import NEW_YORK as NY
 
-NY = ZoneInfo("America/New_York")
 # Alpaca rejects OPG orders sent between 09:28 and 19:00 New York time.
 OPG_CUTOFF = dt.time(9, 28)
 OPG_REOPEN = dt.time(19, 0)

@@ -15,7 +15,6 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import duckdb
 
@@ -30,8 +29,8 @@ from kairos_dagster.broker.base import (
     OrderState,
     Position,
 )
+from kairos_dagster.constants import NEW_YORK as NY
 
-NY = ZoneInfo("America/New_York")
 OPEN, CLOSE = dt.time(9, 30), dt.time(16, 0)
 
 _DDL = """

@@ -15,14 +15,17 @@ n_periods.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
 from typing import Literal
 
+import duckdb
 import polars as pl
 
 from kairos_dagster import calendar
 from kairos_dagster.features import xs
+from kairos_dagster.warehouse import store
 
 TARGET = "ret_5d_f"
 MIN_NAMES = 10
@@ -128,3 +131,11 @@ def to_markdown(summary: pl.DataFrame) -> str:
     for f, mic, t, ir, q, n in rows:
         lines.append(f"| {f} | {_fmt(mic, 4)} | {_fmt(t, 2)} | {_fmt(ir, 3)} | {_fmt(q, 5)} | {_fmt(n, 0)} |")
     return "\n".join(lines)
+
+
+def stored_outside(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, empty: pl.DataFrame) -> pl.DataFrame:
+    """The stored factor_ic rows outside [start, end) (`empty` when the table does not exist yet): the
+    history a window's rows are summarized with."""
+    if not store.table_exists(con, "factor_ic"):
+        return empty
+    return con.execute("SELECT * FROM factor_ic WHERE date < ? OR date >= ?", [start, end]).pl()

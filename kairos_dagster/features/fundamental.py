@@ -2,16 +2,10 @@
 
 Every builder takes the caller's ``rows`` (one row per (ticker, date), normally the universe) plus the
 source tables, and returns exactly one row per input row, in input order, with ``ticker``, ``date``
-and the table's feature columns. Point in time (DESIGN.md, "Correctness rules"):
+and the table's feature columns; ``FUNDAMENTAL_TABLES`` registers them for the asset layer. Point in
+time (DESIGN.md, "Correctness rules"):
 
-- SF1: only the as-reported dimensions (ARQ/ART/ARY); a value on day d comes from rows with
-  ``datekey <= d``. Among those, the latest *report period* wins, and for that period the latest
-  ``datekey`` (an amendment of the current period replaces it from its filing date on; a late amendment
-  of an *older* period never displaces a newer period). Snapshots older than ``SF1_STALE_DAYS`` are
-  treated as missing. MR dimensions (restated, dated by period end) are never read.
-- Year-ago SF1 values (growth, Piotroski changes) are the latest version of the period one year
-  earlier (``calendardate`` minus one year) that was filed on or before the current snapshot's datekey.
-- DAILY (marketcap, ev — USD millions): the latest row with ``date <= d`` within ``DAILY_STALE_DAYS``.
+- SF1 and DAILY: the as-of joins of features.pit (``pit_sf1``, ``pit_daily``; rules in its docstring).
 - SF2 (insider): transactions with ``filingdate`` in the window (d - N days, d].
 - SF3 (13F): a quarter's holdings are known ``SF3_KNOWN_LAG_DAYS`` after its ``calendardate``.
 - Prices: ``closeadj`` by XNYS session index, so lags are in sessions and gaps give nulls, not shifts.
@@ -27,14 +21,19 @@ import polars as pl
 
 from kairos_dagster import calendar
 from kairos_dagster.features import xs
+from kairos_dagster.features.pit import (
+    DAILY_STALE_DAYS,
+    SF1_STALE_DAYS,
+    pit_daily,
+    pit_sf1,
+    require_columns,
+    require_no_nulls,
+    require_unique,
+)
 from kairos_dagster.sources.schemas import SF3_KNOWN_LAG_DAYS
 
-AR_DIMENSIONS: tuple[str, ...] = ("ARQ", "ART", "ARY")
-MR_DIMENSIONS: tuple[str, ...] = ("MRQ", "MRT", "MRY")
 # DAILY marketcap and ev are in USD millions; SF1 values are in USD.
 DAILY_UNITS = 1e6
-SF1_STALE_DAYS = 400  # an annual filer's snapshot is still current ~13 months on
-DAILY_STALE_DAYS = 7
 SF3_STALE_DAYS = 200  # known date of the latest quarter: ~one quarter plus slack
 INSIDER_WINDOWS: tuple[int, ...] = (90, 180)
 
@@ -61,33 +60,13 @@ LOOKBACKS: dict[str, Lookback] = {
 }
 
 # ---------------------------------------------------------------------------------------------------
-# validation and point-in-time joins
-
-
-def _require(df: pl.DataFrame, table: str, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{table}: missing columns {missing} (has {df.columns})")
-
-
-def _no_nulls(df: pl.DataFrame, table: str, columns: Sequence[str]) -> None:
-    for c in columns:
-        bad = df.filter(pl.col(c).is_null())
-        if bad.height:
-            who = bad.head(3).select([k for k in ("ticker", "date") if k in df.columns]).rows()
-            raise ValueError(f"{table}: {bad.height} rows with null {c!r}, e.g. {who}")
-
-
-def _no_duplicates(df: pl.DataFrame, table: str, key: Sequence[str]) -> None:
-    dup = df.filter(pl.struct(key).is_duplicated())
-    if dup.height:
-        raise ValueError(f"{table}: {dup.height} rows share a key {list(key)}, e.g. {dup.select(key).head(3).rows()}")
+# row plumbing (point-in-time joins: features.pit)
 
 
 def _prepare_rows(rows: pl.DataFrame) -> pl.DataFrame:
-    _require(rows, "rows", ["ticker", "date"])
-    _no_nulls(rows, "rows", ["ticker", "date"])
-    _no_duplicates(rows, "rows", ["ticker", "date"])
+    require_columns(rows, "rows", ["ticker", "date"])
+    require_no_nulls(rows, "rows", ["ticker", "date"])
+    require_unique(rows, "rows", ["ticker", "date"])
     return rows.select("ticker", pl.col("date").cast(pl.Date)).with_row_index("_row")
 
 
@@ -103,101 +82,6 @@ def _safe_div(num: pl.Expr, den: pl.Expr) -> pl.Expr:
 def _pos_div(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     """num / den for a positive denominator only (yields on a negative book or market cap are meaningless)."""
     return pl.when(den > 0).then(num / den).otherwise(None)
-
-
-def sf1_snapshots(
-    sf1: pl.DataFrame, columns: Sequence[str], *, dimension: str = "ART", prior_year: Sequence[str] = ()
-) -> pl.DataFrame:
-    """The SF1 filings of one AR dimension that can be "current" for a ticker, with year-ago values.
-
-    Returns (ticker, datekey, reportperiod, calendardate, *columns, *{c}_py) sorted by datekey, where
-    only rows whose report period is at least as recent as every earlier-filed one are kept (a late
-    amendment of an older period never becomes the current snapshot).
-    """
-    if dimension not in AR_DIMENSIONS:
-        raise ValueError(
-            f"sf1: dimension {dimension!r} is not point-in-time safe; use one of {AR_DIMENSIONS}"
-        )
-    key = ["ticker", "dimension", "datekey", "reportperiod"]
-    cols = list(dict.fromkeys([*columns, *prior_year]))
-    _require(sf1, "sf1", [*key, "calendardate", *cols])
-    f = sf1.filter(pl.col("dimension") == dimension)
-    _no_nulls(f, f"sf1 ({dimension})", ["ticker", "datekey", "reportperiod", "calendardate"])
-    _no_duplicates(f, f"sf1 ({dimension})", key)
-    f = f.select(
-        "ticker", "datekey", "reportperiod", "calendardate", *[pl.col(c).cast(pl.Float64) for c in cols]
-    ).sort("ticker", "datekey", "reportperiod")
-    # Several rows filed the same day for one ticker: the latest period is the current one.
-    versions = f.unique(["ticker", "datekey", "calendardate"], keep="last", maintain_order=True)
-    current = f.unique(["ticker", "datekey"], keep="last", maintain_order=True).filter(
-        pl.col("reportperiod") >= pl.col("reportperiod").cum_max().over("ticker")
-    )
-    if prior_year:
-        right = versions.select(
-            "ticker", "calendardate", pl.col("datekey").alias("_dk_py"), *[pl.col(c).alias(f"{c}_py") for c in prior_year]
-        ).sort("_dk_py")
-        current = (
-            current.with_columns(_cd_py=pl.col("calendardate").dt.offset_by("-1y"))
-            .sort("datekey")
-            .join_asof(
-                right,
-                left_on="datekey",
-                right_on="_dk_py",
-                by_left=["ticker", "_cd_py"],
-                by_right=["ticker", "calendardate"],
-                strategy="backward",
-                check_sortedness=False,
-            )
-            .drop("_cd_py", "_dk_py")
-        )
-    drop = [c for c in cols if c not in columns]
-    return current.drop(drop).sort("datekey")
-
-
-def pit_sf1(
-    rows: pl.DataFrame,
-    sf1: pl.DataFrame,
-    columns: Sequence[str],
-    *,
-    dimension: str = "ART",
-    prior_year: Sequence[str] = (),
-) -> pl.DataFrame:
-    """Attach the point-in-time SF1 snapshot (and year-ago values ``{c}_py``) to each (ticker, date) row.
-
-    Keeps ``_row`` if present. Adds ``datekey``, ``reportperiod``, ``calendardate``.
-    """
-    snap = sf1_snapshots(sf1, columns, dimension=dimension, prior_year=prior_year)
-    out = rows.sort("date").join_asof(
-        snap,
-        left_on="date",
-        right_on="datekey",
-        by="ticker",
-        strategy="backward",
-        tolerance=dt.timedelta(days=SF1_STALE_DAYS),
-        check_sortedness=False,
-    )
-    return out
-
-
-def pit_daily(rows: pl.DataFrame, daily: pl.DataFrame, columns: Sequence[str] = ("marketcap", "ev")) -> pl.DataFrame:
-    """Attach the latest DAILY values dated on or before each row's date (within DAILY_STALE_DAYS)."""
-    _require(daily, "daily", ["ticker", "date", *columns])
-    d = daily.select("ticker", pl.col("date").alias("_daily_date"), *[pl.col(c).cast(pl.Float64) for c in columns])
-    _no_nulls(d.rename({"_daily_date": "date"}), "daily", ["ticker", "date"])
-    _no_duplicates(d, "daily", ["ticker", "_daily_date"])
-    return (
-        rows.sort("date")
-        .join_asof(
-            d.sort("_daily_date"),
-            left_on="date",
-            right_on="_daily_date",
-            by="ticker",
-            strategy="backward",
-            tolerance=dt.timedelta(days=DAILY_STALE_DAYS),
-            check_sortedness=False,
-        )
-        .drop("_daily_date")
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,10 +189,10 @@ def _session_index(prices: pl.DataFrame, table: str) -> pl.DataFrame:
 
 
 def _industry(tickers: pl.DataFrame) -> pl.DataFrame:
-    _require(tickers, "tickers", ["ticker", "industry"])
+    require_columns(tickers, "tickers", ["ticker", "industry"])
     t = tickers.filter(pl.col("table") == "SEP") if "table" in tickers.columns else tickers
     t = t.select("ticker", "industry")
-    _no_duplicates(t, "tickers (table SEP)", ["ticker"])
+    require_unique(t, "tickers (table SEP)", ["ticker"])
     return t
 
 
@@ -320,10 +204,10 @@ def feat_momentum_v2(rows: pl.DataFrame, prices: pl.DataFrame, tickers: pl.DataF
     high_52w_ratio = closeadj / max(closeadj over the last 252 sessions) (needs >= 200 of them).
     """
     r = _prepare_rows(rows)
-    _require(prices, "prices", ["ticker", "date", "closeadj"])
+    require_columns(prices, "prices", ["ticker", "date", "closeadj"])
     p = prices.select("ticker", pl.col("date").cast(pl.Date), pl.col("closeadj").cast(pl.Float64))
-    _no_nulls(p, "prices", ["ticker", "date"])
-    _no_duplicates(p, "prices", ["ticker", "date"])
+    require_no_nulls(p, "prices", ["ticker", "date"])
+    require_unique(p, "prices", ["ticker", "date"])
     p = _session_index(p, "prices").sort("ticker", "_idx")
     c = xs.clean("closeadj")
     p = p.with_columns(
@@ -426,8 +310,8 @@ def feat_insider(rows: pl.DataFrame, sf2: pl.DataFrame, daily: pl.DataFrame) -> 
     r = _prepare_rows(rows)
     cols = ["ticker", "filingdate", "ownername", "transactioncode", "transactionvalue",
             "transactionshares", "transactionpricepershare", "isofficer"]
-    _require(sf2, "sf2", cols)
-    _no_nulls(sf2, "sf2", ["ticker", "filingdate"])
+    require_columns(sf2, "sf2", cols)
+    require_no_nulls(sf2, "sf2", ["ticker", "filingdate"])
     e = sf2.filter(pl.col("transactioncode").is_in(["P", "S"])).select(
         "ticker", pl.col("filingdate").cast(pl.Date), "ownername", "transactioncode", "isofficer", _v=_abs_value()
     )
@@ -470,8 +354,8 @@ def feat_institutional(rows: pl.DataFrame, sf3: pl.DataFrame) -> pl.DataFrame:
     quarter's - 1 (the previous quarter is calendardate minus 3 months); inst_calendardate = the quarter.
     """
     r = _prepare_rows(rows)
-    _require(sf3, "sf3", ["ticker", "investorname", "securitytype", "calendardate", "value", "units"])
-    _no_nulls(sf3, "sf3", ["ticker", "investorname", "calendardate"])
+    require_columns(sf3, "sf3", ["ticker", "investorname", "securitytype", "calendardate", "value", "units"])
+    require_no_nulls(sf3, "sf3", ["ticker", "investorname", "calendardate"])
     s = sf3.filter(pl.col("securitytype") == "SHR")
     q = s.group_by("ticker", "calendardate").agg(
         inst_holders=pl.col("investorname").filter(pl.col("units") > 0).n_unique().cast(pl.Int64),

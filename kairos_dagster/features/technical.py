@@ -1,4 +1,4 @@
-"""Phase 2: technical feature tables and forward targets (pure polars).
+"""Phase 2: technical feature tables — the declared feature families and their registry (pure polars).
 
 Each table is a list of `Feature`s (name, expression, lookback) generated from windows x operators,
 the way Qlib's Alpha158 config declares its features. Input `prices` is SEP-shaped (ticker, date,
@@ -12,49 +12,53 @@ so the bar is internally consistent. Volume is split-adjusted; close*volume is d
 
 No look-ahead and no dependence on where stored history starts: each value at d reads a fixed
 trailing window of at most `lookback_sessions` rows (<= 756); recursive TA-Lib smoothers are truncated
-exponential windows (see rolling.truncated_ewm). Only `feat_targets` looks forward.
+exponential windows (see ops.truncated_ewm). Only `feat_targets` looks forward; it lives in
+features.targets and is listed here in TECHNICAL_TABLES. The kernels the families are built from
+(smoothers, true range, validation, `build_table`, `TableSpec`) are in features.ops.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 
-from kairos_dagster.features.rolling import (
+from kairos_dagster.features.ops import (
     ANNUALIZE,
-    IDX,
+    CA,
+    RET,
+    C,
     Feature,
+    H,
+    L,
+    O,
+    TableSpec,
+    V,
+    attach_column,
+    bars_since,
     block_mean,
     build_table,
     check_columns,
-    check_sorted_unique,
+    check_market_returns,
     ema,
     lin_slope,
+    merge_feature_stages,
     merge_stages,
-    rolling_argmax_age,
+    prepare_prices,
     rolling_max_drawdown,
-    ticker_row_index,
+    safe_div,
+    true_range,
     wilder,
 )
+from kairos_dagster.features.targets import TARGETS_SPEC
 
-PRICE_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume", "closeadj")
 MAX_LOOKBACK = 756  # 3 years of sessions: the most history any value may read
 
-O, H, L, C, V, CA = (pl.col(c) for c in ("open", "high", "low", "close", "volume", "closeadj"))  # noqa: E741
-RET = pl.col("_ret")  # daily total return closeadj / prev - 1, lookback 1 (a column added by _prepare)
 LOG_HL = (H / L).log()
 LOG_CO = (C / O).log()
 DOLLAR_VOL = C * V  # as an expression; feat_adv materializes it as `_dv`
 EPS = 1e-12  # Qlib's guard against high == low in the K-bar ratios
-
-
-def _safe_div(num: pl.Expr, den: pl.Expr) -> pl.Expr:
-    """num/den, null where den == 0 (a flat bar or zero volume is data, not an error)."""
-    return pl.when(den != 0).then(num / den).otherwise(None)
 
 
 # --------------------------------------------------------------------------------------------- price action
@@ -70,7 +74,7 @@ def _price_action() -> list[Feature]:
         # intraday range relative to the close
         Feature("range_intraday", (H - L) / C, 0),
         # where the close sits in the day's range (0 = low, 1 = high)
-        Feature("close_location", _safe_div(C - L, H - L), 0),
+        Feature("close_location", safe_div(C - L, H - L), 0),
         # distance of the close from the 252-session high / low
         Feature("dist_high_252", C / H.rolling_max(252) - 1.0, 251),
         Feature("dist_low_252", C / L.rolling_min(252) - 1.0, 251),
@@ -88,7 +92,7 @@ def _c(name: str) -> pl.Expr:
 # rolling subexpressions across output columns, so a repeated rolling mean would be recomputed.
 C_MEAN20, C_SD20, V_MEAN20 = _c("_c_mean20"), _c("_c_sd20"), _c("_v_mean20")
 # Means over windows that are multiples of a shorter one come from adjacent block means
-# (rolling.block_mean): close means over 10 -> 20, 50 -> 200; return moments over 10 -> 20, 60.
+# (ops.block_mean): close means over 10 -> 20, 50 -> 200; return moments over 10 -> 20, 60.
 C_MEANS = [
     [C.rolling_mean(10).alias("_c_mean10")],
     [block_mean(_c("_c_mean10"), 10, 2).alias("_c_mean20"), block_mean(_c("_c_mean10"), 10, 5).alias("_c_mean50")],
@@ -122,12 +126,6 @@ def _macd() -> tuple[list[list[pl.Expr]], list[Feature]]:
     ]
 
 
-def true_range() -> pl.Expr:
-    """TA-Lib TRANGE: max(high, prev close) - min(low, prev close); lookback 1."""
-    pc = C.shift(1)
-    return pl.max_horizontal(H, pc) - pl.min_horizontal(L, pc)
-
-
 def _adx(n: int = 14) -> tuple[list[list[pl.Expr]], list[Feature]]:
     up, dn = H - H.shift(1), L.shift(1) - L
     plus_dm = pl.when((up > dn) & (up > 0)).then(up).otherwise(0.0)
@@ -136,8 +134,8 @@ def _adx(n: int = 14) -> tuple[list[list[pl.Expr]], list[Feature]]:
     s_pdm, _ = wilder(plus_dm, n)
     s_mdm, _ = wilder(minus_dm, n)
     lb += 1  # the DMs and the true range read the previous bar
-    pdi = 100.0 * _safe_div(_c("_s_pdm"), _c("_s_tr"))
-    mdi = 100.0 * _safe_div(_c("_s_mdm"), _c("_s_tr"))
+    pdi = 100.0 * safe_div(_c("_s_pdm"), _c("_s_tr"))
+    mdi = 100.0 * safe_div(_c("_s_mdm"), _c("_s_tr"))
     pdi_, mdi_ = _c("_pdi"), _c("_mdi")
     # DX = 0 when both DIs are 0 (flat market); TA-Lib then keeps the previous ADX instead
     dx = pl.when(pdi_ + mdi_ > 0).then(100.0 * (pdi_ - mdi_).abs() / (pdi_ + mdi_)).otherwise(0.0)
@@ -162,18 +160,9 @@ def _rsi(n: int = 14) -> tuple[list[list[pl.Expr]], list[Feature]]:
     return [[gain.alias("_rsi_gain"), loss.alias("_rsi_loss")]], [Feature(f"rsi_{n}", rsi, lb + 1)]
 
 
-def _bars_since(x: pl.Expr, window: int, *, lowest: bool = False) -> pl.Expr:
-    """Rows since the highest (lowest) value of the last `window` rows, ties to the most recent."""
-    def fn(s: pl.Series) -> pl.Series:
-        v = s.to_numpy()
-        return pl.Series(rolling_argmax_age(-v if lowest else v, window))
-
-    return x.map_batches(fn, return_dtype=pl.Int32)
-
-
 def _aroon(n: int = 25) -> tuple[list[list[pl.Expr]], list[Feature]]:
     # TA-Lib AROON looks at n+1 bars; ties go to the most recent bar
-    stages = [[_bars_since(H, n + 1).alias("_since_high"), _bars_since(L, n + 1, lowest=True).alias("_since_low")]]
+    stages = [[bars_since(H, n + 1).alias("_since_high"), bars_since(L, n + 1, lowest=True).alias("_since_low")]]
     up = 100.0 * (n - _c("_since_high")) / n
     down = 100.0 * (n - _c("_since_low")) / n
     return stages, [
@@ -183,23 +172,12 @@ def _aroon(n: int = 25) -> tuple[list[list[pl.Expr]], list[Feature]]:
     ]
 
 
-def _merge_stages(*parts: tuple[list[list[pl.Expr]], list[Feature]]) -> tuple[list[list[pl.Expr]], list[Feature]]:
-    depth = max(len(st) for st, _ in parts)
-    stages: list[list[pl.Expr]] = [[] for _ in range(depth)]
-    feats: list[Feature] = []
-    for st, fs in parts:
-        for k, stage in enumerate(st):
-            stages[k] += stage
-        feats += fs
-    return stages, feats
-
-
 SMA_WINDOWS = (10, 20, 50, 200)
 SLOPE_WINDOWS = (20, 60)
 
 
 def _trend() -> tuple[list[list[pl.Expr]], list[Feature]]:
-    stages, feats = _merge_stages(_macd(), _adx(14), _rsi(14), _aroon(25), (C_MEANS, []))
+    stages, feats = merge_feature_stages(_macd(), _adx(14), _rsi(14), _aroon(25), (C_MEANS, []))
     by_name = {f.name: f for f in feats}
     sma = {w: _c(f"_c_mean{w}") for w in SMA_WINDOWS}
     return stages, [
@@ -255,7 +233,7 @@ def _statistical() -> list[Feature]:
         # lag-1 autocorrelation of daily returns over 63 sessions (mean reversion vs momentum)
         Feature("autocorr_1_63", _autocorr_1(63), 64),
         # z-score of the close vs its 20-session mean (population std, as Bollinger)
-        Feature("zscore_20", _safe_div(C - C_MEAN20, C_SD20), 19),
+        Feature("zscore_20", safe_div(C - C_MEAN20, C_SD20), 19),
         # worst peak-to-trough drop of closeadj inside the window (<= 0)
         *mdd,
     ]
@@ -282,7 +260,7 @@ def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
         Feature(f"bb_middle_{n}", mid, n - 1),
         Feature(f"bb_lower_{n}", lo, n - 1),
         Feature(f"bb_width_{n}", (up - lo) / mid, n - 1),  # band width relative to the middle
-        Feature(f"bb_pctb_{n}", _safe_div(C - lo, up - lo), n - 1),  # %b: position inside the bands
+        Feature(f"bb_pctb_{n}", safe_div(C - lo, up - lo), n - 1),  # %b: position inside the bands
     ]
 
 
@@ -313,13 +291,13 @@ def _vol_volatility() -> list[Feature]:
         Feature("natr_14", 100.0 * atr / C, lb_atr + 1),
         *_bollinger(20, 2.0),
         # volume vs its 20-session mean, in std units
-        Feature("volume_z_20", _safe_div(V - V_MEAN20, V.rolling_std(20)), 19),
+        Feature("volume_z_20", safe_div(V - V_MEAN20, V.rolling_std(20)), 19),
         # on-balance volume summed over the trailing 252 sessions
         Feature("obv", obv, OBV_WINDOW),
         # 20-session OLS slope of that OBV, in units of average daily volume
-        Feature("obv_slope_20", _safe_div(lin_slope(obv, 20), V_MEAN20), OBV_WINDOW + 19),
+        Feature("obv_slope_20", safe_div(lin_slope(obv, 20), V_MEAN20), OBV_WINDOW + 19),
         # short vs long volume activity
-        Feature("volume_ratio_5_20", _safe_div(V.rolling_mean(5), V_MEAN20), 19),
+        Feature("volume_ratio_5_20", safe_div(V.rolling_mean(5), V_MEAN20), 19),
     ]
 
 
@@ -374,7 +352,7 @@ def _adv() -> list[Feature]:
         # Amihud illiquidity: mean |return| per $1M traded, over days that traded
         Feature(
             "amihud_20",
-            _safe_div(amihud_day.fill_null(0.0).rolling_sum(20), (dv > 0).cast(pl.Float64).rolling_sum(20)),
+            safe_div(amihud_day.fill_null(0.0).rolling_sum(20), (dv > 0).cast(pl.Float64).rolling_sum(20)),
             20,
         ),
     ]
@@ -423,12 +401,12 @@ def _beta() -> list[Feature]:
     out: list[Feature] = []
     for w in BETA_WINDOWS:
         cov, var_m, var_r = _c(f"_cov_{w}"), _c(f"_var_m_{w}"), _c(f"_var_r_{w}")
-        beta = _safe_div(cov, var_m)
+        beta = safe_div(cov, var_m)
         out += [
             # sensitivity to the cap-weighted universe return
             Feature(f"beta_{w}", beta, w),
             # correlation with the market
-            Feature(f"corr_{w}", _safe_div(cov, (var_m * var_r).sqrt()), w),
+            Feature(f"corr_{w}", safe_div(cov, (var_m * var_r).sqrt()), w),
             # residual (idiosyncratic) volatility after the market, annualized
             Feature(f"idio_vol_{w}", (var_r - beta * cov).clip(0.0).sqrt() * ANNUALIZE, w),
         ]
@@ -436,48 +414,29 @@ def _beta() -> list[Feature]:
 
 
 # --------------------------------------------------------------------------------------------- table functions
-def _prepare(prices: pl.DataFrame, table: str, extra: tuple[str, ...] = ()) -> pl.LazyFrame:
-    check_columns(prices, table, PRICE_COLUMNS + extra)
-    check_sorted_unique(prices, table)
-    # _ret at a ticker's first row reads the previous ticker: lookback 1 masks it
-    return prices.lazy().with_columns(
-        ticker_row_index().alias(IDX), (CA / CA.shift(1) - 1.0).alias("_ret")
-    )
-
-
 def feat_price_action(prices: pl.DataFrame) -> pl.DataFrame:
     """Returns over 1..252 sessions, overnight gap, intraday range, close location, 252-day high/low distance."""
-    return build_table(_prepare(prices, "feat_price_action"), PRICE_ACTION)
+    return build_table(prepare_prices(prices, "feat_price_action"), PRICE_ACTION)
 
 
 def feat_trend(prices: pl.DataFrame) -> pl.DataFrame:
     """SMA ratios, EMA 12/26, MACD, ADX/DI, RSI (TA-Lib definitions), log-price slopes, Aroon."""
-    return build_table(_prepare(prices, "feat_trend"), TREND, helpers=TREND_HELPERS)
+    return build_table(prepare_prices(prices, "feat_trend"), TREND, helpers=TREND_HELPERS)
 
 
 def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
     """Return moments (21, 63), lag-1 autocorrelation, price z-score, max drawdown (63, 252)."""
-    return build_table(_prepare(prices, "feat_statistical"), STATISTICAL, helpers=STATISTICAL_HELPERS)
+    return build_table(prepare_prices(prices, "feat_statistical"), STATISTICAL, helpers=STATISTICAL_HELPERS)
 
 
 def feat_vol_volatility(prices: pl.DataFrame) -> pl.DataFrame:
     """Realized / range volatilities, ATR, Bollinger, volume z-score, OBV, volume ratio."""
-    return build_table(_prepare(prices, "feat_vol_volatility"), VOL_VOLATILITY, helpers=VOL_VOLATILITY_HELPERS)
+    return build_table(prepare_prices(prices, "feat_vol_volatility"), VOL_VOLATILITY, helpers=VOL_VOLATILITY_HELPERS)
 
 
 def feat_price_shape(prices: pl.DataFrame) -> pl.DataFrame:
     """Qlib Alpha158 K-bar shapes and their 5/10/20-session means."""
-    return build_table(_prepare(prices, "feat_price_shape"), PRICE_SHAPE, helpers=PRICE_SHAPE_HELPERS)
-
-
-def _attach(lf: pl.LazyFrame, prices: pl.DataFrame, other: pl.DataFrame, column: str) -> pl.LazyFrame:
-    """Left-join `other`'s column on (ticker, date). When `other` holds exactly the price rows in the
-    same order (the usual case) the column is attached directly: a two-key hash join over millions of
-    rows costs more than the table's features."""
-    keys = ["ticker", "date"]
-    if other.height == prices.height and other.select(keys).equals(prices.select(keys)):
-        return lf.with_columns(pl.lit(other.get_column(column)).alias(column))
-    return lf.join(other.lazy().select(*keys, column), on=keys, how="left", maintain_order="left", validate="m:1")
+    return build_table(prepare_prices(prices, "feat_price_shape"), PRICE_SHAPE, helpers=PRICE_SHAPE_HELPERS)
 
 
 def feat_adv(
@@ -492,15 +451,15 @@ def feat_adv(
     which is free of later splits. A missing shares/marketcap value makes that day's turnover null,
     and so the 20-session mean.
     """
-    lf = _prepare(prices, "feat_adv")
+    lf = prepare_prices(prices, "feat_adv")
     if shares is not None:
         check_columns(shares, "shares", ("ticker", "date", "shares"))
-        lf = _attach(lf, prices, shares, "shares")
-        turnover = _safe_div(V, pl.col("shares"))
+        lf = attach_column(lf, prices, shares, "shares")
+        turnover = safe_div(V, pl.col("shares"))
     elif daily is not None:
         check_columns(daily, "daily", ("ticker", "date", "marketcap"), no_nulls=False)
-        lf = _attach(lf, prices, daily, "marketcap")
-        turnover = _safe_div(DOLLAR_VOL, pl.col("marketcap") * 1e6)
+        lf = attach_column(lf, prices, daily, "marketcap")
+        turnover = safe_div(DOLLAR_VOL, pl.col("marketcap") * 1e6)
     else:
         raise ValueError("feat_adv: pass `daily` (marketcap) or `shares` to compute share turnover")
     return build_table(lf.with_columns(turnover.alias("_turnover"), DOLLAR_VOL.alias("_dv")), ADV)
@@ -508,19 +467,7 @@ def feat_adv(
 
 def feat_vol_sizing(prices: pl.DataFrame) -> pl.DataFrame:
     """`vol_blend` = max(0.5 * vol_20 + 0.5 * vol_60, 5%) annualized, and 60-session downside vol."""
-    return build_table(_prepare(prices, "feat_vol_sizing"), VOL_SIZING, helpers=VOL_SIZING_HELPERS)
-
-
-def check_market_returns(mkt_ret: pl.DataFrame, table: str = "market_returns") -> None:
-    """date, mkt_ret: one row per date, no nulls, every return above -100%."""
-    check_columns(mkt_ret, table, ("date", "mkt_ret"))
-    dup = mkt_ret.filter(pl.col("date").is_duplicated())
-    if dup.height:
-        raise ValueError(f"{table}: duplicate date {dup['date'][0]}")
-    r = pl.col("mkt_ret")
-    bad = mkt_ret.filter((r <= -1.0) | r.is_nan() | r.is_infinite())  # polars orders NaN above every number
-    if bad.height:
-        raise ValueError(f"{table}: mkt_ret {bad['mkt_ret'][0]} on {bad['date'][0]} is not a return above -100%")
+    return build_table(prepare_prices(prices, "feat_vol_sizing"), VOL_SIZING, helpers=VOL_SIZING_HELPERS)
 
 
 def feat_beta(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
@@ -529,112 +476,10 @@ def feat_beta(prices: pl.DataFrame, mkt_ret: pl.DataFrame) -> pl.DataFrame:
     A session without a market return makes every window containing it null.
     """
     check_market_returns(mkt_ret, "mkt_ret")
-    lf = _prepare(prices, "feat_beta").join(
+    lf = prepare_prices(prices, "feat_beta").join(
         mkt_ret.lazy().select("date", "mkt_ret"), on="date", how="left", maintain_order="left"
     )
     return build_table(lf, BETA, helpers=BETA_HELPERS)
-
-
-# --------------------------------------------------------------------------------------------- targets
-TARGET_HORIZONS = (1, 5, 21)
-LABEL_HORIZON = 5
-TOP_QUINTILE = 0.8
-# The ML label (see feat_targets): the market-residual 5-session return above its date's median.
-ML_LABEL = "label_resid_above_median_5d"
-RISK_COLUMNS = ("beta_252", "beta_63")
-TARGET_COLUMNS = (*(f"ret_{h}d_f" for h in TARGET_HORIZONS), "label_end_date", "label_top_quintile_5d",
-                  "mkt_ret_5d_f", "ret_5d_resid_f", ML_LABEL)
-
-
-def market_forward_return(mkt_ret: pl.DataFrame, horizon: int = LABEL_HORIZON) -> pl.DataFrame:
-    """date, mkt_ret_{h}d_f: the market's compounded return over the `horizon` sessions after each date
-    (null where fewer than `horizon` later sessions are stored). `mkt_ret` is market_returns."""
-    check_market_returns(mkt_ret)
-    m = mkt_ret.select("date", "mkt_ret").sort("date")
-    growth = (1.0 + pl.col("mkt_ret")).log().rolling_sum(horizon).shift(-horizon)
-    return m.select("date", (growth.exp() - 1.0).alias(f"mkt_ret_{horizon}d_f"))
-
-
-def feat_targets(prices: pl.DataFrame, universe: pl.DataFrame | None = None, mkt_ret: pl.DataFrame | None = None,
-                 risk: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Forward returns ret_{1,5,21}d_f = closeadj[t+h] / closeadj[t] - 1 in the ticker's own sessions,
-    `label_end_date` (the session the 5-day horizon ends on; purge on it), `label_top_quintile_5d`
-    and, given market_returns (`mkt_ret`) and feat_beta rows (`risk`), the ML label (null without them).
-
-    THE ONLY LOOK-AHEAD TABLE: never a feature. Rows whose horizon runs past the stored history are
-    null. Forward returns come from the full price history; if `universe` (ticker, date) is given the
-    output keeps only those rows, and each label's cross-section per date is the rows returned.
-
-    - label_top_quintile_5d: 1 when ret_5d_f ranks in the top 20% of its date (average rank / count
-      > 0.8), else 0; null where ret_5d_f is null.
-    - mkt_ret_5d_f: the cap-weighted market's return over the same 5 sessions.
-    - ret_5d_resid_f = ret_5d_f - beta * mkt_ret_5d_f, beta = beta_252 on the row's date (beta_63 for
-      younger listings, 1 without either): the part of the return the market does not explain.
-    - label_resid_above_median_5d (the ML label): 1 when ret_5d_resid_f is above its date's median
-      (average rank / count > 0.5), else 0; null where ret_5d_resid_f is null.
-      Why this label: the probability of landing in a *tail* (top quintile) of raw returns is driven
-      by a stock's volatility and by beta times the market's move, so a classifier of it ranks stocks
-      by risk, not by expected return (out-of-sample weekly rank IC 0.003 on the synthetic market at
-      5,000 tickers x 10 years). Above the median of the market residual, the probability rises with
-      the expected residual return whatever the stock's volatility or beta (rank IC 0.035, t 12;
-      benchmarks/RESULTS.md). Scaling the residual by idiosyncratic vol gained little and needs 63
-      sessions of history a young listing does not have.
-    """
-    lf = _prepare(prices, "feat_targets").with_columns(pl.len().over("ticker").alias("_n"))
-    left = pl.col("_n") - 1 - pl.col(IDX)  # sessions of this ticker after the row
-
-    def fwd(e: pl.Expr, h: int) -> pl.Expr:
-        return pl.when(left >= h).then(e)
-
-    lf = lf.select(
-        "ticker", "date",
-        *(fwd(CA.shift(-h) / CA - 1.0, h).alias(f"ret_{h}d_f") for h in TARGET_HORIZONS),
-        fwd(pl.col("date").shift(-LABEL_HORIZON), LABEL_HORIZON).alias("label_end_date"),
-    )
-    if universe is not None:
-        check_columns(universe, "universe", ("ticker", "date"))
-        lf = lf.join(universe.lazy().select("ticker", "date").unique(), on=["ticker", "date"], how="semi",
-                     maintain_order="left")
-
-    def above(y: pl.Expr, cut: float) -> pl.Expr:
-        pct = y.rank("average").over("date") / y.count().over("date")
-        return pl.when(y.is_not_null()).then((pct > cut).cast(pl.Int8))
-
-    y = pl.col(f"ret_{LABEL_HORIZON}d_f")
-    lf = lf.with_columns(above(y, TOP_QUINTILE).alias("label_top_quintile_5d"))
-    if mkt_ret is None or risk is None:  # no market or risk inputs: the risk-adjusted columns are unknown
-        return lf.with_columns(
-            pl.lit(None, pl.Float64).alias(c) for c in ("mkt_ret_5d_f", "ret_5d_resid_f")
-        ).with_columns(pl.lit(None, pl.Int8).alias(ML_LABEL)).select("ticker", "date", *TARGET_COLUMNS).collect()
-    check_columns(risk, "feat_beta", ("ticker", "date", *RISK_COLUMNS), no_nulls=False)
-    dup = risk.filter(pl.struct("ticker", "date").is_duplicated())
-    if dup.height:  # a repeated key would silently duplicate target rows in the join
-        raise ValueError(f"feat_beta: duplicate key ticker={dup['ticker'][0]!r} date={dup['date'][0]}")
-    beta = pl.coalesce("beta_252", "beta_63", pl.lit(1.0))
-    return (
-        lf.join(market_forward_return(mkt_ret).lazy(), on="date", how="left", maintain_order="left")
-        .join(risk.lazy().select("ticker", "date", *RISK_COLUMNS), on=["ticker", "date"], how="left",
-              maintain_order="left")
-        .with_columns((y - beta * pl.col("mkt_ret_5d_f")).alias("ret_5d_resid_f"))
-        .with_columns(above(pl.col("ret_5d_resid_f"), 0.5).alias(ML_LABEL))
-        .select("ticker", "date", *TARGET_COLUMNS)
-        .collect()
-    )
-
-
-def label_end_dates(dates: pl.Series, horizon: int = LABEL_HORIZON) -> pl.Series:
-    """XNYS session `horizon` sessions after each date (the calendar, not a ticker's own rows)."""
-    from kairos_dagster import calendar as cal
-
-    if dates.null_count():
-        raise ValueError("label_end_dates: dates contain nulls")
-    if dates.len() == 0:
-        return pl.Series("label_end_date", [], dtype=pl.Date)
-    lo, hi = dates.min(), dates.max()
-    days = cal.sessions_array(lo, cal.sessions_offset(hi, horizon + 5))
-    arr = dates.to_numpy().astype("datetime64[D]")
-    pos = np.searchsorted(days, arr, side="right") - 1 + horizon
-    return pl.Series("label_end_date", days[pos]).cast(pl.Date)
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -662,20 +507,6 @@ TABLE_HELPERS: dict[str, list[list[pl.Expr]]] = {
 }
 
 
-@dataclass(frozen=True)
-class TableSpec:
-    """What the asset layer needs to wire a table: the pure function, its inputs (positional, by
-    warehouse/asset name), its value columns, and the sessions of history it reads before its first
-    output date (`lookback_sessions`) or after its last one (`lookahead_sessions`, targets only)."""
-
-    name: str
-    fn: Callable[..., pl.DataFrame]
-    inputs: tuple[str, ...]
-    columns: tuple[str, ...]
-    lookback_sessions: int
-    lookahead_sessions: int = 0
-
-
 def _spec(name: str, fn: Callable[..., pl.DataFrame], feats: list[Feature], inputs: tuple[str, ...]) -> TableSpec:
     lb = max(f.lookback for f in feats)
     assert lb <= MAX_LOOKBACK, f"{name}: lookback {lb} exceeds {MAX_LOOKBACK}"
@@ -693,9 +524,6 @@ TECHNICAL_TABLES: dict[str, TableSpec] = {
         _spec("feat_adv", feat_adv, ADV, ("sep_base", "daily")),
         _spec("feat_vol_sizing", feat_vol_sizing, VOL_SIZING, ("sep_base",)),
         _spec("feat_beta", feat_beta, BETA, ("sep_base", "mkt_ret")),
-        TableSpec(
-            "feat_targets", feat_targets, ("sep_base", "universe", "mkt_ret", "risk"), TARGET_COLUMNS,
-            lookback_sessions=0, lookahead_sessions=max(TARGET_HORIZONS),
-        ),
+        TARGETS_SPEC,
     )
 }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from kairos_dagster.features.rolling import IDX, check_columns, check_sorted_unique
+from kairos_dagster.features.ops import IDX, check_columns, check_sorted_unique
 
 COMMON_STOCK_PREFIX = "Domestic Common Stock"
 ADV_WINDOW = 20

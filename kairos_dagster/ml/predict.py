@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from kairos_dagster.features.technical import ML_LABEL
+from kairos_dagster.features.targets import ML_LABEL
 from kairos_dagster.ml import registry
 from kairos_dagster.ml.dataset import (
     KEY,

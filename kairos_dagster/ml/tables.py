@@ -19,7 +19,7 @@ import duckdb
 import polars as pl
 
 from kairos_dagster.features.assemble import REGIME_TABLE, UNKNOWN_SECTOR, column_sources
-from kairos_dagster.features.technical import ML_LABEL
+from kairos_dagster.features.targets import ML_LABEL
 from kairos_dagster.ml.dataset import TARGET_PATTERN
 from kairos_dagster.ml.metrics import ML_METRICS_SCHEMA
 from kairos_dagster.ml.registry import REGISTRY_SCHEMA
@@ -189,3 +189,16 @@ def upsert_metrics(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> int:
     """ml_metrics: one key is (model, version, split, date); a rerun replaces all its metric rows."""
     rows = rows.select([pl.col(c).cast(t) for c, t in ML_METRICS_SCHEMA.items()])
     return upsert_rows(con, "ml_metrics", rows, METRICS_KEY)
+
+
+def universe_keys(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date) -> pl.DataFrame:
+    """The universe's (ticker, date) rows in [start, end), in key order: the rows an ML asset scores."""
+    return con.execute("SELECT ticker, date FROM universe WHERE date >= ? AND date < ? ORDER BY ticker, date",
+                       [start, end]).pl()
+
+
+def window_counts(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date) -> tuple[int, dt.date | None]:
+    """(universe rows, latest sep_base session) in [start, end): what feat_matrix_v2 must match."""
+    rows = con.execute("SELECT count(*) FROM universe WHERE date >= ? AND date < ?", [start, end]).fetchone()[0]
+    latest = con.execute("SELECT max(date) FROM sep_base WHERE date >= ? AND date < ?", [start, end]).fetchone()[0]
+    return int(rows), latest

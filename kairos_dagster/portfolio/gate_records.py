@@ -53,6 +53,14 @@ def gate_rows(rebalance_date: dt.date, signal_date: dt.date, gates: Sequence, pi
         "evaluated_at": now, "run_id": run_id} for g in gates], schema=GATE_RESULTS_SCHEMA)
 
 
+def weeks_gate_rows(weeks: Sequence, picks_hashes: Sequence[str | None], *, blocking: set[str], run_id: str,
+                    now: dt.datetime) -> pl.DataFrame:
+    """The rows of every week a rebalance evaluated (`weeks`: rebalance_weeks.WeekRebalance, blocked ones
+    included), each with the hash of the picks its gates were evaluated on (None for a blocked week)."""
+    return pl.concat([gate_rows(w.plan.rebalance_date, w.plan.signal_date, w.gates, h, blocking=blocking,
+                                run_id=run_id, now=now) for w, h in zip(weeks, picks_hashes, strict=True)])
+
+
 def record_gate_results(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
     """Replace the stored verdicts of the rows' rebalance dates, in one transaction."""
     if rows.height:

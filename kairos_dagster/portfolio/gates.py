@@ -14,6 +14,18 @@ from typing import Literal
 from kairos_dagster.portfolio.config import Risk4Config
 from kairos_dagster.portfolio.risk4 import PortfolioResult
 
+# (name, blocking, description) in evaluate_gates' order.
+GATES: tuple[tuple[str, bool, str], ...] = (
+    ("feat_matrix_has_signal_date", True, "feat_matrix_v2 holds the signal date (otherwise the data is stale: block)"),
+    ("ml_alpha_coverage", True, "the alpha column is present for >= 95% of ADV-eligible rows (block)"),
+    ("min_eligible_block", True, "at least 50 eligible stocks (block)"),
+    ("min_eligible_warn", False, "at least 500 eligible stocks (warn)"),
+    ("sector_coverage", False, "all 11 sectors in the eligible universe (warn)"),
+    ("turnover", False, "one-way turnover vs prior <= 50% (warn)"),
+    ("max_position", False, "no position above 5% (warn)"),
+)
+GATE_NAMES = tuple(g[0] for g in GATES)
+
 Severity = Literal["block", "warn"]
 
 
@@ -86,3 +98,15 @@ def evaluate_gates(signal_date: dt.date, feat_matrix_dates: Iterable[dt.date], r
 def blocking_failures(gates: Iterable[GateResult]) -> list[GateResult]:
     """The failed 'block' gates; the rebalance may proceed only when this is empty."""
     return [g for g in gates if g.blocks]
+
+
+def verdict(g: GateResult) -> str:
+    """PASS, BLOCK (a failed blocking gate) or WARN."""
+    return "PASS" if g.passed else ("BLOCK" if g.severity == "block" else "WARN")
+
+
+def format_gates(week) -> str:
+    """The gate verdicts of one week (a rebalance_weeks.WeekRebalance) as text lines (CLI)."""
+    lines = [f"Gates for rebalance {week.plan.rebalance_date} (signal date {week.plan.signal_date}):"]
+    lines += [f"  [{verdict(g):5}] {g.name}: {g.message}" for g in week.gates]
+    return "\n".join(lines)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from kairos_dagster import calendar
+from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.sources.schemas import schema
 
-NEW_YORK = ZoneInfo("America/New_York")
 # SHARADAR publishes a session's prices in the evening; before this hour the latest complete day is the previous one.
 PUBLISH_HOUR = 18
 

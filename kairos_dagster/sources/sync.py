@@ -1,15 +1,19 @@
-"""Sync core: fetch a window of a SHARADAR table from a source and validate it (no dagster import)."""
+"""Sync core: fetch a window of a SHARADAR table from a source, validate it, plan what is missing, and
+read back what the warehouse stored (no dagster import)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 
+import duckdb
 import polars as pl
 
+from kairos_dagster import calendar
 from kairos_dagster.sources.schemas import DAILY, SEP, SF1, SF2, SF3, SF3_KNOWN_LAG_DAYS, TICKERS, TableSchema
 from kairos_dagster.sources.source import MarketSource
 from kairos_dagster.sources.validate import ValidationResult, validate_rows
+from kairos_dagster.warehouse import store
 
 
 @dataclass(frozen=True)
@@ -114,3 +118,58 @@ def plan_sync(
     if first > last:
         return SyncStatus(asset, held_latest, source_latest, None, None)
     return SyncStatus(asset, held_latest, source_latest, first, last)
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """What the warehouse holds for a table's window after a sync: the facts its checks judge."""
+
+    duplicate_keys: int
+    unknown_ticker_rows: int
+    non_session_dates: list[dt.date] | None  # SEP and DAILY only
+    invalid_price_rows: int | None  # SEP only
+
+
+def stored_window(con: duckdb.DuckDBPyConnection, table: SyncTable, start: dt.date, end: dt.date) -> StoredWindow:
+    """Duplicate keys, unknown tickers, non-session dates and invalid prices among the stored rows of
+    [start, end) (checked on what was written, not on what was meant to be written)."""
+    name, col = table.asset, table.partition_column
+    key = ", ".join(store.ident(k) for k in table.schema.key)
+    params = [start, end]
+    where = f"{store.ident(col)} >= ? AND {store.ident(col)} < ?"
+    dup = con.execute(
+        f"SELECT count(*) FROM (SELECT {key} FROM {name} WHERE {where} GROUP BY {key} HAVING count(*) > 1)", params
+    ).fetchone()[0]
+    unknown = con.execute(
+        f"SELECT count(*) FROM {name} s WHERE {where.replace(store.ident(col), 's.' + store.ident(col))} "
+        "AND s.ticker NOT IN (SELECT ticker FROM tickers)",
+        params,
+    ).fetchone()[0]
+    bad_dates = None
+    if table.schema.name in {"SEP", "DAILY"}:
+        dates = con.execute(f"SELECT DISTINCT {col} FROM {name} WHERE {where}", params).pl().get_column(col)
+        sessions = calendar.sessions_frame(start, end - dt.timedelta(days=1)).get_column("date")
+        bad_dates = dates.filter(~dates.is_in(sessions.implode())).to_list()
+    bad_px = None
+    if table.schema.name == "SEP":
+        bad_px = int(con.execute(
+            f"SELECT count(*) FROM {name} WHERE {where} AND NOT (open > 0 AND high > 0 AND low > 0 AND close > 0 "
+            "AND closeadj > 0 AND low <= least(open, close) * (1 + 1e-9) AND high >= greatest(open, close) * (1 - 1e-9) "
+            "AND volume >= 0)",
+            params,
+        ).fetchone()[0])
+    return StoredWindow(int(dup), int(unknown), bad_dates, bad_px)
+
+
+def record_rejects(con: duckdb.DuckDBPyConnection, table: str, rejects: pl.DataFrame, start: dt.date,
+                   end: dt.date) -> None:
+    """Keep rejected rows inspectable in `sync_rejects`, replacing this table's window."""
+    rows = rejects.select(
+        pl.lit(table).alias("table_name"),
+        pl.lit(start).alias("window_start"),
+        pl.lit(end).alias("window_end"),
+        "reason",
+        "ticker",
+        "date",
+    )
+    store.replace_window(con, "sync_rejects", rows, "window_start", start, end, scope={"table_name": table})

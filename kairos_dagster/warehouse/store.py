@@ -242,3 +242,13 @@ def read_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
 
 def write_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
     upsert_rows(con, META_TABLE, pl.DataFrame({"key": [key], "value": [value]}), ["key"])
+
+
+def peek(path: Path | str, read: Callable[[duckdb.DuckDBPyConnection], object]) -> tuple[object, str]:
+    """(read(con), "") on a read-only connection that does not wait on another writer's lock, or
+    (None, reason) when the warehouse is locked by a run or missing: sensors skip, they never block."""
+    try:
+        with connect(path, read_only=True, retries=1) as con:
+            return read(con), ""
+    except (WarehouseError, duckdb.Error) as exc:
+        return None, f"warehouse {path} unavailable (locked by a run, or missing): {str(exc).splitlines()[0]}"

@@ -29,7 +29,7 @@ from kairos_dagster.broker.engine import (
     verify,
 )
 from kairos_dagster.broker.orders import ExecutionRefusedError, RiskLimits
-from kairos_dagster_tests.fakes.alpaca_server import FakeAlpaca
+from kairos_dagster_tests.fixtures.alpaca_server import FakeAlpaca
 
 NY = ZoneInfo("America/New_York")
 SECRET = "s3cr3t-DO-NOT-LEAK-9f8e7d"

@@ -7,6 +7,7 @@ import pytest
 
 from kairos_dagster import calendar
 from kairos_dagster.features import fundamental as fu
+from kairos_dagster.features import pit
 from kairos_dagster.sources import schemas
 
 d = dt.date
@@ -53,7 +54,7 @@ def _fund_sf1() -> pl.DataFrame:
 
 def test_sf1_row_after_d_not_visible_and_mr_ignored():
     r = rows("A", d(2023, 4, 30), d(2023, 5, 1), d(2024, 4, 30), d(2024, 5, 1))
-    out = fu.pit_sf1(r, _fund_sf1(), ["revenue"]).sort("date")
+    out = pit.pit_sf1(r, _fund_sf1(), ["revenue"]).sort("date")
     assert out["revenue"].to_list() == [None, 100.0, 100.0, 121.0]
 
 
@@ -74,13 +75,13 @@ def test_restatements_do_not_leak_and_old_amendments_do_not_displace():
 
 def test_mr_dimension_refused():
     with pytest.raises(ValueError, match="MRT"):
-        fu.pit_sf1(rows("A", d(2024, 1, 2)), _fund_sf1(), ["revenue"], dimension="MRT")
+        pit.pit_sf1(rows("A", d(2024, 1, 2)), _fund_sf1(), ["revenue"], dimension="MRT")
 
 
 def test_stale_snapshot_is_missing():
-    r = rows("A", d(2023, 5, 1) + dt.timedelta(days=fu.SF1_STALE_DAYS + 1))
+    r = rows("A", d(2023, 5, 1) + dt.timedelta(days=pit.SF1_STALE_DAYS + 1))
     s = sf1(art("A", d(2023, 3, 31), d(2023, 5, 1), revenue=100.0))
-    assert fu.pit_sf1(r, s, ["revenue"])["revenue"].to_list() == [None]
+    assert pit.pit_sf1(r, s, ["revenue"])["revenue"].to_list() == [None]
 
 
 def test_bad_input_named():

@@ -11,6 +11,7 @@ import pytest
 import talib
 
 from kairos_dagster import calendar as cal
+from kairos_dagster.features import targets as tg
 from kairos_dagster.features import technical as T
 from kairos_dagster.features.universe import market_returns
 
@@ -234,7 +235,7 @@ def test_vol_blend_is_floored_and_adv_and_turnover_are_dollar_volume_based() -> 
 # ------------------------------------------------------------------------------------- targets
 def test_targets_forward_returns_label_and_end_date() -> None:
     prices = PRICES.head(1300 + 600)  # T00 full, T01 shorter
-    out = T.feat_targets(prices)
+    out = tg.feat_targets(prices)
     assert out.columns == ["ticker", "date", *T.TECHNICAL_TABLES["feat_targets"].columns]
     for tk in ("T00", "T01"):
         s, f = prices.filter(pl.col("ticker") == tk), out.filter(pl.col("ticker") == tk)
@@ -252,7 +253,7 @@ def test_targets_forward_returns_label_and_end_date() -> None:
         pl.col("ret_5d_f").is_null()).height
     # calendar helper gives the same session when the ticker has no gaps
     lab = out.filter(pl.col("label_end_date").is_not_null()).head(50)
-    assert T.label_end_dates(lab["date"]).equals(lab["label_end_date"], check_names=False)
+    assert tg.label_end_dates(lab["date"]).equals(lab["label_end_date"], check_names=False)
 
 
 def test_targets_ml_label_is_the_market_residual_above_the_median() -> None:
@@ -268,7 +269,7 @@ def test_targets_ml_label_is_the_market_residual_above_the_median() -> None:
         pl.when(pl.col("ticker").is_in(["T00", "T02"])).then(None).otherwise(pl.col("beta_252")).alias("beta_252"),
         pl.when(pl.col("ticker") == "T02").then(None).otherwise(pl.col("beta_63")).alias("beta_63"),
     )
-    out = T.feat_targets(prices, keys, mkt, risk)
+    out = tg.feat_targets(prices, keys, mkt, risk)
     assert out.columns == ["ticker", "date", *T.TECHNICAL_TABLES["feat_targets"].columns]
     d = dates[30]
     m = mkt["mkt_ret"].to_numpy()
@@ -280,36 +281,36 @@ def test_targets_ml_label_is_the_market_residual_above_the_median() -> None:
     resid = one["ret_5d_f"].to_numpy() - beta * mkt_5d
     np.testing.assert_allclose(one["ret_5d_resid_f"].to_numpy(), resid, rtol=1e-9, atol=1e-15)
     # above the median of 12 names: exactly the 6 best residual returns
-    assert one[T.ML_LABEL].to_list() == [int(v > np.median(resid)) for v in resid] and one[T.ML_LABEL].sum() == 6
+    assert one[tg.ML_LABEL].to_list() == [int(v > np.median(resid)) for v in resid] and one[tg.ML_LABEL].sum() == 6
     # the last 5 sessions have no complete horizon: every forward column is null, never filled
     tail = out.filter(pl.col("date") > dates[-6])
-    assert tail.select(pl.col("mkt_ret_5d_f", "ret_5d_resid_f", T.ML_LABEL).null_count()).row(0) == (
+    assert tail.select(pl.col("mkt_ret_5d_f", "ret_5d_resid_f", tg.ML_LABEL).null_count()).row(0) == (
         tail.height, tail.height, tail.height)
     # without market and risk inputs the residual columns are unknown (null), not invented
-    bare = T.feat_targets(prices, keys)
-    assert bare.columns == out.columns and bare[T.ML_LABEL].null_count() == bare.height
+    bare = tg.feat_targets(prices, keys)
+    assert bare.columns == out.columns and bare[tg.ML_LABEL].null_count() == bare.height
     # bad inputs name what is wrong, nothing is computed from them
     with pytest.raises(ValueError, match="feat_beta: duplicate key ticker='T03'"):
-        T.feat_targets(prices, keys, mkt, pl.concat([risk, risk.filter(pl.col("ticker") == "T03").head(1)]))
+        tg.feat_targets(prices, keys, mkt, pl.concat([risk, risk.filter(pl.col("ticker") == "T03").head(1)]))
     with pytest.raises(ValueError, match="market_returns: duplicate date"):
-        T.feat_targets(prices, keys, pl.concat([mkt, mkt.head(1)]), risk)
+        tg.feat_targets(prices, keys, pl.concat([mkt, mkt.head(1)]), risk)
     for bad in (-1.5, float("nan")):
         with pytest.raises(ValueError, match="is not a return above -100%"):
-            T.feat_targets(prices, keys, mkt.with_columns(pl.when(pl.col("date") == d).then(bad)
+            tg.feat_targets(prices, keys, mkt.with_columns(pl.when(pl.col("date") == d).then(bad)
                                                           .otherwise(pl.col("mkt_ret")).alias("mkt_ret")), risk)
 
 
 def test_targets_cross_section_is_the_universe_rows_given() -> None:
     prices = make_prices(n_tickers=10, n_sessions=60, seed=3)
     uni = prices.select("ticker", "date").filter(pl.col("ticker") != "T09")
-    out = T.feat_targets(prices, universe=uni)
+    out = tg.feat_targets(prices, universe=uni)
     assert out.height == uni.height and "T09" not in out["ticker"].to_list()
     one = out.filter(pl.col("date") == out["date"][10])
     # 9 names: average rank / 9 > 0.8 -> the top 1 (8/9 = 0.889) and 2 (> 7.2/9); exactly ranks 8 and 9
     top = one.sort("ret_5d_f").tail(2)["ticker"].to_list()
     assert sorted(one.filter(pl.col("label_top_quintile_5d") == 1)["ticker"].to_list()) == sorted(top)
     # forward returns still span the ticker's own sessions, not only universe rows
-    full = T.feat_targets(prices).join(uni, on=["ticker", "date"], how="semi", maintain_order="left")
+    full = tg.feat_targets(prices).join(uni, on=["ticker", "date"], how="semi", maintain_order="left")
     assert out["ret_21d_f"].equals(full["ret_21d_f"])
 
 
@@ -333,7 +334,7 @@ def test_bad_input_is_named() -> None:
 def test_rolling_argmax_age_and_max_drawdown_match_brute_force_exactly_with_ties() -> None:
     from numpy.lib.stride_tricks import sliding_window_view
 
-    from kairos_dagster.features.rolling import rolling_argmax_age, rolling_max_drawdown_values
+    from kairos_dagster.features.ops import rolling_argmax_age, rolling_max_drawdown_values
 
     rng = np.random.default_rng(7)
     x = np.round(np.cumsum(rng.normal(0, 1, 700)), 0)  # coarse rounding: many tied maxima
@@ -351,7 +352,7 @@ def test_rolling_argmax_age_and_max_drawdown_match_brute_force_exactly_with_ties
 
 
 def test_block_mean_and_ticker_row_index() -> None:
-    from kairos_dagster.features.rolling import block_mean, ticker_row_index
+    from kairos_dagster.features.ops import block_mean, ticker_row_index
 
     df = pl.DataFrame({"ticker": ["A"] * 7 + ["B"] * 3 + ["C"] * 5, "x": np.arange(15, dtype=float) ** 2})
     out = df.with_columns(pl.col("x").rolling_mean(2).alias("m2")).select(
@@ -366,13 +367,13 @@ def test_block_mean_and_ticker_row_index() -> None:
 
 @pytest.mark.parametrize("name", [n for n in T.TECHNICAL_TABLES if n != "feat_targets"])
 def test_batches_of_whole_tickers_change_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kairos_dagster.features import rolling
+    from kairos_dagster.features import ops
 
     prices = _history(PRICES, 0, 999)  # 3 tickers x 1000 rows
     whole = run_table(name, prices)
     # 700-row batches: cut at ticker starts (0, 1000, 2000), never inside a ticker
-    assert rolling.ticker_batches(np.array([0, 1000, 2000]), 3000, 700) == [(0, 1000), (1000, 1000), (2000, 1000)]
-    monkeypatch.setattr(rolling, "BATCH_ROWS", 700)
+    assert ops.ticker_batches(np.array([0, 1000, 2000]), 3000, 700) == [(0, 1000), (1000, 1000), (2000, 1000)]
+    monkeypatch.setattr(ops, "BATCH_ROWS", 700)
     batched = run_table(name, prices)
     assert batched.columns == whole.columns
     _close(whole, batched, f"{name}: batched")

@@ -119,7 +119,7 @@ def test_add_zscores_clipped_equals_the_expression_verbs():
 def test_duplicate_keys_fast_path_and_fallback():
     import datetime as dt
 
-    from kairos_dagster.checks.feature_checks import duplicate_keys
+    from kairos_dagster.defs.features.checks import duplicate_keys
 
     d = [dt.date(2024, 1, 2), dt.date(2024, 1, 3)]
     ok = pl.DataFrame({"ticker": ["A", "A", "B", "B"], "date": d * 2})

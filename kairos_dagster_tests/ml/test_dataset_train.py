@@ -14,7 +14,7 @@ from kairos_dagster.ml.dataset import (
     training_rows,
 )
 from kairos_dagster.ml.train import predict_proba, train_classifier
-from kairos_dagster_tests.ml.synth import FEATURES, make_market
+from kairos_dagster_tests.fixtures.ml_market import FEATURES, make_market
 
 LABEL = "label_top_quintile_5d"
 START, END = dt.date(2020, 1, 6), dt.date(2020, 12, 31)

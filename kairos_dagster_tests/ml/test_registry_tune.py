@@ -12,7 +12,7 @@ from kairos_dagster.ml import registry
 from kairos_dagster.ml.dataset import training_rows
 from kairos_dagster.ml.train import predict_proba, train_classifier
 from kairos_dagster.ml.tune import cv_folds, tune
-from kairos_dagster_tests.ml.synth import FEATURES, make_market
+from kairos_dagster_tests.fixtures.ml_market import FEATURES, make_market
 
 LABEL = "label_top_quintile_5d"
 START = dt.date(2020, 1, 6)
@@ -101,7 +101,7 @@ WORKER = textwrap.dedent("""
     import datetime as dt, sys
     from kairos_dagster.ml.dataset import training_rows
     from kairos_dagster.ml.tune import tune
-    from kairos_dagster_tests.ml.synth import FEATURES, make_market
+    from kairos_dagster_tests.fixtures.ml_market import FEATURES, make_market
     f, t = make_market(dt.date(2020, 1, 6), dt.date(2020, 9, 30), n_tickers=40, seed=5)
     rows, _ = training_rows(f, t, FEATURES, "label_top_quintile_5d", start=dt.date(2020, 1, 6),
                             end=dt.date(2020, 8, 31), label_end=dt.date(2020, 9, 9))

@@ -9,7 +9,7 @@ import pytest
 from kairos_dagster.calendar import rebalance_dates_between, signal_date_for, week_sessions
 from kairos_dagster.ml.metrics import ML_METRICS_SCHEMA, ic_stats, rank_ic_by_date
 from kairos_dagster.ml.predict import TunerConfig, walk_forward_predict
-from kairos_dagster_tests.ml.synth import FEATURES, make_market
+from kairos_dagster_tests.fixtures.ml_market import FEATURES, make_market
 
 ANCHOR = dt.date(2020, 1, 6)
 PARAMS = {"num_boost_round": 40, "max_depth": 3}

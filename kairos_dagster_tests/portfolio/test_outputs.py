@@ -17,7 +17,7 @@ from kairos_dagster.portfolio.outputs import (
 )
 from kairos_dagster.portfolio.risk4 import build_portfolio
 from kairos_dagster.portfolio.trades import TRADES_COLUMNS, TRADES_SCHEMA, plan_trades
-from kairos_dagster_tests.portfolio._data import make_frame, make_returns
+from kairos_dagster_tests.fixtures.portfolio_frames import make_frame, make_returns
 
 REBAL = dt.date(2026, 1, 16)
 GEN = dt.datetime(2026, 1, 16, 8, 0, 0)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from kairos_dagster.portfolio.config import ML_CONFIG
 from kairos_dagster.portfolio.risk4 import apply_caps, build_portfolio, check_caps
 from kairos_dagster.sources.schemas import SECTORS
-from kairos_dagster_tests.portfolio._data import SIGNAL_DATE, make_returns
+from kairos_dagster_tests.fixtures.portfolio_frames import SIGNAL_DATE, make_returns
 
 TOL = 1e-9
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

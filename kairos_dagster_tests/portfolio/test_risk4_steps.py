@@ -26,7 +26,7 @@ from kairos_dagster.portfolio.risk4 import (
     validate_prior,
     vol_scale,
 )
-from kairos_dagster_tests.portfolio._data import SIGNAL_DATE, make_frame, make_returns
+from kairos_dagster_tests.fixtures.portfolio_frames import SIGNAL_DATE, make_frame, make_returns
 
 A = "alpha_ml_v2_tuned_clf"
 

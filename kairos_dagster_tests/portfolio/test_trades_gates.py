@@ -8,7 +8,7 @@ from kairos_dagster.portfolio.gates import blocking_failures, evaluate_gates
 from kairos_dagster.portfolio.risk4 import build_portfolio
 from kairos_dagster.portfolio.trades import TRADES_COLUMNS, TradePlanError, plan_trades
 from kairos_dagster.sources.schemas import SECTORS
-from kairos_dagster_tests.portfolio._data import SIGNAL_DATE, make_frame, make_returns
+from kairos_dagster_tests.fixtures.portfolio_frames import SIGNAL_DATE, make_frame, make_returns
 
 PICKS = pl.DataFrame({"ticker": ["A", "B", "C"], "shares": [10, 5, 3], "price": [10.0, 20.0, 30.0]})
 HOLD = pl.DataFrame({"ticker": ["B", "C", "D", "E"], "shares": [8, 1, 4, 0], "price": [19.0, 29.0, 50.0, 5.0]})

@@ -20,7 +20,7 @@ from kairos_dagster.sources.nasdaq import (
     redact,
 )
 from kairos_dagster.sources.synthetic import SyntheticMarket
-from kairos_dagster_tests.fakes.nasdaq_server import FakeNasdaqServer
+from kairos_dagster_tests.fixtures.nasdaq_server import FakeNasdaqServer
 
 KEY = "sEcReT-kEy-4242"
 TIMEOUT = 0.5  # client timeout; the fake's slow fault answers after SLOW seconds

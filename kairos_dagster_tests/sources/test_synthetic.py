@@ -11,9 +11,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from kairos_dagster.calendar import sessions_array
-from kairos_dagster.sources import synthetic_panel as sp
 from kairos_dagster.sources.schemas import SECTORS, TABLES
 from kairos_dagster.sources.synthetic import SIGNAL_DOC, SyntheticMarket
+from kairos_dagster.sources.synthetic import panel as sp
 
 D = dt.date
 RANGED = ("SEP", "DAILY", "SF1", "SF2", "SF3", "ACTIONS")

@@ -1,0 +1,110 @@
+"""The weekly pipeline: the Friday 21:00 schedule, the Monday-Thursday update, and the targets refresh."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    PartitionsDefinition,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    define_asset_job,
+    schedule,
+)
+
+from kairos_dagster import calendar
+from kairos_dagster.constants import EXCHANGE_TIMEZONE, NEW_YORK
+from kairos_dagster.defs.partitions import week_key
+from kairos_dagster.defs.sync.automation import SYNC_SELECTION
+from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SERIAL_TAG
+
+FEATURE_GROUPS = (
+    "phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites", "phase5_regime",
+    "phase5_composites", "phase6_ml", "phase7_matrix", "reports",
+)
+PIPELINE_SELECTION = SYNC_SELECTION | AssetSelection.groups(*FEATURE_GROUPS)
+# feat_targets rows stay null until their horizon's prices exist: each week refreshes the previous ones.
+TARGET_REFRESH_WEEKS = 5
+
+weekly_pipeline_job = define_asset_job(
+    "weekly_pipeline_job",
+    selection=PIPELINE_SELECTION,
+    description="Sync the week and materialize the feature graph, the ML predictions and feat_matrix_v2.",
+)
+
+targets_refresh_job = define_asset_job(
+    "targets_refresh_job",
+    selection=AssetSelection.assets("feat_targets", "factor_ic"),
+    description="Recompute forward targets of recent weeks whose horizons have completed since.",
+)
+
+
+def week_partition_for(now: dt.datetime) -> str | None:
+    """The partition key of the trading week that holds `now` (New York), or None for a week without sessions."""
+    today = now.astimezone(NEW_YORK).date()
+    if calendar.rebalance_date_for_week(today) is None:
+        return None
+    return week_key(today)
+
+
+def weeks_before(key: str, n: int, first_partition: str) -> tuple[str, str]:
+    """The `n` weeks before `key`, clipped at the first partition."""
+    monday = dt.date.fromisoformat(key)
+    first = max(monday - dt.timedelta(weeks=n), dt.date.fromisoformat(first_partition))
+    return first.isoformat(), (monday - dt.timedelta(weeks=1)).isoformat()
+
+
+def build_friday_schedule(weekly: PartitionsDefinition) -> ScheduleDefinition:
+    """Friday 21:00 New York: the targets refresh of the previous weeks, then the week's pipeline."""
+
+    @schedule(
+        name="friday_weekly_schedule",
+        job=weekly_pipeline_job,
+        cron_schedule="0 21 * * 5",
+        execution_timezone=EXCHANGE_TIMEZONE,
+        description=(
+            "Friday 21:00 New York: refresh the forward targets of the previous weeks, then sync the current "
+            "week's partition and materialize the feature graph (the week's data is complete)."
+        ),
+    )
+    def friday_weekly_schedule(context: ScheduleEvaluationContext):
+        key = week_partition_for(context.scheduled_execution_time)
+        if key is None:
+            return SkipReason("this week has no NYSE session")
+        tags = {"kairos/trigger": "friday_schedule", **SERIAL_TAG}
+        requests = []
+        first, last = weeks_before(key, TARGET_REFRESH_WEEKS, weekly.get_first_partition_key())
+        if first <= last:
+            requests.append(
+                RunRequest(
+                    run_key=f"targets-refresh-{key}",
+                    asset_selection=[AssetKey("feat_targets"), AssetKey("factor_ic")],
+                    tags={**tags, RANGE_START_TAG: first, RANGE_END_TAG: last},
+                )
+            )
+        requests.append(RunRequest(run_key=f"weekly-{key}", partition_key=key, tags=tags))
+        return requests
+
+    return friday_weekly_schedule
+
+
+@schedule(
+    name="daily_update_schedule",
+    job=weekly_pipeline_job,
+    cron_schedule="0 21 * * 1-4",
+    execution_timezone=EXCHANGE_TIMEZONE,
+    description=(
+        "Monday-Thursday 21:00 New York: re-materialize the current week's partition of the sync, feature graph, "
+        "ML and feat_matrix_v2, so the next morning's rebalance finds its signal date (Friday: the weekly run)."
+    ),
+)
+def daily_update_schedule(context: ScheduleEvaluationContext):
+    today = context.scheduled_execution_time.astimezone(NEW_YORK).date()
+    if not calendar.is_session(today):
+        return SkipReason(f"{today} is not an NYSE session: no new data to sync")
+    return RunRequest(run_key=f"daily-update-{today.isoformat()}", partition_key=week_key(today),
+                      tags={"kairos/trigger": "daily_update_schedule", **SERIAL_TAG})

@@ -1,0 +1,18 @@
+"""The feature domain: Phases 1-5, the factor report, and the weekly pipeline's jobs and schedules."""
+
+from __future__ import annotations
+
+from dagster import Definitions, PartitionsDefinition
+
+from kairos_dagster.defs.features.assets import build_feature_assets
+from kairos_dagster.defs.features.automation import (
+    build_friday_schedule,
+    daily_update_schedule,
+    targets_refresh_job,
+    weekly_pipeline_job,
+)
+
+
+def build_defs(weekly: PartitionsDefinition) -> Definitions:
+    return Definitions(assets=build_feature_assets(weekly), jobs=[weekly_pipeline_job, targets_refresh_job],
+                       schedules=[build_friday_schedule(weekly), daily_update_schedule])

@@ -1,0 +1,166 @@
+"""Phase 0 — sync SHARADAR tables into the warehouse: `tickers` (full refresh) and weekly partitions."""
+
+
+import datetime as dt
+from collections.abc import Iterator
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    Failure,
+    MetadataValue,
+    Output,
+    PartitionsDefinition,
+    asset,
+)
+
+from kairos_dagster.defs.metadata import frame_metadata, weekly_output
+from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
+from kairos_dagster.resources.source import SharadarSource, SourceConfigError
+from kairos_dagster.resources.warehouse import DuckDBWarehouse
+from kairos_dagster.settings import SettingsError
+from kairos_dagster.sources.sync import (
+    SYNC_TABLES,
+    SyncTable,
+    fetch_tickers,
+    record_rejects,
+    stored_window,
+    sync_window,
+)
+from kairos_dagster.sources.validate import DEFAULT_REJECT_THRESHOLD
+from kairos_dagster.warehouse import store
+from kairos_dagster.warehouse.summary import markdown_table
+
+GROUP = "sync"
+
+
+@asset(
+    name="tickers",
+    group_name=GROUP,
+    pool="duckdb",
+    io_manager_key="warehouse_io",
+    kinds={"duckdb", "polars"},
+    check_specs=[AssetCheckSpec("unique_table_ticker", asset="tickers")],
+)
+def tickers(context: AssetExecutionContext, source: SharadarSource, warehouse: DuckDBWarehouse) -> Iterator:
+    """SHARADAR TICKERS: one row per (table, ticker) with sector, industry, category and listing dates."""
+    ident = bind_source(warehouse, source)
+    df = fetch_tickers(_build(source))
+    md = frame_metadata(df, None, nulls=False)
+    md["source"] = MetadataValue.text(ident)
+    md["sep_tickers"] = MetadataValue.int(df.filter(pl.col("table") == "SEP").height)
+    md["delisted"] = MetadataValue.int(df.filter((pl.col("table") == "SEP") & (pl.col("isdelisted") == "Y")).height)
+    yield Output(df, metadata=md)
+    yield AssetCheckResult(check_name="unique_table_ticker", passed=True, metadata={"rows": df.height})
+
+
+def bind_source(warehouse: DuckDBWarehouse, source: SharadarSource) -> str:
+    """The source this run syncs from, checked against the one the warehouse was built from (recorded in
+    kairos_meta at its first sync): a warehouse never holds synthetic rows beside real ones."""
+    try:
+        ident = source.identity()
+    except (SourceConfigError, SettingsError) as exc:
+        raise Failure(description=f"data source: {exc}") from None
+    with warehouse.connect() as con:
+        held = store.read_meta(con, "data_source")
+        if held is None:
+            store.write_meta(con, "data_source", ident)
+        elif held != ident:
+            raise Failure(description=(
+                f"warehouse {warehouse.path} holds data from source `{held}`; this run's source is `{ident}`: a "
+                "warehouse never mixes sources (point KAIROS_DUCKDB_PATH at another file, or set KAIROS_DATA_SOURCE / "
+                "KAIROS_SYNTHETIC_* to the warehouse's); nothing was written"))
+    return ident
+
+
+def _build(source: SharadarSource):
+    try:
+        return source.build()
+    except (SourceConfigError, SettingsError) as exc:
+        raise Failure(description=f"data source: {exc}") from None
+
+
+def _stored_checks(warehouse: DuckDBWarehouse, table: SyncTable, start: dt.date, end: dt.date) -> list[AssetCheckResult]:
+    """Checks on what the warehouse now holds for the window (not on what we meant to write)."""
+    with warehouse.connect() as con:
+        held = stored_window(con, table, start, end)
+    results = [
+        AssetCheckResult(check_name="unique_keys", passed=held.duplicate_keys == 0,
+                         metadata={"duplicate_keys": held.duplicate_keys}),
+        AssetCheckResult(check_name="tickers_known", passed=held.unknown_ticker_rows == 0,
+                         metadata={"unknown_ticker_rows": held.unknown_ticker_rows}),
+    ]
+    if held.non_session_dates is not None:
+        bad = held.non_session_dates
+        results.append(AssetCheckResult(
+            check_name="dates_are_sessions", passed=not bad,
+            metadata={"non_session_dates": MetadataValue.text(", ".join(map(str, bad)) or "none")}))
+    if held.invalid_price_rows is not None:
+        results.append(AssetCheckResult(check_name="prices_valid", passed=held.invalid_price_rows == 0,
+                                        metadata={"invalid_price_rows": held.invalid_price_rows}))
+    return results
+
+
+def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinition:
+    name = table.asset
+    checks = ["valid_rows", "unique_keys", "tickers_known"]
+    if table.schema.name in {"SEP", "DAILY"}:
+        checks.append("dates_are_sessions")
+    if table.schema.name == "SEP":
+        checks.append("prices_valid")
+
+    @asset(
+        name=name,
+        group_name=GROUP,
+        partitions_def=weekly,
+        backfill_policy=SINGLE_RUN,
+        deps=["tickers"],
+        metadata={"partition_expr": table.partition_column},
+        pool="duckdb",
+        io_manager_key="warehouse_io",
+        kinds={"duckdb", "polars"},
+        check_specs=[AssetCheckSpec(c, asset=name) for c in checks],
+        description=(
+            f"SHARADAR {table.schema.name}, rows whose `{table.partition_column}` falls in the partition's week(s). "
+            "Invalid rows are rejected by reason (see `sync_rejects`), never dropped silently."
+        ),
+    )
+    def _sync(context: AssetExecutionContext, source: SharadarSource, warehouse: DuckDBWarehouse) -> Iterator:
+        start, end = window_dates(context.partition_time_window)
+        ident = bind_source(warehouse, source)
+        known = warehouse.read("tickers", columns=["ticker"]).get_column("ticker").unique()
+        result = sync_window(_build(source), table, start, end, known)
+        with warehouse.connect() as con:
+            record_rejects(con, name, result.rejects, start, end)
+        md = frame_metadata(result.clean, table.partition_column)
+        md["source"] = MetadataValue.text(ident)
+        md["window"] = MetadataValue.text(f"{start} .. {end - dt.timedelta(days=1)}")
+        md["input_rows"] = MetadataValue.int(result.input_rows)
+        md["rejected_rows"] = MetadataValue.int(result.rejected)
+        md["rejects_by_reason"] = MetadataValue.json(result.counts)
+        yield weekly_output(context, result.clean, md)
+        passed = result.reject_rate <= DEFAULT_REJECT_THRESHOLD
+        yield AssetCheckResult(
+            check_name="valid_rows",
+            passed=passed,
+            severity=AssetCheckSeverity.ERROR if not passed else AssetCheckSeverity.WARN,
+            metadata={
+                "rejected_rows": result.rejected,
+                "reject_rate": result.reject_rate,
+                "threshold": DEFAULT_REJECT_THRESHOLD,
+                "rejects_by_reason": MetadataValue.json(result.counts),
+                "sample": MetadataValue.md(markdown_table(result.rejects)),
+            },
+        )
+        yield from _stored_checks(warehouse, table, start, end)
+
+    return _sync
+
+
+def build_sync_assets(weekly: PartitionsDefinition) -> list[AssetsDefinition]:
+    """`tickers` and one weekly asset per SHARADAR table."""
+    return [tickers, *(_sync_asset(t, weekly) for t in SYNC_TABLES.values())]

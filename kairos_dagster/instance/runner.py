@@ -1,0 +1,172 @@
+"""Run asset selections through the Dagster instance, so CLI runs show up in the UI's run history."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    define_asset_job,
+)
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.utils import make_new_run_id
+
+from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
+from kairos_dagster.instance import run_guard
+from kairos_dagster.settings import PROJECT_ROOT
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to the repository's .dagster_home with the project's dagster.yaml in it."""
+    home = Path(os.environ.get("DAGSTER_HOME") or (PROJECT_ROOT / ".dagster_home"))
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    source = PROJECT_ROOT / "dagster.yaml"
+    if not target.exists() and source.exists():
+        shutil.copyfile(source, target)
+    elif target.exists():
+        # A home made before the instance modules moved into kairos_dagster/instance/ names the old module.
+        text = target.read_text()
+        if "kairos_dagster.instance_storage" in text:
+            target.write_text(text.replace("kairos_dagster.instance_storage", "kairos_dagster.instance.storage"))
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def get_instance() -> DagsterInstance:
+    dagster_home()
+    return DagsterInstance.get()
+
+
+def run_selection(
+    defs: Definitions,
+    selection: AssetSelection | Sequence[str],
+    *,
+    partition_key: str | None = None,
+    partition_range: tuple[str, str] | None = None,
+    run_config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    instance: DagsterInstance | None = None,
+    raise_on_error: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> ExecuteInProcessResult:
+    """Materialize `selection` for one partition, a range of partitions in a single run, or unpartitioned.
+
+    Before launching, runs of this host whose process died are marked failed and their warehouse slot
+    freed, and a live run holding the slot is waited for, saying so (run_guard)."""
+    if not isinstance(selection, AssetSelection):
+        selection = AssetSelection.assets(*[AssetKey(s) for s in selection])
+    instance = instance or get_instance()
+    run_guard.prepare_launch(instance, echo or _stderr)
+    run_tags = {**run_guard.launch_tags(), **dict(tags or {})}
+    if partition_range is not None:
+        start, end = partition_range
+        if start == end:
+            partition_key = start
+        else:
+            run_tags[RANGE_START_TAG], run_tags[RANGE_END_TAG] = start, end
+    # An ad-hoc job over the selection, built the way `dagster asset materialize` builds it.
+    adhoc = define_asset_job("kairos_cli_run", selection=selection)
+    resolved = Definitions.merge(defs, Definitions(jobs=[adhoc])).resolve_job_def("kairos_cli_run")
+    config = dict(run_config or {})
+    # Dagster's console logger prints every engine event at DEBUG; operators want the asset logs.
+    config.setdefault("loggers", {"console": {"config": {"log_level": os.environ.get("KAIROS_LOG_LEVEL", "INFO")}}})
+    run_id = make_new_run_id()
+    return _interruptible(lambda: resolved.execute_in_process(
+        run_config=config,
+        instance=instance,
+        partition_key=partition_key,
+        tags=run_tags,
+        raise_on_error=raise_on_error,
+        run_id=run_id,
+    ), instance, run_id, echo or _stderr)
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped a run: the step in progress was rolled back or finished, no later step ran."""
+
+    def __init__(self, run_id: str, signame: str, result: ExecuteInProcessResult | None) -> None:
+        self.run_id, self.signame, self.result = run_id, signame, result
+        super().__init__(f"run {run_id} stopped by {signame}: canceled")
+
+
+def _interruptible(execute: Callable[[], ExecuteInProcessResult], instance: DagsterInstance, run_id: str,
+                   echo: Callable[[str], None]) -> ExecuteInProcessResult:
+    """Run `execute` in a worker thread, so that SIGINT/SIGTERM reach this (main) thread.
+
+    Dagster's in-process execution captures SIGINT and never acts on it between steps. Here a signal
+    marks the run CANCELING and raises DagsterExecutionInterruptedError inside the worker at its next
+    Python instruction: a step in a DuckDB call finishes that call first, then its transaction rolls back
+    (atomic window writes), no further step starts, and Dagster records the run as CANCELED."""
+    if threading.current_thread() is not threading.main_thread():
+        return execute()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = execute()
+        except BaseException as exc:  # delivered back to the caller below
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"kairos-run-{run_id[:8]}", daemon=True)
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not received:
+            echo(f"{signal.Signals(signum).name}: stopping run {run_id} after the current step's write rolls "
+                 "back or completes; no further step starts")
+            run = instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                instance.report_run_canceling(run, message=f"{signal.Signals(signum).name} received by the kairos CLI")
+        received.append(signum)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
+                                                   ctypes.py_object(DagsterExecutionInterruptedError))
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise RunInterrupted(run_id, signal.Signals(received[0]).name, box.get("result"))
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def failure_messages(result: ExecuteInProcessResult) -> list[str]:
+    """One line per failed step, naming the step and its week(s): an operator's Failure description,
+    else the innermost error's message (the wrapper says only "error in op")."""
+    from kairos_dagster.instance.console_logger import innermost_error
+
+    tags = result.dagster_run.tags
+    weeks = (f" (weeks {tags[RANGE_START_TAG]} .. {tags[RANGE_END_TAG]})" if RANGE_START_TAG in tags
+             else f" (week {tags['dagster/partition']})" if "dagster/partition" in tags else "")
+    lines = []
+    for event in result.all_events:
+        if not event.is_step_failure or event.event_specific_data is None:
+            continue
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        cause = user.description if user is not None and user.description else innermost_error(data.error)
+        lines.append(f"{event.step_key}{weeks}: {cause.strip()}")
+    return lines

@@ -1,0 +1,28 @@
+"""Every Dagster resource of the code location, one module each, built from the settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kairos_dagster.resources.broker import BrokerResource
+from kairos_dagster.resources.ml import MLResource
+from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
+from kairos_dagster.resources.source import source_resource
+from kairos_dagster.resources.warehouse import DuckDBWarehouse, KairosDuckDBIOManager
+from kairos_dagster.settings import Settings
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """The resources of a Definitions built from `settings`."""
+    path = str(settings.duckdb_path)
+    return {
+        "warehouse_io": KairosDuckDBIOManager(path=path),
+        "warehouse": DuckDBWarehouse(path=path),
+        # Fields a run config leaves out keep the settings' values: a partial run config can never change
+        # where the data comes from (resources.source.source_resource).
+        "source": source_resource(settings),
+        "ml": MLResource.from_settings(settings),
+        "rebalance_outputs": RebalanceOutputs.from_settings(settings),
+        # Simulated unless Alpaca credentials are set; those arrive as EnvVar references, never values.
+        "broker": BrokerResource.from_env(path, auto_paper=settings.auto_paper),
+    }

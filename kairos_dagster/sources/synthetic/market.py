@@ -1,0 +1,478 @@
+"""The synthetic SHARADAR market: the embedded default source (no API key, no network).
+
+`SyntheticMarket(seed, n_tickers).table(name, start, end)` serves TICKERS, SEP, DAILY, SF1, SF2, SF3 and
+ACTIONS with the exact columns of `schemas.TABLES`, deterministically: any range gives the same rows
+whether asked week by week or all at once, today or in ten years (see synthetic.panel for how).
+`oracle(start, end)` exposes the planted truth; SIGNAL_DOC describes it.
+
+Conventions that differ from the live feed, on purpose:
+- Prices are adjusted to each ticker's *first* price date rather than to "today": close/open/high/low/
+  volume are split-adjusted so that close == closeunadj until the first split; closeadj is the total
+  return index with closeadj == close on the first day. The live feed re-adjusts history after every
+  split, which a deterministic feed cannot do. Ratios (returns) are what the features use; for share
+  counts and money amounts use closeunadj.
+- TICKERS describes the whole synthetic history up to the fixed horizon (2040-12-31), just as the live
+  TICKERS describes history up to today: isdelisted, lastpricedate and scalemarketcap are not
+  point-in-time. Decide universes per date from SEP/DAILY.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+
+from kairos_dagster.sources.schemas import SECTORS, TABLES, conform, schema
+from kairos_dagster.sources.synthetic import panel as sp
+
+SOURCE = "synthetic"
+
+SIGNAL_DOC = f"""Planted signal of the synthetic market (seeded, known, noisy).
+
+Each session d, for every listed ticker, four characteristics observable from the tables on d:
+  mom_12_1         log(closeadj[d-21] / closeadj[d-252])                (SEP, past prices only)
+  quality_roe      roe of the latest ART row of SF1 with datekey <= d  (trailing netinc / equity)
+  value_bp         log(equity of the latest ARQ row with datekey <= d / marketcap 21 sessions before d)
+                   (marketcap as DAILY.marketcap * 1e6; the skip month keeps the recursion causal)
+  insider_buys_63d number of SF2 rows with transactioncode 'P' and filingdate in the last 63 sessions
+are z-scored cross-sectionally per date (winsorized at +-3; missing -> 0), and combined as
+  score = sum(w_k * z_k) / sqrt(sum w_k^2),  weights {sp.SIGNAL_WEIGHTS}.
+The planted expected idiosyncratic 5-session log return is
+  alpha_5d = signal * c(regime) * sigma_i * sqrt(5) * score,
+with `signal` the market's signal strength (KAIROS_SYNTHETIC_SIGNAL; 1, the default, is this market;
+0 plants nothing; reduced-scale tests raise it to get the statistical power of more tickers),
+with sigma_i the ticker's daily idiosyncratic vol and c by (trend, vol) regime
+{sp.SIGNAL_SCALE} ((0,0)=bull/normal vol, (1,1)=bear/high vol). Each of the 5 sessions after d carries
+alpha_5d(d)/5 of drift on top of beta * market + sector loading * sector factor + Student-t(4) noise.
+oracle().expected_ret_5d = alpha_5d + 5 * beta * mu_market(trend on d): the expected forward 5-session
+log return of closeadj given the characteristics and regime on d (to first order: characteristics move
+slowly). The realized cross-sectional rank IC against forward 5-session closeadj returns is about
+0.02-0.05, higher in bull/normal-vol regimes.
+"""
+
+ORACLE_COLUMNS = ("ticker", "date", "expected_ret_5d", "alpha_5d", "mom_12_1", "quality_roe", "value_bp",
+                  "insider_buys_63d", "beta", "sigma_idio", "regime_trend", "regime_vol")
+
+_INDUSTRIES = ("Products", "Services", "Equipment")
+_SCALES = ((50e6, "1 - Nano"), (300e6, "2 - Micro"), (2e9, "3 - Small"), (10e9, "4 - Mid"),
+           (200e9, "5 - Large"), (np.inf, "6 - Mega"))
+_OFFICERS = np.array(["Chief Executive Officer", "Chief Financial Officer", "Chief Operating Officer",
+                      "General Counsel", "Director", "Director"])
+_INVESTORS = np.array([f"SYNTHETIC CAPITAL {k:02d} LLC" for k in range(30)])
+
+
+def _check_date(name: str, value: object) -> dt.date | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+        raise TypeError(f"{SOURCE}: {name} must be a datetime.date or None, got {value!r}")
+    return value
+
+
+def _d(x: np.ndarray) -> pl.Series:
+    return pl.Series(x.astype("datetime64[D]")).cast(pl.Date)
+
+
+def _tick(st: sp.Static, i: np.ndarray) -> pl.Series:
+    """Ticker column for index array `i` (a polars gather: far cheaper than numpy unicode arrays)."""
+    return _ticker_series(st).gather(i)
+
+
+def _ticker_series(st: sp.Static) -> pl.Series:
+    return pl.Series("ticker", st.ticker.tolist(), dtype=pl.String)
+
+
+def _nan_to_null(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+class SyntheticMarket:
+    """A deterministic SHARADAR-shaped market generated from `seed` (see module and SIGNAL_DOC)."""
+
+    SIGNAL_DOC = SIGNAL_DOC
+    EPOCH = sp.EPOCH
+    HORIZON = sp.HORIZON
+
+    def __init__(self, seed: int = 7, n_tickers: int = 500, signal: float = 1.0) -> None:
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"{SOURCE}: seed must be a non-negative int, got {seed!r}")
+        if not isinstance(n_tickers, int) or not 1 <= n_tickers <= 20_000:
+            raise ValueError(f"{SOURCE}: n_tickers must be an int in 1..20000, got {n_tickers!r}")
+        if not isinstance(signal, int | float) or not 0.0 <= float(signal) <= 20.0:
+            raise ValueError(f"{SOURCE}: signal must be a number in 0..20, got {signal!r}")
+        self.seed = seed
+        self.n_tickers = n_tickers
+        self.signal = float(signal)
+
+    # ------------------------------------------------------------------ range helpers
+    def _range(self, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.date] | None:
+        start = _check_date("start", start)
+        end = _check_date("end", end)
+        if end is not None and end > sp.HORIZON:
+            raise ValueError(f"{SOURCE}: end {end} is past the synthetic market's horizon {sp.HORIZON}")
+        lo = max(start or sp.EPOCH, sp.EPOCH)
+        hi = end or sp.HORIZON
+        return None if lo > hi else (lo, hi)
+
+    def _panel_for(self, end: dt.date) -> sp.Panel:
+        return sp.panel(self.seed, self.n_tickers, end.year, self.signal)
+
+    @staticmethod
+    def _idx(lo: dt.date, hi: dt.date) -> tuple[int, int]:
+        sess = sp.all_sessions()
+        return (int(np.searchsorted(sess, np.datetime64(lo, "D"), "left")),
+                int(np.searchsorted(sess, np.datetime64(hi, "D"), "right")))
+
+    # ------------------------------------------------------------------ public API
+    def table(self, name: str, start: dt.date | None = None, end: dt.date | None = None) -> pl.DataFrame:
+        """SHARADAR table `name` with rows whose point-in-time column lies in [start, end] (inclusive)."""
+        spec = schema(name)
+        if spec.name == "TICKERS":
+            return conform(self._tickers(), spec, source=SOURCE)
+        rng = self._range(start, end)
+        if rng is None:
+            return spec.empty()
+        builder = {"SEP": self._sep, "DAILY": self._daily, "SF1": self._sf1, "SF2": self._sf2,
+                   "SF3": self._sf3, "ACTIONS": self._actions}[spec.name]
+        df = builder(*rng)
+        out = conform(df, spec, source=SOURCE)
+        # SEP and DAILY are built in key order already; sorting 10M+ string keys would dominate.
+        return out if spec.name in {"SEP", "DAILY"} else out.sort(list(spec.key))
+
+    def oracle(self, start: dt.date, end: dt.date) -> pl.DataFrame:
+        """Planted truth per (ticker, session) in [start, end]: expected_ret_5d and its drivers."""
+        if start is None or end is None:
+            raise ValueError(f"{SOURCE}: oracle needs both start and end dates")
+        rng = self._range(start, end)
+        if rng is None:
+            return pl.DataFrame(schema={c: (pl.String if c == "ticker" else pl.Date if c == "date" else
+                                            pl.Int8 if c.startswith("regime") else pl.Float64)
+                                        for c in ORACLE_COLUMNS})
+        p = self._panel_for(rng[1])
+        st = sp.static(self.seed, self.n_tickers)
+        s, e = self._idx(*rng)
+        t, i = self._cells(s, e, st)
+        trend, vol = (a[t] for a in sp.regimes(self.seed))
+        alpha = p.alpha_5d[t, i]
+        return _nan_to_null(pl.DataFrame({
+            "ticker": _tick(st, i),
+            "date": _d(sp.all_sessions()[t]),
+            "expected_ret_5d": alpha + 5 * st.beta[i] * np.asarray(sp.MARKET_MU)[trend],
+            "alpha_5d": alpha,
+            "mom_12_1": p.mom_12_1[t, i],
+            "quality_roe": p.quality_roe[t, i],
+            "value_bp": p.value_bp[t, i],
+            "insider_buys_63d": p.insider_buys_63d[t, i],
+            "beta": st.beta[i],
+            "sigma_idio": st.sigma[i],
+            "regime_trend": trend.astype(np.int8),
+            "regime_vol": vol.astype(np.int8),
+        }))
+
+    # ------------------------------------------------------------------ builders
+    @staticmethod
+    def _cells(s: int, e: int, st: sp.Static) -> tuple[np.ndarray, np.ndarray]:
+        """(session, ticker) index pairs of listed tickers for sessions s..e-1, ticker-major.
+
+        Tickers are alphabetical by index, so the cells come out in (ticker, date) order: no sort needed.
+        """
+        rows = np.arange(s, e)
+        alive = (rows[None, :] >= st.first_idx[:, None]) & (rows[None, :] <= st.last_idx[:, None])
+        ii, tt = np.nonzero(alive)
+        return rows[tt], ii
+
+    def _prices(self, p: sp.Panel, st: sp.Static, t: np.ndarray, i: np.ndarray) -> dict[str, np.ndarray]:
+        """close (split-adjusted), closeadj, closeunadj and market cap (USD) at cells (t, i)."""
+        first = st.first_idx[i]
+        dcum = p.cum[t, i] - p.cum[first, i]
+        close = st.p0[i] * np.exp(dcum + p.divcum[t, i] - p.divcum[first, i])
+        return {
+            "close": close,
+            "closeadj": st.p0[i] * np.exp(dcum),
+            "closeunadj": close * np.exp(-(p.logsf[t, i] - p.logsf[first, i])),
+            "mcap": st.shares0[i] * close,
+        }
+
+    def _sep(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+        p = self._panel_for(hi)
+        st = sp.static(self.seed, self.n_tickers)
+        s, e = self._idx(lo, hi)
+        t, i = self._cells(s, e, st)
+        px = self._prices(p, st, t, i)
+        prev = np.maximum(t - 1, 0)
+        prev_close = self._prices(p, st, prev, i)["close"]
+        r = np.where(t > st.first_idx[i], np.log(px["close"] / prev_close), 0.0)
+        # Intraday noise: one block per calendar year of the whole (session x ticker) grid.
+        noise = np.empty((len(t), 4))
+        years = sp.session_years()[t]
+        for y in np.unique(years):  # a handful of years per call, vectorized inside
+            sl = sp.year_slice(int(y))
+            block = sp._rng(self.seed, sp._S_OHLCV, int(y)).standard_normal((sl.stop - sl.start, st.n, 4))
+            m = years == y
+            noise[m] = block[t[m] - sl.start, i[m]]
+        _, vol = sp.regimes(self.seed)
+        sig = st.sigma[i] * np.asarray(sp.IDIO_VOL_MULT)[vol[t]]
+        close = px["close"]
+        intraday = 0.6 * r + 0.4 * sig * noise[:, 0]
+        open_ = close * np.exp(-intraday)
+        high = np.maximum(open_, close) * np.exp(0.5 * sig * np.abs(noise[:, 1]))
+        low = np.minimum(open_, close) * np.exp(-0.5 * sig * np.abs(noise[:, 2]))
+        dollar_vol = (st.turnover[i] * px["mcap"] * np.exp(0.35 * noise[:, 3] - 0.06)
+                      * (1.0 + 0.5 * np.minimum(np.abs(r) / sig, 6.0)) * (1.0 + 0.3 * vol[t]))
+        dates = _d(sp.all_sessions()[t])
+        return pl.DataFrame({
+            "ticker": _tick(st, i), "date": dates, "open": open_, "high": high, "low": low, "close": close,
+            "volume": np.round(dollar_vol / close), "closeadj": px["closeadj"],
+            "closeunadj": px["closeunadj"], "lastupdated": dates,
+        })
+
+    def _quarterly(self) -> dict[str, np.ndarray]:
+        """Derived quarterly statement lines (quarters x tickers), as reported."""
+        fu = sp.fundamentals(self.seed, self.n_tickers)
+        st = sp.static(self.seed, self.n_tickers)
+        rev, ni, eq = fu.revenue, fu.netinc, fu.equity
+        gp = rev * fu.gm
+        da = 0.05 * rev
+        debt = 0.5 * (st.leverage - 1) * eq
+        interest = 0.05 / 4 * debt
+        ebt = np.where(ni > 0, ni / 0.79, ni)
+        ebit = ebt + interest
+        assets = st.leverage * eq
+        ncfo = ni + da
+        capex = -0.06 * rev
+        return {"revenue": rev, "cor": rev - gp, "gp": gp, "opinc": ebit, "opex": gp - ebit,
+                "sgna": 0.7 * (gp - ebit), "rnd": 0.3 * (gp - ebit), "ebit": ebit, "ebitda": ebit + da,
+                "ebt": ebt, "netinc": ni, "netinccmn": ni, "assets": assets, "assetsc": 0.35 * assets,
+                "liabilities": assets - eq, "equity": eq, "debt": debt, "debtc": 0.2 * debt,
+                "debtnc": 0.8 * debt, "cashneq": 0.1 * assets, "capex": capex, "ncfo": ncfo,
+                "fcf": ncfo + capex, "divs": np.where(st.div_q > 0, 0.4 * np.maximum(ni, 0), 0.0)}
+
+    def _daily(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+        p = self._panel_for(hi)
+        st = sp.static(self.seed, self.n_tickers)
+        s, e = self._idx(lo, hi)
+        t, i = self._cells(s, e, st)
+        mcap = self._prices(p, st, t, i)["mcap"]
+        q = self._quarterly()
+        k = p.k_latest[t, i]
+        has = k >= 0
+        kk = np.maximum(k, 0)
+
+        def ttm_at(col: str) -> np.ndarray:
+            return np.where(has, sp.ttm(q[col])[kk, i], np.nan)
+
+        def bs_at(col: str) -> np.ndarray:
+            return np.where(has, q[col][kk, i], np.nan)
+
+        ev = mcap + bs_at("debt") - bs_at("cashneq")
+        ev = np.where(has, ev, mcap)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = pl.DataFrame({
+                "ticker": _tick(st, i), "date": _d(sp.all_sessions()[t]), "ev": ev / 1e6,
+                "evebit": ev / ttm_at("ebit"), "evebitda": ev / ttm_at("ebitda"), "marketcap": mcap / 1e6,
+                "pb": mcap / bs_at("equity"), "pe": mcap / ttm_at("netinc"), "ps": mcap / ttm_at("revenue"),
+            })
+        return _nan_to_null(out.with_columns(pl.col("date").alias("lastupdated")))
+
+    def _sf1(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+        p = self._panel_for(hi)
+        st = sp.static(self.seed, self.n_tickers)
+        fu = sp.fundamentals(self.seed, self.n_tickers)
+        q = self._quarterly()
+        sess = sp.all_sessions()
+        lo64, hi64 = np.datetime64(lo, "D"), np.datetime64(hi, "D")
+        valid = sp.sf1_valid(fu, st)
+        rp = fu.reportperiod[:, None]
+        frames = []
+        for dim in ("ARQ", "ART", "MRQ"):  # three dimensions, each vectorized over quarters x tickers
+            datekey = np.broadcast_to(rp, fu.datekey.shape) if dim == "MRQ" else fu.datekey
+            sel = valid & (datekey >= lo64) & (datekey <= hi64)
+            kq, ii = np.nonzero(sel)
+            vals = {c: (sp.ttm(v) if dim == "ART" and c not in _BALANCE else v)[kq, ii] for c, v in q.items()}
+            if dim == "MRQ":
+                vals["revenue"] = vals["revenue"] * fu.restate_rev[kq, ii]
+                vals["netinc"] = vals["netinc"] * fu.restate_ni[kq, ii]
+                vals["netinccmn"] = vals["netinc"]
+            # Prices on the row's datekey (the session on or before it for MR rows dated a quarter end).
+            t_px = np.searchsorted(sess, datekey[kq, ii], "right") - 1
+            px = self._prices(p, st, t_px, ii)
+            # As-reported share count: shares at the report period (split basis of that time).
+            t_rp = np.clip(np.searchsorted(sess, fu.reportperiod[kq], "right") - 1, st.first_idx[ii], None)
+            shares = st.shares0[ii] * np.exp(p.logsf[t_rp, ii] - p.logsf[st.first_idx[ii], ii])
+            ttm_ni = sp.ttm(q["netinc"])[kq, ii]
+            ttm_rev = sp.ttm(q["revenue"])[kq, ii]
+            ttm_ebit, ttm_ebitda = sp.ttm(q["ebit"])[kq, ii], sp.ttm(q["ebitda"])[kq, ii]
+            mcap, price = px["mcap"], px["closeunadj"]
+            ev = mcap + vals["debt"] - vals["cashneq"]
+            eq = vals["equity"]
+            rev, ni = vals["revenue"], vals["netinc"]
+            dps = vals.pop("divs") / shares
+            rpd = fu.reportperiod[kq]
+            year = rpd.astype("datetime64[Y]").astype(np.int64) + 1970
+            qtr = (rpd.astype("datetime64[M]").astype(np.int64) % 12) // 3 + 1
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vals.update({
+                    "eps": ni / shares, "epsdil": ni / (shares * 1.01), "shareswa": shares, "sharesbas": shares,
+                    "fcfps": vals["fcf"] / shares, "roe": ni / eq, "roa": ni / vals["assets"],
+                    "roic": vals["ebit"] * 0.79 / (vals["debt"] + eq), "ros": vals["ebit"] / rev,
+                    "grossmargin": vals["gp"] / rev, "netmargin": ni / rev, "ebitdamargin": vals["ebitda"] / rev,
+                    "currentratio": vals["assetsc"] / (0.4 * vals["liabilities"]), "de": vals["liabilities"] / eq,
+                    "pb": mcap / eq, "pe": mcap / ttm_ni, "ps": mcap / ttm_rev, "marketcap": mcap, "ev": ev,
+                    "evebit": ev / ttm_ebit, "evebitda": ev / ttm_ebitda, "price": price, "bvps": eq / shares,
+                    "sps": rev / shares, "dps": dps, "divyield": dps * (4 if dim != "ART" else 1) / price,
+                    "payoutratio": np.where(ni > 0, dps * shares / ni, 0.0),
+                    "workingcapital": vals["assetsc"] - 0.4 * vals["liabilities"],
+                    "invcap": vals["debt"] + eq, "sharefactor": np.ones(len(kq)),
+                })
+            ar_dk = fu.datekey[kq, ii]
+            frames.append(pl.DataFrame({
+                "ticker": st.ticker[ii], "dimension": np.full(len(kq), dim),
+                "calendardate": _d(rpd), "datekey": _d(datekey[kq, ii]), "reportperiod": _d(rpd),
+                "fiscalperiod": pl.Series([f"{y}-Q{qq}" for y, qq in zip(year.tolist(), qtr.tolist(), strict=True)],
+                                          dtype=pl.String),
+                "lastupdated": _d(ar_dk), **vals,
+            }))
+        return _nan_to_null(pl.concat(frames, how="diagonal"))
+
+    def _sf2(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+        p = self._panel_for(hi)
+        st = sp.static(self.seed, self.n_tickers)
+        ev = p.insiders
+        s, e = self._idx(lo, hi)
+        m = (ev.filing_idx >= s) & (ev.filing_idx < e)
+        i, code, owner = ev.ticker_idx[m], ev.code[m], ev.owner[m]
+        t_tx = ev.tx_idx[m]
+        price = self._prices(p, st, t_tx, i)["closeunadj"]
+        sign = np.where(code == "S", -1.0, 1.0)
+        shares = sign * ev.shares[m]
+        px = np.where(code == "A", 0.0, np.round(price, 2))
+        before = ev.holding[m]
+        sess = sp.all_sessions()
+        is_dir = owner >= 4
+        df = pl.DataFrame({
+            "ticker": st.ticker[i], "filingdate": _d(sess[ev.filing_idx[m]]), "formtype": np.full(len(i), "4"),
+            "issuername": np.char.add(st.ticker[i].astype(str), " Corp"),
+            "ownername": np.char.add(np.char.add(st.ticker[i].astype(str), " Insider "), owner.astype(str)),
+            "officertitle": _OFFICERS[owner], "isdirector": np.where(is_dir, "Y", "N"),
+            "isofficer": np.where(is_dir, "N", "Y"), "istenpercentowner": np.full(len(i), "N"),
+            "transactiondate": _d(sess[t_tx]), "securityadcode": np.full(len(i), "ND"),
+            "transactioncode": code, "sharesownedbeforetransaction": before, "transactionshares": shares,
+            "sharesownedfollowingtransaction": np.maximum(before + shares, 0.0),
+            "transactionpricepershare": px, "transactionvalue": shares * px,
+            "securitytitle": np.full(len(i), "Common Stock"), "directorindirect": np.full(len(i), "D"),
+        }).with_columns(
+            pl.lit(None, pl.String).alias("natureofownership"), pl.lit(None, pl.Date).alias("dateexercisable"),
+            pl.lit(None, pl.Float64).alias("priceexercisable"), pl.lit(None, pl.Date).alias("expirationdate"),
+        )
+        # rownum numbers the transactions of one owner's filing, in transaction order.
+        return df.sort("ticker", "filingdate", "ownername", "transactiondate", "transactioncode",
+                       "transactionshares").with_columns(
+            (pl.int_range(pl.len()).over("ticker", "filingdate", "ownername") + 1).cast(pl.Int64).alias("rownum"))
+
+    def _sf3(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+        p = self._panel_for(hi)
+        st = sp.static(self.seed, self.n_tickers)
+        sess = sp.all_sessions()
+        qe = sp.quarter_ends()
+        ks = np.flatnonzero((qe >= np.datetime64(lo, "D")) & (qe <= np.datetime64(hi, "D")))
+        frames = []
+        for k in ks:  # one quarter at a time (a handful per call), vectorized over tickers x investors
+            t = int(np.searchsorted(sess, qe[k], "right")) - 1
+            if t < 0:
+                continue
+            year = int(qe[k].astype("datetime64[Y]").astype(np.int64)) + 1970
+            rng = sp._rng(self.seed, sp._S_SF3, year, int(k))
+            n_inv = len(_INVESTORS)
+            size_rank = np.argsort(np.argsort(st.mcap0)) / max(st.n - 1, 1)
+            holds = rng.random((st.n, n_inv)) < (0.15 + 0.5 * size_rank)[:, None]
+            frac = np.exp(rng.normal(np.log(0.004), 0.8, (st.n, n_inv)))
+            listed = (st.first_idx <= t) & (st.last_idx >= t)
+            ii, jj = np.nonzero(holds & listed[:, None])
+            tt = np.full(len(ii), t)
+            px = self._prices(p, st, tt, ii)
+            shares_out = px["mcap"] / px["closeunadj"]
+            units = np.round(frac[ii, jj] * shares_out)
+            frames.append(pl.DataFrame({
+                "ticker": st.ticker[ii], "investorname": _INVESTORS[jj], "securitytype": np.full(len(ii), "SHR"),
+                "calendardate": _d(np.full(len(ii), qe[k])), "value": units * px["closeunadj"],
+                "units": units, "price": px["closeunadj"],
+            }))
+        if not frames:
+            return TABLES["SF3"].empty()
+        return pl.concat(frames)
+
+    def _actions(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+        p = self._panel_for(hi)
+        st = sp.static(self.seed, self.n_tickers)
+        s, e = self._idx(lo, hi)
+        sess = sp.all_sessions()
+        parts = []
+        m = (p.ex_idx >= s) & (p.ex_idx < e)
+        t, i = p.ex_idx[m], p.ex_tick[m]
+        prev_raw = self._prices(p, st, t - 1, i)["closeunadj"]
+        parts.append(("dividend", t, i, np.round(st.div_q[i] * prev_raw, 4)))
+        m = (p.split_idx >= s) & (p.split_idx < e)
+        parts.append(("split", p.split_idx[m], p.split_tick[m], p.split_ratio[m]))
+        f = st.first_idx
+        m = (f >= s) & (f < e)
+        parts.append(("listed", f[m], np.flatnonzero(m), np.full(int(m.sum()), np.nan)))
+        m = st.delisted & (st.last_idx >= s) & (st.last_idx < e)
+        parts.append(("delisted", st.last_idx[m], np.flatnonzero(m), np.full(int(m.sum()), np.nan)))
+        names = _names(st)
+        df = pl.concat([pl.DataFrame({
+            "date": _d(sess[t]), "action": np.full(len(t), a, dtype=object).astype(str), "ticker": st.ticker[i],
+            "name": names[i], "value": v,
+        }, schema={"date": pl.Date, "action": pl.String, "ticker": pl.String, "name": pl.String,
+                   "value": pl.Float64}) for a, t, i, v in parts])
+        return _nan_to_null(df).with_columns(pl.lit(None, pl.String).alias("contraticker"),
+                                             pl.lit(None, pl.String).alias("contraname"))
+
+    def _tickers(self) -> pl.DataFrame:
+        st = sp.static(self.seed, self.n_tickers)
+        fu = sp.fundamentals(self.seed, self.n_tickers)
+        sess = sp.all_sessions()
+        etf = ~st.has_fundamentals
+        sector = np.array(SECTORS)[st.sector_idx]
+        sector_s = np.where(etf, None, sector)
+        industry = np.where(etf, None, np.char.add(np.char.add(sector.astype(str), " "),
+                                                    np.array(_INDUSTRIES)[st.industry_idx]))
+        # scalemarketcap from the listing size (the live feed uses the max observed cap: not point-in-time).
+        scale = np.array([lab for _, lab in _SCALES])[np.searchsorted([b for b, _ in _SCALES], st.mcap0)]
+        valid = sp.sf1_valid(fu, st)
+        any_q = valid.any(axis=0)
+        first_q = fu.reportperiod[np.argmax(valid, axis=0)]
+        last_q = fu.reportperiod[len(fu.reportperiod) - 1 - np.argmax(valid[::-1], axis=0)]
+        base = pl.DataFrame({
+            "permaticker": 100_000 + np.arange(st.n), "ticker": st.ticker, "name": _names(st),
+            "exchange": st.exchange, "isdelisted": np.where(st.delisted, "Y", "N"), "category": st.category,
+            "cusips": [f"{x:09d}" for x in (12_345_000 + np.arange(st.n) * 7).tolist()],
+            "siccode": 1000 + st.sector_idx * 700 + st.industry_idx * 10,
+            "sicsector": sector_s, "sicindustry": industry, "famasector": sector_s, "famaindustry": industry,
+            "sector": sector_s, "industry": industry, "scalemarketcap": scale, "scalerevenue": scale,
+            "relatedtickers": [None] * st.n, "currency": np.full(st.n, "USD"),
+            "location": np.where(st.category == "ADR Common Stock", "United Kingdom",
+                                 np.where(st.category == "Canadian Common Stock", "Canada", "U.S.A")),
+            "lastupdated": _d(np.full(st.n, np.datetime64(sp.HORIZON, "D"))),
+            "firstadded": _d(sess[st.first_idx]), "firstpricedate": _d(sess[st.first_idx]),
+            "lastpricedate": _d(sess[st.last_idx]),
+            "firstquarter": _d(first_q), "lastquarter": _d(last_q),
+            "secfilings": [f"https://www.sec.gov/cgi-bin/browse-edgar?action=getcompany&CIK={100_000 + k}"
+                           for k in range(st.n)],
+            "companysite": [f"https://www.{t.lower()}.example.com" for t in st.ticker.tolist()],
+        }).with_columns(pl.Series("_any_q", any_q))
+        sep = base.with_columns(pl.lit("SEP").alias("table"))
+        sf1 = base.filter(pl.Series(st.has_fundamentals) & pl.col("_any_q")).with_columns(pl.lit("SF1").alias("table"))
+        out = pl.concat([sep, sf1]).with_columns(
+            pl.when(pl.col("_any_q")).then(pl.col("firstquarter")).alias("firstquarter"),
+            pl.when(pl.col("_any_q")).then(pl.col("lastquarter")).alias("lastquarter"),
+        )
+        return out.sort("table", "ticker")
+
+
+_BALANCE = {"assets", "assetsc", "liabilities", "equity", "debt", "debtc", "debtnc", "cashneq"}
+
+
+def _names(st: sp.Static) -> np.ndarray:
+    suffix = np.where(st.category == "ETF", " Synthetic ETF", " Holdings Inc")
+    return np.char.add(st.ticker.astype(str), suffix).astype(object)

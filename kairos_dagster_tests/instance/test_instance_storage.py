@@ -1,0 +1,78 @@
+"""The instance storage of dagster.yaml: Dagster's SQLite layout with pooled event-log connections."""
+
+import shutil
+
+from dagster import AssetKey, DagsterInstance, Definitions, asset
+
+from kairos_dagster.defs.partitions import SINGLE_RUN, settings_partitions
+from kairos_dagster.instance.runner import run_selection
+from kairos_dagster.instance.storage import (
+    MAX_OPEN_RUN_SHARDS,
+    KairosSqliteStorage,
+    PooledSqliteEventLogStorage,
+)
+from kairos_dagster.settings import PROJECT_ROOT, load_settings
+
+WEEKLY = settings_partitions(load_settings())
+
+
+@asset(partitions_def=WEEKLY, backfill_policy=SINGLE_RUN)
+def weekly_probe(context) -> None:
+    context.add_output_metadata({"weeks": len(context.partition_keys)})
+
+
+def _home(tmp_path, monkeypatch):
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_dagster_yaml_selects_the_pooled_sqlite_storage(tmp_path, monkeypatch):
+    _home(tmp_path, monkeypatch)
+    with DagsterInstance.get() as instance:
+        assert isinstance(instance.get_ref().storage, KairosSqliteStorage)
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+
+
+def test_range_run_events_are_all_stored_and_visible_to_a_second_instance(tmp_path, monkeypatch):
+    _home(tmp_path, monkeypatch)
+    keys = WEEKLY.get_partition_keys()[-30:]
+    defs = Definitions(assets=[weekly_probe])
+    with DagsterInstance.get() as writer:
+        result = run_selection(defs, ["weekly_probe"], partition_range=(keys[0], keys[-1]), instance=writer)
+        assert result.success
+        run_id = result.run_id
+    # A fresh instance on the same files (the webserver's view) sees every week and the run's events.
+    with DagsterInstance.get() as reader:
+        assert reader.get_materialized_partitions(AssetKey("weekly_probe")) == set(keys)
+        mats = [e for e in reader.all_logs(run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
+        assert len(mats) == 30
+        assert reader.get_run_by_id(run_id).is_success
+        # A second run updates the asset's summary row (latest materialization, last run).
+        again = run_selection(defs, ["weekly_probe"], partition_key=keys[3], instance=reader)
+        latest = reader.get_latest_materialization_event(AssetKey("weekly_probe"))
+        assert latest.run_id == again.run_id and latest.dagster_event.partition == keys[3]
+        assert reader.get_asset_keys() == [AssetKey("weekly_probe")]
+        assert len(reader.fetch_materializations(AssetKey("weekly_probe"), limit=100).records) == 31
+    # Stock Dagster reads the same files: the layout is Dagster's own.
+    (tmp_path / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {tmp_path}\n")
+    with DagsterInstance.get() as stock:
+        assert type(stock.event_log_storage).__name__ == "SqliteEventLogStorage"
+        assert stock.get_materialized_partitions(AssetKey("weekly_probe")) == set(keys)
+
+
+def test_open_engines_are_bounded_and_released(tmp_path):
+    storage = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    for i in range(MAX_OPEN_RUN_SHARDS + 5):
+        with storage.run_connection(f"run{i}") as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM event_logs").scalar() == 0
+    with storage.index_connection() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    assert len(storage._engines) == MAX_OPEN_RUN_SHARDS + 1
+    assert "index" in storage._engines and "run0" not in storage._engines  # least recently used go first
+    storage.dispose()
+    assert storage._engines == {}
+    with storage.run_connection("run0") as conn:  # usable again after dispose, like Dagster's class
+        assert conn.exec_driver_sql("SELECT count(*) FROM event_logs").scalar() == 0
+    storage.dispose()
