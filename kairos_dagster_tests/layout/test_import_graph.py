@@ -18,6 +18,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("features",),
     ("ml",),
     ("portfolio",),
+    ("backtest",),
     ("broker",),
     ("resources",),  # the shell starts here
     ("defs",),
