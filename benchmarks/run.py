@@ -74,10 +74,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("friday", 10, "the Friday schedule's runs for the last week: targets refresh + weekly_pipeline_job", 60,
           None, ("matrix",)),
     Stage("demo", 10, "`make demo` from a fresh git clone (bootstrap included; details: without it)", None),
+    Stage("backtest_ml", 13, "single-run backfill of the `ml` strategy's backtest, all weeks", 60, None, ("matrix",)),
+    Stage("backtest", 13, "single-run backfill of the backtest, every strategy, all weeks", 180, None, ("matrix",)),
+    Stage("backtest_week", 13, "one incremental week of the backtest, every strategy", 2, None, ("backtest",)),
+    Stage("strategy_stats", 13, "strategy_stats over the whole stored backtest", 5, None, ("backtest",)),
 )
 BY_NAME = {s.name: s for s in STAGES}
 ISSUE_TITLES = {2: "Issue 2 — platform: synthetic market and sync", 3: "Issue 3 — feature graph, Phases 1-5",
-                4: "Issue 4 — ML, Phases 6-7", 5: "Issue 5 — rebalance", 10: "Issue 10 — the first run, the Friday run"}
+                4: "Issue 4 — ML, Phases 6-7", 5: "Issue 5 — rebalance", 10: "Issue 10 — the first run, the Friday run",
+                13: "Issue 13 — backtest and strategy statistics"}
 
 
 # ------------------------------------------------------------------------------- machine

@@ -459,6 +459,35 @@ def stage_demo() -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------- issue 13
+BACKTEST_ASSETS = ("backtest_daily", "backtest_trades", "backtest_positions", "backtest_book")
+
+
+def stage_backtest_ml() -> dict:
+    """The 10-year single-run backfill of the `ml` strategy alone (its own config_id)."""
+    _require(("feat_matrix_v2", "market_returns"), "backtest_ml")
+    cfg = {"ops": {"backtest": {"config": {"strategies": ["ml"], "config_id": "bench-ml"}}}}
+    return _materialize(_assets(*BACKTEST_ASSETS), (first_week(), last_week()), run_config=cfg)
+
+
+def stage_backtest() -> dict:
+    """The 10-year single-run backfill of every strategy (the default chain), then strategy_stats."""
+    _require(("feat_matrix_v2", "market_returns"), "backtest")
+    return _materialize(_assets(*BACKTEST_ASSETS), (first_week(), last_week()))
+
+
+def stage_backtest_week() -> dict:
+    """One incremental week of every strategy (the last partition, continuing the stored books)."""
+    _require(("backtest_book",), "backtest_week")
+    return _materialize(_assets(*BACKTEST_ASSETS), (last_week(), last_week()))
+
+
+def stage_strategy_stats() -> dict:
+    """strategy_stats of the whole stored default chain (the last partition recomputes all of it)."""
+    _require(("backtest_daily",), "strategy_stats")
+    return _materialize(_assets("strategy_stats"), (last_week(), last_week()))
+
+
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
@@ -481,6 +510,10 @@ STAGES: dict[str, Callable[[], dict]] = {
     "rebalance_asset": stage_rebalance_asset,
     "friday": stage_friday,
     "demo": stage_demo,
+    "backtest_ml": stage_backtest_ml,
+    "backtest": stage_backtest,
+    "backtest_week": stage_backtest_week,
+    "strategy_stats": stage_strategy_stats,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dagster import Definitions, definitions, in_process_executor
 
+from kairos_dagster.defs.backtest.definitions import build_defs as backtest_defs
 from kairos_dagster.defs.execution.definitions import build_defs as execution_defs
 from kairos_dagster.defs.features.definitions import build_defs as feature_defs
 from kairos_dagster.defs.ml.definitions import build_defs as ml_defs
@@ -19,7 +20,7 @@ from kairos_dagster.instance.tuning import install_sqlite_tuning
 from kairos_dagster.resources import build_resources
 from kairos_dagster.settings import Settings, load_settings
 
-DOMAINS = (sync_defs, feature_defs, ml_defs, rebalance_defs, execution_defs)
+DOMAINS = (sync_defs, feature_defs, ml_defs, rebalance_defs, execution_defs, backtest_defs)
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:

@@ -83,6 +83,7 @@ class BacktestResult:
     trades: pl.DataFrame  # TRADES_SCHEMA, one row per order of each rebalance (exits of unpriced names too)
     positions: pl.DataFrame  # POSITIONS_SCHEMA, the book after each rebalance's fills
     book: Book  # the book after the last session: a later replay continues from it
+    weekly_books: list[Book]  # the book after each week's last session (the chain a later week continues)
 
 
 def price_panel(sep: pl.DataFrame) -> pl.DataFrame:
@@ -214,23 +215,22 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame, target_fn: TargetFn, *,
     sessions = sorted(d for d in prices["date"].unique().to_list() if (book.date is None or d > book.date) and d <= end)
     if plans:
         sessions = [d for d in sessions if d >= plans[0].rebalance_date or book.date is not None]
-    daily, trades, positions = [], [], []
+    daily, trades, positions, books = [], [], [], []
     growth = (1.0 + cash_rate) ** (1.0 / TRADING_DAYS)
-    starts = [p.rebalance_date for p in plans]
-    # Sessions before the first rebalance (a continued book) drift with the book's units.
+    # Segments of sessions with fixed units: a new one starts at each rebalance date and each trading week,
+    # so the book is kept at every week's last session whatever span is replayed.
+    by_date = {p.rebalance_date: p for p in plans}
     segments: list[tuple[WeekPlan | None, list[dt.date]]] = []
-    first = starts[0] if starts else None
-    head = [d for d in sessions if first is None or d < first]
-    if head:
-        segments.append((None, head))
-    for i, plan in enumerate(plans):
-        nxt = starts[i + 1] if i + 1 < len(starts) else None
-        segments.append((plan, [d for d in sessions if d >= plan.rebalance_date and (nxt is None or d < nxt)]))
+    for d in sessions:
+        monday = d - dt.timedelta(days=d.weekday())
+        if not segments or d in by_date or monday != segments[-1][1][-1] - dt.timedelta(
+                days=segments[-1][1][-1].weekday()):
+            segments.append((by_date.get(d), [d]))
+        else:
+            segments[-1][1].append(d)
     prev_equity = book.equity
     cash, units, marks = book.cash, book.units.select("ticker", "units"), book.units.select("ticker", "mark")
-    for plan, days in segments:
-        if not days:
-            continue
+    for k, (plan, days) in enumerate(segments):
         cost_today, turnover_today = 0.0, 0.0
         window = prices.filter(pl.col("date").is_between(days[0], days[-1]))
         if plan is not None and days[0] == plan.rebalance_date:
@@ -263,11 +263,14 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame, target_fn: TargetFn, *,
             .join(marks.rename({"mark": "old"}), on="ticker", how="left")
             .select("ticker", pl.col("mark").fill_null(pl.col("old")).alias("mark")))
         marks = last
-        book = Book(days[-1], cash, units.join(marks, on="ticker", how="left"))
+        book = Book(days[-1], cash, units.join(marks, on="ticker", how="left").select("ticker", "units", "mark"))
+        if (len(segments) == k + 1 or segments[k + 1][1][0] - dt.timedelta(days=segments[k + 1][1][0].weekday())
+                != days[-1] - dt.timedelta(days=days[-1].weekday())):
+            books.append(book)  # the week's last session
     final = Book(book.date, cash, units.join(marks, on="ticker", how="left").select("ticker", "units", "mark"))
     return BacktestResult(
         pl.concat(daily) if daily else pl.DataFrame(schema=DAILY_SCHEMA),
         pl.concat(trades) if trades else pl.DataFrame(schema=TRADES_SCHEMA),
         pl.concat(positions) if positions else pl.DataFrame(schema=POSITIONS_SCHEMA),
-        final,
+        final, books,
     )

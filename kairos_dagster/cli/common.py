@@ -44,7 +44,11 @@ def today() -> dt.date:
 
 
 def pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1%}"
+    return "n/a" if x is None or x != x else f"{x:.1%}"
+
+
+def num(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.2f}"
 
 
 def require_warehouse() -> None:

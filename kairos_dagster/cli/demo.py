@@ -17,7 +17,7 @@ import typer
 from dagster import AssetSelection, Definitions
 
 from kairos_dagster import calendar
-from kairos_dagster.cli.common import fail, parse_date, settings, today
+from kairos_dagster.cli.common import fail, num, parse_date, pct, settings, today
 from kairos_dagster.defs.features.automation import FEATURE_GROUPS
 from kairos_dagster.instance.runner import failure_messages, get_instance, run_selection
 from kairos_dagster.ml.demo_plan import DemoPlan
@@ -60,7 +60,7 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
                 echo(f"    the rebalance was held back by its blocking gate min_eligible_block (fewer than 50 "
                      f"names clear the $2M ADV filter in a {settings.synthetic_tickers}-ticker market): "
                      "no picks, nothing to preview. KAIROS_SYNTHETIC_TICKERS=300 or more gives a portfolio.")
-                return True
+                return demo_backtest(defs, settings, feat_start, last, echo)
             for line in failure_messages(result):
                 echo(f"    {line[:2000]}")
             return False
@@ -68,7 +68,36 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
     if "execution" in keys:
         import os
 
-        return demo_execution(defs, settings, last, echo, execute=os.environ.get("KAIROS_DEMO_EXECUTE", "") == "1")
+        if not demo_execution(defs, settings, last, echo, execute=os.environ.get("KAIROS_DEMO_EXECUTE", "") == "1"):
+            return False
+    return demo_backtest(defs, settings, feat_start, last, echo) if "strategy_stats" in keys else True
+
+
+def demo_backtest(defs: Definitions, settings: Settings, first: str, last: str, echo: Callable[[str], None]) -> bool:
+    """The backtest of the demo's feature weeks, every strategy, and its full-period statistics."""
+    from kairos_dagster.backtest.tables import DEFAULT_CONFIG_ID
+    from kairos_dagster.warehouse import store
+
+    echo(f"\n==> backtest of every strategy and strategy_stats: weeks {first} .. {last} (one run)")
+    t0 = dt.datetime.now()
+    result = run_selection(defs, AssetSelection.groups("backtest"), partition_range=(first, last),
+                           instance=get_instance(), tags={"kairos/trigger": "demo"}, raise_on_error=False)
+    echo(f"    run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in "
+         f"{(dt.datetime.now() - t0).total_seconds():.0f} s")
+    if not result.success:
+        for line in failure_messages(result):
+            echo(f"    {line[:2000]}")
+        return False
+    with store.connect(settings.duckdb_path, read_only=True) as con:
+        stats = con.execute("SELECT strategy, annual_return, annual_volatility, sharpe, max_drawdown, "
+                            "avg_weekly_turnover, annual_cost_drag FROM strategy_stats WHERE config_id = ? AND "
+                            "period = 'full' ORDER BY sharpe DESC NULLS LAST", [DEFAULT_CONFIG_ID]).fetchall()
+    echo(f"    {'strategy':12} {'return/yr':>9} {'vol':>7} {'Sharpe':>7} {'max DD':>8} {'turnover/wk':>11} "
+         f"{'cost/yr':>8}")
+    for s, ret, vol, sharpe, mdd, turn, cost in stats:
+        echo(f"    {s:12} {pct(ret):>9} {pct(vol):>7} {num(sharpe):>7} {pct(mdd):>8} {pct(turn):>11} "
+             f"{pct(cost):>8}")
+    echo("    (net of costs: 5 bps half-spread, square-root impact; strategy_stats in the warehouse and the UI)")
     return True
 
 

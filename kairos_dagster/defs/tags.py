@@ -8,3 +8,4 @@ RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster
 # The op names a run config addresses ({"ops": {<op>: {"config": ...}}}), for the CLI's launches.
 REBALANCE_OP = "rebalance"
 EXECUTION_OP = "execution"
+BACKTEST_OP = "backtest"

@@ -1,6 +1,6 @@
 """The asset graph is reviewed like code: a change of keys, dependencies, partitions, groups or checks
 shows up as a diff of `asset_graph.snapshot.txt`. Regenerate it on purpose with
-`KAIROS_UPDATE_SNAPSHOT=1 .venv/bin/pytest kairos_dagster_tests/platform/test_graph_snapshot.py`."""
+`KAIROS_UPDATE_SNAPSHOT=1 .venv/bin/pytest kairos_dagster_tests/defs/test_graph_snapshot.py`."""
 
 import os
 from pathlib import Path

@@ -26,14 +26,16 @@ FEATURE_GROUPS = (
     "phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites", "phase5_regime",
     "phase5_composites", "phase6_ml", "phase7_matrix", "reports",
 )
-PIPELINE_SELECTION = SYNC_SELECTION | AssetSelection.groups(*FEATURE_GROUPS)
+# The weekly run extends the backtest (and its strategy_stats) by the week too.
+PIPELINE_SELECTION = SYNC_SELECTION | AssetSelection.groups(*FEATURE_GROUPS) | AssetSelection.groups("backtest")
 # feat_targets rows stay null until their horizon's prices exist: each week refreshes the previous ones.
 TARGET_REFRESH_WEEKS = 5
 
 weekly_pipeline_job = define_asset_job(
     "weekly_pipeline_job",
     selection=PIPELINE_SELECTION,
-    description="Sync the week and materialize the feature graph, the ML predictions and feat_matrix_v2.",
+    description="Sync the week and materialize the feature graph, the ML predictions, feat_matrix_v2 and the "
+                "backtest of the week.",
 )
 
 targets_refresh_job = define_asset_job(

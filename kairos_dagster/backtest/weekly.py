@@ -1,0 +1,131 @@
+"""A window of weeks of the backtest, every strategy: read the window's inputs, continue each strategy's
+stored book (or start it with the window), replay, and the rows to write. The backtest asset and
+`kairos backtest` call this; the book chain makes a span backfill equal week-by-week runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import duckdb
+import polars as pl
+
+from kairos_dagster import calendar as cal
+from kairos_dagster.backtest import tables
+from kairos_dagster.backtest.costs import CostModel
+from kairos_dagster.backtest.engine import BacktestResult, Book, replay
+from kairos_dagster.backtest.strategies import (
+    benchmark_daily,
+    equal_weight_targets,
+    liquidity_frame,
+    risk4_targets,
+)
+from kairos_dagster.portfolio.config import ML_CONFIG, V8_CONFIG, Risk4Config
+from kairos_dagster.portfolio.rebalance_weeks import week_plans
+
+# The Risk4 strategies: each a named configuration of the live rebalance.
+RISK4_STRATEGIES: dict[str, Risk4Config] = {
+    "ml": ML_CONFIG,
+    "ml_fixed": dataclasses.replace(ML_CONFIG, name="ml_fixed", alpha_column="alpha_ml_v2_clf"),
+    "v8": V8_CONFIG,
+}
+STRATEGIES: tuple[str, ...] = (*RISK4_STRATEGIES, "universe_ew", "market")
+
+
+class BacktestConfigError(ValueError):
+    """A backtest configuration that cannot run (named in the message)."""
+
+
+@dataclass(frozen=True)
+class BacktestSettings:
+    strategies: tuple[str, ...] = STRATEGIES
+    portfolio_value: float = 100_000.0
+    costs: CostModel = field(default_factory=CostModel)
+    cash_rate: float = 0.0
+    config_id: str = tables.DEFAULT_CONFIG_ID
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise BacktestConfigError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+        if not self.config_id.strip():
+            raise BacktestConfigError("config_id must not be empty")
+        defaults = (tuple(STRATEGIES), 100_000.0, CostModel(), 0.0)
+        if self.config_id == tables.DEFAULT_CONFIG_ID and (
+                tuple(self.strategies), self.portfolio_value, self.costs, self.cash_rate) != defaults:
+            raise BacktestConfigError(
+                "a configuration other than the defaults (every strategy, $100,000, the default costs, no cash "
+                "rate) needs its own config_id: the default chain is the one the weekly run extends, and it is "
+                "never overwritten")
+
+
+def run_window(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, settings: BacktestSettings
+               ) -> dict[str, BacktestResult]:
+    """Every strategy over the weeks of [start, end)."""
+    plans = week_plans(start, end)
+    last_session = max((d for d in cal.sessions_between(start, end - dt.timedelta(days=1))), default=None)
+    if not plans or last_session is None:
+        return {}
+    sigs = [p.signal_date for p in plans]
+    configs = [RISK4_STRATEGIES[s] for s in settings.strategies if s in RISK4_STRATEGIES]
+    cols = {c for cfg in configs + [ML_CONFIG] for c in (cfg.alpha_column, cfg.vol_column, cfg.adv_column,
+                                                         cfg.sector_column, cfg.price_column)}
+    matrix = tables.load_matrix(con, sigs, sorted(cols))
+    known = tables.matrix_dates(con, min(sigs) - dt.timedelta(days=14), max(sigs))
+    window = max(cfg.cov_window for cfg in configs + [ML_CONFIG])
+    returns = tables.load_returns(con, min(sigs), max(sigs), window)
+    sep = tables.load_prices(con, start, end)
+    liquidity = liquidity_frame(matrix, ML_CONFIG) if matrix.height else pl.DataFrame(
+        schema={"ticker": pl.String, "date": pl.Date, "adv": pl.Float64, "daily_vol": pl.Float64})
+    out: dict[str, BacktestResult] = {}
+    for name in settings.strategies:
+        if name == "market":
+            continue
+        book = tables.load_book(con, name, settings.config_id, start)
+        target = (risk4_targets(matrix, known, returns, RISK4_STRATEGIES[name]) if name in RISK4_STRATEGIES
+                  else equal_weight_targets(matrix, ML_CONFIG))
+        out[name] = replay(plans, sep, target, liquidity=liquidity, end=last_session, costs=settings.costs,
+                           book=book, portfolio_value=settings.portfolio_value, cash_rate=settings.cash_rate)
+    if "market" in settings.strategies:
+        out["market"] = _market(con, start, end, settings)
+    return out
+
+
+def _market(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, settings: BacktestSettings) -> BacktestResult:
+    """The market benchmark's rows, continuing its stored equity (its book is all cash: the equity)."""
+    from kairos_dagster.warehouse import store
+
+    book = tables.load_book(con, "market", settings.config_id, start)
+    value = book.cash if book is not None else settings.portfolio_value
+    first_plan = week_plans(start, end)[0].rebalance_date
+    lo = start if book is not None else first_plan
+    m = store.read_window(con, "market_returns", "date", lo, end, columns=["date", "mkt_ret"])
+    daily = benchmark_daily(m, lo, end - dt.timedelta(days=1), value)
+    last = daily["date"][-1] if daily.height else (book.date if book else None)
+    # Its book is its equity at each week's last session.
+    ends = (daily.with_columns(pl.col("date").dt.truncate("1w").alias("week")).group_by("week", maintain_order=True)
+            .agg(pl.col("date").last(), pl.col("equity").last()))
+    books = [Book(d, float(e), Book.start(1.0).units) for d, e in ends.select("date", "equity").iter_rows()]
+    final = books[-1] if books else Book(last, value, Book.start(1.0).units)
+    return BacktestResult(daily, pl.DataFrame(schema=tables.TABLES["backtest_trades"]).drop("strategy", "config_id"),
+                          pl.DataFrame(schema=tables.TABLES["backtest_positions"]).drop("strategy", "config_id"),
+                          final, books)
+
+
+def window_frames(results: dict[str, BacktestResult], config_id: str, start: dt.date) -> dict[str, pl.DataFrame]:
+    """The rows of every backtest table for the window's results."""
+    def cat(table: str, frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+        return pl.concat(frames) if frames else pl.DataFrame(schema=tables.TABLES[table])
+
+    return {
+        "backtest_daily": cat("backtest_daily", [tables.with_keys(r.daily, "backtest_daily", s, config_id)
+                                                 for s, r in results.items()]),
+        "backtest_trades": cat("backtest_trades", [tables.with_keys(r.trades, "backtest_trades", s, config_id)
+                                                   for s, r in results.items()]),
+        "backtest_positions": cat("backtest_positions", [tables.with_keys(r.positions, "backtest_positions", s, config_id)
+                                                         for s, r in results.items()]),
+        "backtest_book": cat("backtest_book", [tables.book_rows(b, s, config_id) for s, r in results.items()
+                                               for b in r.weekly_books if b.date is not None and b.date >= start]),
+    }
