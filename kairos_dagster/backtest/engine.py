@@ -208,6 +208,8 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame, target_fn: TargetFn, *,
     costs = costs or CostModel()
     book = book or Book.start(portfolio_value)
     prices = price_panel(sep)
+    prices_by_date = prices.sort("date", "ticker")
+    price_dates = prices_by_date.get_column("date")
     plans = sorted(plans, key=lambda p: p.rebalance_date)
     if book.date is not None:
         plans = [p for p in plans if p.rebalance_date > book.date]
@@ -232,7 +234,8 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame, target_fn: TargetFn, *,
     cash, units, marks = book.cash, book.units.select("ticker", "units"), book.units.select("ticker", "mark")
     for k, (plan, days) in enumerate(segments):
         cost_today, turnover_today = 0.0, 0.0
-        window = prices.filter(pl.col("date").is_between(days[0], days[-1]))
+        a, b = int(price_dates.search_sorted(days[0], side="left")), int(price_dates.search_sorted(days[-1], side="right"))
+        window = prices_by_date.slice(a, b - a)
         if plan is not None and days[0] == plan.rebalance_date:
             prior = Book(book.date, cash, units.join(marks, on="ticker", how="left")).holdings()
             target = target_fn(plan, prior)

@@ -12,24 +12,44 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import polars as pl
 
+from kairos_dagster import calendar as cal
 from kairos_dagster.backtest.costs import TRADING_DAYS
 from kairos_dagster.backtest.engine import DAILY_SCHEMA, TargetFn
 from kairos_dagster.portfolio.config import Risk4Config
 from kairos_dagster.portfolio.rebalance_weeks import WeekPlan, rebalance_week
 
 
+def date_slicer(frame: pl.DataFrame) -> Callable[[dt.date, dt.date], pl.DataFrame]:
+    """[lo, hi] (inclusive) date slices of `frame` by binary search: a span's weeks each read their own
+    days without scanning the span's rows again."""
+    by_date = frame.sort("date", "ticker")
+    dates = by_date.get_column("date")
+
+    def rows(lo: dt.date, hi: dt.date) -> pl.DataFrame:
+        a = int(dates.search_sorted(lo, side="left"))
+        b = int(dates.search_sorted(hi, side="right"))
+        return by_date.slice(a, b - a)
+
+    return rows
+
+
 def risk4_targets(matrix: pl.DataFrame, matrix_dates: Iterable[dt.date], returns: pl.DataFrame,
                   config: Risk4Config) -> TargetFn:
     """Targets of a Risk4 configuration: `matrix` holds feat_matrix_v2 rows of the signal dates (the
-    config's columns), `returns` the daily returns its covariance needs (ticker, date, ret)."""
+    config's columns), `returns` the daily returns its covariance needs (ticker, date, ret). Each week
+    hands the live function the signal date's rows and the returns of its covariance window (plus a
+    margin), so a ten-year span costs what its weeks cost."""
     dates = sorted(set(matrix_dates))
+    matrix_rows, return_rows = date_slicer(matrix), date_slicer(returns)
 
     def target(plan: WeekPlan, prior: pl.DataFrame) -> pl.DataFrame | None:
-        week = rebalance_week(plan, matrix, dates, returns, prior, config, "backtest book")
+        sig = plan.signal_date
+        rets = return_rows(cal.sessions_offset(sig, -(config.cov_window + 5)), sig)
+        week = rebalance_week(plan, matrix_rows(sig, sig), dates, rets, prior, config, "backtest book")
         if week.result is None or week.blocked:
             return None
         return week.result.picks.select("ticker", "weight")

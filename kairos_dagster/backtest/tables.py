@@ -107,6 +107,8 @@ def load_daily(con: duckdb.DuckDBPyConnection, config_id: str, end: dt.date) -> 
 
 
 def write_stats(con: duckdb.DuckDBPyConnection, config_id: str, stats: pl.DataFrame) -> None:
-    rows = stats.with_columns(pl.lit(config_id).alias("config_id")).select(list(STATS_TABLE_SCHEMA)).cast(
-        STATS_TABLE_SCHEMA)
+    # NaN (a metric without meaning, e.g. the Sharpe of a book that never traded) is stored as NULL.
+    floats = [c for c, t in STATS_TABLE_SCHEMA.items() if t == pl.Float64]
+    rows = stats.with_columns(pl.lit(config_id).alias("config_id"), *[pl.col(c).fill_nan(None) for c in floats]
+                              ).select(list(STATS_TABLE_SCHEMA)).cast(STATS_TABLE_SCHEMA)
     store.upsert_rows(con, "strategy_stats", rows, ["config_id"])
