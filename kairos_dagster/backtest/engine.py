@@ -113,9 +113,9 @@ def price_panel(sep: pl.DataFrame) -> pl.DataFrame:
 def _liquidity_at(liquidity: pl.DataFrame, signal_date: dt.date) -> tuple[pl.DataFrame, float, float]:
     """ticker, adv, daily_vol at the signal date, and the cross-section's medians (for names it lacks)."""
     rows = liquidity.filter(pl.col("date") == signal_date).select("ticker", "adv", "daily_vol")
-    if rows.height == 0:
-        return rows, math.inf, 0.0
-    return rows, float(rows["adv"].median()), float(rows["daily_vol"].median())
+    adv, vol = rows["adv"].median() if rows.height else None, rows["daily_vol"].median() if rows.height else None
+    # No liquidity known at all (the first weeks of a history): no cap and no impact, the spread still paid.
+    return rows, math.inf if adv is None else float(adv), 0.0 if vol is None else float(vol)
 
 
 def _rebalance(book: Book, day: pl.DataFrame, target: pl.DataFrame | None, plan: WeekPlan, liquidity: pl.DataFrame,

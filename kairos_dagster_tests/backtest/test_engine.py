@@ -177,3 +177,12 @@ def test_equal_weight_targets_hold_the_eligible_universe():
     assert t["weight"].sum() == pytest.approx(1.0)
     liq = liquidity_frame(frame, ML_CONFIG)
     assert liq["daily_vol"].to_list() == pytest.approx((frame["vol_blend"] / math.sqrt(252)).to_list())
+
+
+def test_a_signal_date_without_any_liquidity_still_trades():
+    """The first weeks of a history have no ADV or vol yet (all null): no cap and no impact, the spread paid."""
+    liq = LIQ.with_columns(pl.lit(None, pl.Float64).alias("adv"), pl.lit(None, pl.Float64).alias("daily_vol"))
+    res = replay(PLANS[:1], SEP, fixed_targets, liquidity=liq, end=D[1], costs=COSTS)
+    t = res.trades
+    assert t["unfilled_value"].abs().sum() == 0.0 and t["impact_cost"].sum() == 0.0
+    assert t["spread_cost"].sum() == pytest.approx(t["filled_value"].abs().sum() * 10 / 1e4, rel=1e-12)
