@@ -64,7 +64,7 @@ class Book:
     def equity(self) -> float:
         return self.cash + self.positions_value
 
-    def holdings(self, raw_close: pl.DataFrame | None = None) -> pl.DataFrame:
+    def holdings(self) -> pl.DataFrame:
         """The book as a portfolio prior (HOLDINGS_SCHEMA): weights of equity. Costs can leave cash a hair
         below zero; the weights are then scaled to sum to 1 (the prior must be a long-only book)."""
         if self.units.height == 0 or self.equity <= 0:
@@ -146,6 +146,7 @@ def _rebalance(book: Book, day: pl.DataFrame, target: pl.DataFrame | None, plan:
               .with_columns(((pl.col("weight") * equity_open / pl.col("open_adj") - pl.col("units"))
                              * pl.col("open_adj")).alias("order_value"))
               .join(liq, on="ticker", how="left")
+              .with_columns((pl.col("adv").is_null() | pl.col("daily_vol").is_null()).alias("_assumed"))
               .with_columns(pl.col("adv").fill_null(adv_med), pl.col("daily_vol").fill_null(vol_med),
                             pl.col("open_adj").alias("price")))
     orders = fill_and_cost(orders.filter(pl.col("order_value").abs() > DUST), costs)
@@ -162,6 +163,9 @@ def _rebalance(book: Book, day: pl.DataFrame, target: pl.DataFrame | None, plan:
         pl.when(pl.col("order_value") > 0).then(pl.lit("buy")).otherwise(pl.lit("sell")).alias("side"),
         "order_value", "filled_value", "unfilled_value", "price", "commission", "spread_cost", "impact_cost", "cost",
         pl.when(pl.col("unfilled_value").abs() > DUST).then(pl.lit("participation cap: remainder not filled, not carried"))
+        # Costs priced on assumed liquidity are said so, never silently.
+        .when(pl.col("_assumed")).then(pl.lit("no ADV or vol at the signal date: the cross-section's median used "
+                                              "(none known: no cap, no impact)"))
         .otherwise(pl.lit(None, pl.String)).alias("reason"))
     skipped = unpriced.select(
         pl.lit(d).alias("date"), "ticker", pl.lit("buy").alias("side"), (pl.col("weight") * equity_open).alias("order_value"),

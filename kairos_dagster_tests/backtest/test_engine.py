@@ -186,3 +186,4 @@ def test_a_signal_date_without_any_liquidity_still_trades():
     t = res.trades
     assert t["unfilled_value"].abs().sum() == 0.0 and t["impact_cost"].sum() == 0.0
     assert t["spread_cost"].sum() == pytest.approx(t["filled_value"].abs().sum() * 10 / 1e4, rel=1e-12)
+    assert t["reason"].str.starts_with("no ADV or vol at the signal date").all()

@@ -119,6 +119,8 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         yield MaterializeResult(asset_key="backtest_trades", metadata={
             **common, "rows": MetadataValue.int(trades.height),
             "unfilled_orders": MetadataValue.int(trades.filter(pl.col("unfilled_value").abs() > 1e-9).height),
+            "orders_on_assumed_liquidity": MetadataValue.int(
+                trades.filter(pl.col("reason").str.starts_with("no ADV or vol")).height),
             "cost": MetadataValue.float(float(trades["cost"].sum()) if trades.height else 0.0)})
         yield MaterializeResult(asset_key="backtest_positions", metadata={
             **common, "rows": MetadataValue.int(frames["backtest_positions"].height)})
