@@ -112,3 +112,31 @@ def write_stats(con: duckdb.DuckDBPyConnection, config_id: str, stats: pl.DataFr
     rows = stats.with_columns(pl.lit(config_id).alias("config_id"), *[pl.col(c).fill_nan(None) for c in floats]
                               ).select(list(STATS_TABLE_SCHEMA)).cast(STATS_TABLE_SCHEMA)
     store.upsert_rows(con, "strategy_stats", rows, ["config_id"])
+
+
+def load_strategy_daily(con: duckdb.DuckDBPyConnection, config_id: str, strategy: str, end: dt.date) -> pl.DataFrame:
+    """One strategy's stored backtest_daily rows of a configuration before `end`."""
+    if not store.table_exists(con, "backtest_daily"):
+        return pl.DataFrame(schema=TABLES["backtest_daily"])
+    return con.execute("SELECT * FROM backtest_daily WHERE config_id = ? AND strategy = ? AND date < ? ORDER BY date",
+                       [config_id, strategy, end]).pl()
+
+
+def fill_totals(con: duckdb.DuckDBPyConnection, config_id: str, strategy: str, end: dt.date) -> tuple[float, float]:
+    """(ordered $, unfilled $) of one strategy's stored orders before `end` (absolute values)."""
+    if not store.table_exists(con, "backtest_trades"):
+        return 0.0, 0.0
+    ordered, unfilled = con.execute(
+        "SELECT coalesce(sum(abs(order_value)), 0), coalesce(sum(abs(unfilled_value)), 0) FROM backtest_trades "
+        "WHERE config_id = ? AND strategy = ? AND date < ?", [config_id, strategy, end]).fetchone()
+    return float(ordered), float(unfilled)
+
+
+def load_capacity(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
+    return store.read_window(con, "backtest_capacity", None, None, None) if store.table_exists(
+        con, "backtest_capacity") else None
+
+
+def write_capacity(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+    # The sweep is recomputed whole from the stored chains: the table is replaced in one transaction.
+    store.replace_table(con, "backtest_capacity", rows)

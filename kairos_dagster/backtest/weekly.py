@@ -24,12 +24,18 @@ from kairos_dagster.backtest.strategies import (
 )
 from kairos_dagster.portfolio.config import ML_CONFIG, V8_CONFIG, Risk4Config
 from kairos_dagster.portfolio.rebalance_weeks import week_plans
+from kairos_dagster.sources.synthetic import SyntheticMarket
+from kairos_dagster.warehouse import store
 
-# The Risk4 strategies: each a named configuration of the live rebalance.
+# The synthetic market's planted expected return, joined onto the matrix rows as the oracle's alpha.
+ORACLE_COLUMN = "oracle_expected_ret_5d"
+# The Risk4 strategies: each a named configuration of the live rebalance. The oracle is the production
+# configuration fed the planted truth: the upper bound of what the ML config could earn on this market.
 RISK4_STRATEGIES: dict[str, Risk4Config] = {
     "ml": ML_CONFIG,
     "ml_fixed": dataclasses.replace(ML_CONFIG, name="ml_fixed", alpha_column="alpha_ml_v2_clf"),
     "v8": V8_CONFIG,
+    "oracle": dataclasses.replace(ML_CONFIG, name="oracle", alpha_column=ORACLE_COLUMN),
 }
 STRATEGIES: tuple[str, ...] = (*RISK4_STRATEGIES, "universe_ew", "market")
 
@@ -61,18 +67,41 @@ class BacktestSettings:
                 "never overwritten")
 
 
+def unavailable(con: duckdb.DuckDBPyConnection, strategies: Sequence[str]) -> dict[str, str]:
+    """Strategies of `strategies` this warehouse cannot replay, with the reason (the oracle needs the
+    synthetic market whose truth it knows: the data source recorded in kairos_meta)."""
+    if "oracle" in strategies and SyntheticMarket.from_identity(store.read_meta(con, "data_source")) is None:
+        held = store.read_meta(con, "data_source") or "none recorded"
+        return {"oracle": f"needs the synthetic market's planted truth; this warehouse holds {held}"}
+    return {}
+
+
+def oracle_rows(con: duckdb.DuckDBPyConnection, signal_dates: Sequence[dt.date]) -> pl.DataFrame:
+    """ticker, date, ORACLE_COLUMN at the signal dates, from the warehouse's own synthetic market."""
+    market = SyntheticMarket.from_identity(store.read_meta(con, "data_source"))
+    if market is None or not signal_dates:
+        return pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, ORACLE_COLUMN: pl.Float64})
+    truth = market.oracle(min(signal_dates), max(signal_dates))
+    return (truth.filter(pl.col("date").is_in(list(signal_dates)))
+            .select("ticker", "date", pl.col("expected_ret_5d").cast(pl.Float64).alias(ORACLE_COLUMN)))
+
+
 def run_window(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, settings: BacktestSettings
                ) -> dict[str, BacktestResult]:
-    """Every strategy over the weeks of [start, end)."""
+    """Every strategy over the weeks of [start, end) (those `unavailable` names are left out)."""
     plans = week_plans(start, end)
     last_session = max((d for d in cal.sessions_between(start, end - dt.timedelta(days=1))), default=None)
     if not plans or last_session is None:
         return {}
     sigs = [p.signal_date for p in plans]
-    configs = [RISK4_STRATEGIES[s] for s in settings.strategies if s in RISK4_STRATEGIES]
+    skip = unavailable(con, settings.strategies)
+    names = [s for s in settings.strategies if s not in skip]
+    configs = [RISK4_STRATEGIES[s] for s in names if s in RISK4_STRATEGIES]
     cols = {c for cfg in configs + [ML_CONFIG] for c in (cfg.alpha_column, cfg.vol_column, cfg.adv_column,
                                                          cfg.sector_column, cfg.price_column)}
-    matrix = tables.load_matrix(con, sigs, sorted(cols))
+    matrix = tables.load_matrix(con, sigs, sorted(cols - {ORACLE_COLUMN}))
+    if "oracle" in names and matrix.height:
+        matrix = matrix.join(oracle_rows(con, sigs), on=["ticker", "date"], how="left")
     known = tables.matrix_dates(con, min(sigs) - dt.timedelta(days=14), max(sigs))
     window = max(cfg.cov_window for cfg in configs + [ML_CONFIG])
     returns = tables.load_returns(con, min(sigs), max(sigs), window)
@@ -80,7 +109,7 @@ def run_window(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, set
     liquidity = liquidity_frame(matrix, ML_CONFIG) if matrix.height else pl.DataFrame(
         schema={"ticker": pl.String, "date": pl.Date, "adv": pl.Float64, "daily_vol": pl.Float64})
     out: dict[str, BacktestResult] = {}
-    for name in settings.strategies:
+    for name in names:
         if name == "market":
             continue
         book = tables.load_book(con, name, settings.config_id, start)
@@ -88,15 +117,13 @@ def run_window(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, set
                   else equal_weight_targets(matrix, ML_CONFIG))
         out[name] = replay(plans, sep, target, liquidity=liquidity, end=last_session, costs=settings.costs,
                            book=book, portfolio_value=settings.portfolio_value, cash_rate=settings.cash_rate)
-    if "market" in settings.strategies:
+    if "market" in names:
         out["market"] = _market(con, start, end, settings)
     return out
 
 
 def _market(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, settings: BacktestSettings) -> BacktestResult:
     """The market benchmark's rows, continuing its stored equity (its book is all cash: the equity)."""
-    from kairos_dagster.warehouse import store
-
     book = tables.load_book(con, "market", settings.config_id, start)
     value = book.cash if book is not None else settings.portfolio_value
     first_plan = week_plans(start, end)[0].rebalance_date

@@ -12,8 +12,8 @@ from kairos_dagster.cli.common import check_weeks, fail, num, parse_date, pct, r
 def backtest_cmd(
     from_date: Annotated[str | None, typer.Option("--from", help="first date (default: the first partition)")] = None,
     to_date: Annotated[str | None, typer.Option("--to", help="last date (default: the current week)")] = None,
-    strategies: Annotated[str | None, typer.Option("--strategies", help="comma-separated: ml,ml_fixed,v8,universe_ew,"
-                                                                         "market (default all)")] = None,
+    strategies: Annotated[str | None, typer.Option("--strategies", help="comma-separated: ml,ml_fixed,v8,oracle,"
+                                                                         "universe_ew,market (default all)")] = None,
     portfolio_value: Annotated[float | None, typer.Option("--portfolio-value", help="starting $ (default 100,000)")] = None,
     half_spread_bps: Annotated[float | None, typer.Option("--half-spread-bps", help="half-spread in bps (default 5)")] = None,
     impact_k: Annotated[float | None, typer.Option("--impact-k", help="square-root impact prefactor (default 0.1)")] = None,
@@ -23,6 +23,7 @@ def backtest_cmd(
     """Replay the strategies over the weeks (one Dagster run), write the backtest tables and strategy_stats,
     and print the full-period statistics. Overrides write under their own config_id, never the default chain."""
     from kairos_dagster.backtest import weekly
+    from kairos_dagster.backtest.report import report_name
     from kairos_dagster.backtest.tables import DEFAULT_CONFIG_ID
     from kairos_dagster.definitions import build_definitions
     from kairos_dagster.defs.partitions import settings_partitions, week_key
@@ -54,8 +55,10 @@ def backtest_cmd(
         raise fail("--config-id default is the weekly chain; overrides need another --config-id")
     config["config_id"] = cid
     typer.echo(f"Backtest of {', '.join(chosen)} over weeks {first} .. {last} (config_id {cid}) through Dagster ...")
-    result = run_selection(build_definitions(s), ["backtest_daily", "backtest_trades", "backtest_positions",
-                                                  "backtest_book", "strategy_stats"],
+    # The capacity sweep extends its own chains alongside the default chain only.
+    selection = ["backtest_daily", "backtest_trades", "backtest_positions", "backtest_book",
+                 *(["backtest_capacity"] if cid == DEFAULT_CONFIG_ID else []), "strategy_stats"]
+    result = run_selection(build_definitions(s), selection,
                            partition_range=(first, last), tags={"kairos/trigger": "cli_backtest"},
                            run_config={"ops": {BACKTEST_OP: {"config": config},
                                                "strategy_stats": {"config": {"config_id": cid}}}},
@@ -72,6 +75,24 @@ def backtest_cmd(
                    f"{pct(turn):>11} {pct(cost):>8}")
     typer.echo(f"Tables: backtest_daily, backtest_trades, backtest_positions, strategy_stats (config_id {cid}) in "
                f"{s.duckdb_path}")
+    if cid == DEFAULT_CONFIG_ID:
+        _print_capacity(s.duckdb_path)
+    path = s.output_dir / "backtest" / report_name(cid)
+    if path.is_file():
+        typer.echo(f"Report: {path}")
+
+
+def _print_capacity(db) -> None:
+    from kairos_dagster.warehouse import store
+
+    with store.connect(db, read_only=True) as con:
+        if not store.table_exists(con, "backtest_capacity"):
+            return
+        rows = con.execute("SELECT portfolio_value, sharpe, sharpe_gross, annual_cost_drag, unfilled_share "
+                           "FROM backtest_capacity ORDER BY portfolio_value").fetchall()
+    typer.echo("Capacity of ml: " + "; ".join(
+        f"${v:,.0f}: Sharpe {num(sh)} (gross {num(g)}, cost {pct(c)}/yr, unfilled {pct(u)})"
+        for v, sh, g, c, u in rows))
 
 
 def register(app: typer.Typer) -> None:

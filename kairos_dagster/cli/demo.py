@@ -75,6 +75,7 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
 
 def demo_backtest(defs: Definitions, settings: Settings, first: str, last: str, echo: Callable[[str], None]) -> bool:
     """The backtest of the demo's feature weeks, every strategy, and its full-period statistics."""
+    from kairos_dagster.backtest.report import report_name
     from kairos_dagster.backtest.tables import DEFAULT_CONFIG_ID
     from kairos_dagster.warehouse import store
 
@@ -98,6 +99,14 @@ def demo_backtest(defs: Definitions, settings: Settings, first: str, last: str, 
         echo(f"    {s:12} {pct(ret):>9} {pct(vol):>7} {num(sharpe):>7} {pct(mdd):>8} {pct(turn):>11} "
              f"{pct(cost):>8}")
     echo("    (net of costs: 5 bps half-spread, square-root impact; strategy_stats in the warehouse and the UI)")
+    with store.connect(settings.duckdb_path, read_only=True) as con:
+        sweep = con.execute("SELECT portfolio_value, sharpe, unfilled_share FROM backtest_capacity "
+                            "ORDER BY portfolio_value").fetchall() if store.table_exists(con, "backtest_capacity") else []
+    if sweep:
+        echo("    capacity of ml (net Sharpe by portfolio value): " + ", ".join(
+            f"${v:,.0f} {num(s)} (unfilled {pct(u)})" for v, s, u in sweep))
+    path = settings.output_dir / "backtest" / report_name(DEFAULT_CONFIG_ID)
+    echo(f"    report: {path}" if path.is_file() else "    report: not written (no backtest rows)")
     return True
 
 

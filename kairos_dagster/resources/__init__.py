@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kairos_dagster.resources.backtest_outputs import BacktestOutputs
 from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.ml import MLResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
@@ -23,6 +24,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "source": source_resource(settings),
         "ml": MLResource.from_settings(settings),
         "rebalance_outputs": RebalanceOutputs.from_settings(settings),
+        "backtest_outputs": BacktestOutputs.from_settings(settings),
         # Simulated unless Alpaca credentials are set; those arrive as EnvVar references, never values.
         "broker": BrokerResource.from_env(path, auto_paper=settings.auto_paper),
     }

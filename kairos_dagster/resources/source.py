@@ -9,6 +9,7 @@ from dagster import ConfigurableResource
 
 from kairos_dagster.settings import DEFAULT_NASDAQ_BASE_URL, Settings, load_settings
 from kairos_dagster.sources.source import NEW_YORK, MarketSource, NasdaqSource, SyntheticSource
+from kairos_dagster.sources.synthetic import SyntheticMarket
 
 KEY_VAR = "NASDAQ_DATA_LINK_API_KEY"
 
@@ -52,10 +53,10 @@ class SharadarSource(ConfigurableResource):
         if self.resolved_kind() == "nasdaq":
             return "nasdaq"
         s = load_settings()
-        seed = s.synthetic_seed if self.synthetic_seed is None else self.synthetic_seed
-        tickers = s.synthetic_tickers if self.synthetic_tickers is None else self.synthetic_tickers
-        signal = s.synthetic_signal if self.synthetic_signal is None else self.synthetic_signal
-        return f"synthetic seed={seed} tickers={tickers} signal={signal:g}"
+        return SyntheticMarket(
+            s.synthetic_seed if self.synthetic_seed is None else self.synthetic_seed,
+            s.synthetic_tickers if self.synthetic_tickers is None else self.synthetic_tickers,
+            s.synthetic_signal if self.synthetic_signal is None else self.synthetic_signal).identity
 
     def build(self) -> MarketSource:
         s = load_settings()

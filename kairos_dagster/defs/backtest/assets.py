@@ -7,10 +7,9 @@ recomputes the metrics of all stored history through its week.
 """
 
 
-import base64
-import io
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 from dagster import (
@@ -31,13 +30,14 @@ from dagster import (
 )
 from pydantic import Field
 
-from kairos_dagster.backtest import tables, weekly
+from kairos_dagster.backtest import capacity, report, tables, weekly
 from kairos_dagster.backtest.costs import CostConfigError, CostModel
 from kairos_dagster.backtest.engine import BacktestInputError
 from kairos_dagster.backtest.stats import strategy_stats as compute_stats
 from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.tags import BACKTEST_OP
+from kairos_dagster.resources.backtest_outputs import BacktestOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import store
 from kairos_dagster.warehouse.summary import markdown_table
@@ -101,6 +101,7 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         settings = config.settings()
         try:
             with warehouse.connect() as con:
+                skipped = weekly.unavailable(con, settings.strategies)
                 results = weekly.run_window(con, start, end, settings)
                 frames = weekly.window_frames(results, settings.config_id, start)
                 tables.write_window(con, frames, start, end, settings.config_id)
@@ -109,7 +110,9 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         daily = frames["backtest_daily"]
         last = daily.sort("date").group_by("strategy").agg(pl.all().last()).sort("strategy") if daily.height else daily
         common = {"config_id": MetadataValue.text(settings.config_id),
-                  "strategies": MetadataValue.text(", ".join(settings.strategies))}
+                  "strategies": MetadataValue.text(", ".join(sorted(set(daily["strategy"].to_list()))))}
+        if skipped:
+            common["not_replayed"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in skipped.items()))
         yield MaterializeResult(asset_key="backtest_daily", metadata={
             **common, "rows": MetadataValue.int(daily.height),
             "latest": MetadataValue.md(markdown_table(last.select("strategy", "date", "equity", "ret_net", "cost",
@@ -136,25 +139,54 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
     return backtest
 
 
-def _equity_png(daily: pl.DataFrame) -> str:
-    """Equity curves of every strategy, log scale, as a base64 PNG."""
-    import matplotlib
+def _capacity_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
+    @asset(
+        name="backtest_capacity",
+        group_name=GROUP,
+        deps=["backtest_daily", "backtest_trades", "feat_matrix_v2",
+              AssetDep("sep_base", partition_mapping=lookback_mapping(weeks_for_sessions(64))), "market_returns"],
+        check_specs=[AssetCheckSpec("sharpe_falls_with_size", asset="backtest_capacity",
+                                    description="WARN when a larger portfolio earns a higher net Sharpe than a "
+                                                "smaller one (costs grow with size: that would be a cost-model bug).")],
+        partitions_def=partitions,
+        backfill_policy=SINGLE_RUN,
+        pool="duckdb",
+        kinds={"duckdb", "polars"},
+        description="The capacity sweep: `ml` replayed at $1e5 (the default chain), $1e7 and $1e9 (their own "
+                    "config_ids, extended week by week), and how its net Sharpe falls with size.",
+    )
+    def backtest_capacity(context: AssetExecutionContext, warehouse: DuckDBWarehouse) -> Iterator:
+        start, end = window_dates(context.partition_time_window)
+        try:
+            with warehouse.connect() as con:
+                for value in capacity.CAPACITY_VALUES:
+                    cid = capacity.config_id_for(value)
+                    if cid == tables.DEFAULT_CONFIG_ID:
+                        continue  # the default chain's ml, built by the backtest asset
+                    settings = weekly.BacktestSettings((capacity.CAPACITY_STRATEGY,), value, config_id=cid)
+                    frames = weekly.window_frames(weekly.run_window(con, start, end, settings), cid, start)
+                    tables.write_window(con, frames, start, end, cid)
+                daily = {v: tables.load_strategy_daily(con, capacity.config_id_for(v), capacity.CAPACITY_STRATEGY, end)
+                         for v in capacity.CAPACITY_VALUES}
+                fills = {v: tables.fill_totals(con, capacity.config_id_for(v), capacity.CAPACITY_STRATEGY, end)
+                         for v in capacity.CAPACITY_VALUES}
+                rows = capacity.capacity_rows(daily, fills)
+                tables.write_capacity(con, rows)
+        except (BacktestInputError, store.WarehouseError, ValueError) as exc:
+            raise Failure(description=f"capacity sweep of {start}..{end}: {exc}") from None
+        md = {"dagster/row_count": MetadataValue.int(rows.height),
+              "sweep": MetadataValue.md(markdown_table(rows.select(
+                  "portfolio_value", "config_id", "sharpe", "sharpe_gross", "annual_cost_drag", "unfilled_share",
+                  "sharpe_vs_smallest")))}
+        if rows.height:
+            md["capacity_curve"] = MetadataValue.md(f"![capacity]({report.data_uri(report.capacity_png(rows))})")
+        yield MaterializeResult(metadata=md)
+        sharpe = [s for s in rows.sort("portfolio_value")["sharpe"].to_list() if s is not None and math.isfinite(s)]
+        rising = [f"{a:.3f} -> {b:.3f}" for a, b in zip(sharpe, sharpe[1:], strict=False) if b > a + 1e-12]
+        yield AssetCheckResult(check_name="sharpe_falls_with_size", passed=not rising, severity=AssetCheckSeverity.WARN,
+                               metadata={"rises": MetadataValue.text(", ".join(rising) or "none")})
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=90)
-    for (name,), part in daily.sort("date").group_by("strategy", maintain_order=True):
-        ax.plot(part["date"].to_list(), part["equity"].to_list(), label=name, linewidth=1.2)
-    ax.set_yscale("log")
-    ax.set_title("Backtest equity (net of costs)")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return backtest_capacity
 
 
 class StatsRunConfig(Config):
@@ -167,17 +199,21 @@ def _stats_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="strategy_stats",
         group_name=GROUP,
-        deps=["backtest_daily", "regime_history_academic"],
-        check_specs=[AssetCheckSpec("ml_beats_universe_ew_to_date", asset="strategy_stats")],
+        deps=["backtest_daily", "backtest_capacity", "regime_history_academic"],
+        check_specs=[AssetCheckSpec("ml_beats_universe_ew_to_date", asset="strategy_stats",
+                                    description="WARN when the production strategy's full-period net Sharpe is "
+                                                "not above the equal-weight universe's.")],
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
         pool="duckdb",
         kinds={"duckdb", "polars"},
         description="Per strategy and period (full, years, last 52 weeks, regimes): return, volatility, Sharpe, "
                     "Sortino, drawdown, Calmar, hit rate, turnover, cost drag, alpha/beta to the market, "
-                    "tracking error and information ratio to universe_ew; recomputed from backtest_daily.",
+                    "tracking error and information ratio to universe_ew; recomputed from backtest_daily. "
+                    "Writes the HTML report ($KAIROS_OUTPUT_DIR/backtest/) with the pictures.",
     )
-    def strategy_stats(context: AssetExecutionContext, config: StatsRunConfig, warehouse: DuckDBWarehouse) -> Iterator:
+    def strategy_stats(context: AssetExecutionContext, config: StatsRunConfig, warehouse: DuckDBWarehouse,
+                       backtest_outputs: BacktestOutputs) -> Iterator:
         _, end = window_dates(context.partition_time_window)
         config_id = config.config_id
         with warehouse.connect() as con:
@@ -186,13 +222,20 @@ def _stats_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                        if store.table_exists(con, "regime_history_academic") else None)
             stats = compute_stats(daily, regimes)
             tables.write_stats(con, config_id, stats)
+            sweep = tables.load_capacity(con) if config_id == tables.DEFAULT_CONFIG_ID else None
         full = stats.filter(pl.col("period") == "full")
-        md = {"rows": MetadataValue.int(stats.height), "config_id": MetadataValue.text(config_id),
+        md = {"dagster/row_count": MetadataValue.int(stats.height), "config_id": MetadataValue.text(config_id),
               "full_period": MetadataValue.md(markdown_table(full.select("strategy", *SHOWN), max_rows=20))}
         if daily.height:
-            md["first_date"] = MetadataValue.text(str(daily["date"].min()))
-            md["last_date"] = MetadataValue.text(str(daily["date"].max()))
-            md["equity_curves"] = MetadataValue.md(f"![equity](data:image/png;base64,{_equity_png(daily)})")
+            first, last = daily["date"].min(), daily["date"].max()
+            md["first_date"] = MetadataValue.text(str(first))
+            md["last_date"] = MetadataValue.text(str(last))
+            pngs = report.pictures(daily, stats, sweep)
+            for name, png in pngs.items():
+                md[name] = MetadataValue.md(f"![{name}]({report.data_uri(png)})")
+            text = report.render_html(stats, pngs, sweep, config_id=config_id, first=first, last=last)
+            path = report.write_report(Path(backtest_outputs.path), report.report_name(config_id), text)
+            md["report"] = MetadataValue.path(str(path))
         yield MaterializeResult(metadata=md)
         sharpe = {r["strategy"]: r["sharpe"] for r in full.iter_rows(named=True)}
         ml, ew = sharpe.get("ml"), sharpe.get("universe_ew")
@@ -205,5 +248,5 @@ def _stats_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
 
 
 def build_backtest_assets(weekly_partitions: PartitionsDefinition) -> list[AssetsDefinition]:
-    """The backtest multi-asset and strategy_stats."""
-    return [_backtest_asset(weekly_partitions), _stats_asset(weekly_partitions)]
+    """The backtest multi-asset, the capacity sweep and strategy_stats."""
+    return [_backtest_asset(weekly_partitions), _capacity_asset(weekly_partitions), _stats_asset(weekly_partitions)]

@@ -19,6 +19,7 @@ Conventions that differ from the live feed, on purpose:
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import numpy as np
 import polars as pl
@@ -50,6 +51,8 @@ log return of closeadj given the characteristics and regime on d (to first order
 slowly). The realized cross-sectional rank IC against forward 5-session closeadj returns is about
 0.02-0.05, higher in bull/normal-vol regimes.
 """
+
+_IDENTITY = re.compile(rf"{SOURCE} seed=(?P<seed>\d+) tickers=(?P<tickers>\d+) signal=(?P<signal>[0-9.eE+-]+)")
 
 ORACLE_COLUMNS = ("ticker", "date", "expected_ret_5d", "alpha_5d", "mom_12_1", "quality_roe", "value_bp",
                   "insider_buys_63d", "beta", "sigma_idio", "regime_trend", "regime_vol")
@@ -104,6 +107,19 @@ class SyntheticMarket:
         self.seed = seed
         self.n_tickers = n_tickers
         self.signal = float(signal)
+
+    @property
+    def identity(self) -> str:
+        """What a warehouse records as its data source (kairos_meta.data_source): which market it holds."""
+        return f"{SOURCE} seed={self.seed} tickers={self.n_tickers} signal={self.signal:g}"
+
+    @classmethod
+    def from_identity(cls, identity: str | None) -> SyntheticMarket | None:
+        """The market a recorded `identity` names, or None when it names another source (or nothing)."""
+        m = _IDENTITY.fullmatch((identity or "").strip())
+        if m is None:
+            return None
+        return cls(int(m["seed"]), int(m["tickers"]), float(m["signal"]))
 
     # ------------------------------------------------------------------ range helpers
     def _range(self, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.date] | None:

@@ -14,7 +14,11 @@ from kairos_dagster.settings import load_settings
 from kairos_dagster.warehouse import store
 from kairos_dagster_tests.fixtures.rebalance_warehouse import build_warehouse
 
-SELECTION = ["backtest_daily", "backtest_trades", "backtest_positions", "backtest_book", "strategy_stats"]
+SELECTION = ["backtest_daily", "backtest_trades", "backtest_positions", "backtest_book", "backtest_capacity",
+             "strategy_stats"]
+TABLES = (*SELECTION[:4], "backtest_capacity", "strategy_stats")
+PICTURES = ("equity_curves", "drawdowns", "rolling_sharpe_52w", "returns_by_year_and_regime", "turnover_and_cost",
+            "capacity_curve")
 FIRST, LAST = "2025-12-29", "2026-02-02"  # the weeks feat_matrix_v2 covers
 WEEKS = ["2025-12-29", "2026-01-05", "2026-01-12", "2026-01-19", "2026-01-26", "2026-02-02"]
 
@@ -27,15 +31,17 @@ def base_db(tmp_path_factory):
 def _env(tmp_path, base_db, name):
     db = tmp_path / f"{name}.duckdb"
     shutil.copyfile(base_db, db)
-    settings = load_settings({"KAIROS_DUCKDB_PATH": str(db), "KAIROS_START_DATE": "2025-08-04"})
+    settings = load_settings({"KAIROS_DUCKDB_PATH": str(db), "KAIROS_START_DATE": "2025-08-04",
+                              "KAIROS_OUTPUT_DIR": str(tmp_path / f"{name}-outputs")})
     return build_definitions(settings), settings
 
 
 def _tables(settings):
     with store.connect(settings.duckdb_path, read_only=True) as con:
         return {t: store.read_window(con, t, None, None, None).sort(
-            [c for c in ("strategy", "config_id", "date", "ticker", "period") if c in store.table_columns(con, t)])
-            for t in (*SELECTION[:4], "strategy_stats")}
+            [c for c in ("strategy", "config_id", "portfolio_value", "date", "ticker", "period")
+             if c in store.table_columns(con, t)])
+            for t in TABLES}
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +61,46 @@ def test_a_span_backfill_writes_every_strategy(span):
     t = _tables(settings)
     daily = t["backtest_daily"]
     assert set(daily["strategy"]) == {"ml", "ml_fixed", "v8", "universe_ew", "market"}
-    assert set(daily["config_id"]) == {"default"}
-    ml = daily.filter(pl.col("strategy") == "ml")
+    assert set(daily["config_id"]) == {"default", "capacity-1e7", "capacity-1e9"}
+    ml = daily.filter((pl.col("strategy") == "ml") & (pl.col("config_id") == "default"))
     # The first rebalance is the first week's last session: 2026-01-02; every session after it is replayed.
     assert ml["date"].min().isoformat() == "2026-01-02" and ml["date"].max().isoformat() == "2026-02-06"
     assert (daily["equity"] > 0).all()
-    positions = t["backtest_positions"].filter(pl.col("strategy") == "ml")
+    positions = t["backtest_positions"].filter((pl.col("strategy") == "ml") & (pl.col("config_id") == "default"))
     # A fresh start holds the ML config's top 75; later weeks blend toward the new target under the 30%
     # turnover cap, so names leave over several weeks (as in the live picks).
     per_week = positions.group_by("date").len().sort("date")["len"].to_list()
     assert per_week[0] == 75 and max(per_week) > 75
     stats = t["strategy_stats"]
     assert {"full", "2026", "last_52w", "regime:normal_vol_bull"} <= set(stats["period"])
+    assert set(stats["config_id"]) == {"default"}
     assert stats.filter(pl.col("strategy") == "ml")["sharpe"].is_not_null().all()
     md = result.asset_materializations_for_node("strategy_stats")[-1].metadata
-    assert md["equity_curves"].value.startswith("![equity](data:image/png;base64,")
+    for name in PICTURES:
+        assert md[name].value.startswith(f"![{name}](data:image/png;base64,iVBOR"), name
+    report = md["report"].value
+    assert report == str(settings.output_dir / "backtest" / "backtest_report.html")
+    text = open(report, encoding="utf-8").read()
+    assert text.count('<img alt="') == len(PICTURES) and 'id="capacity_table"' in text
+
+
+def test_the_capacity_sweep_has_its_own_chains_and_the_default_as_its_smallest(span):
+    _, settings = span
+    t = _tables(settings)
+    cap = t["backtest_capacity"].sort("portfolio_value")
+    assert cap["portfolio_value"].to_list() == [1e5, 1e7, 1e9]
+    assert cap["config_id"].to_list() == ["default", "capacity-1e7", "capacity-1e9"]
+    daily = t["backtest_daily"]
+    assert set(daily.filter(pl.col("config_id") != "default")["strategy"]) == {"ml"}
+    # The default chain's ml is the $1e5 point; larger books pay more impact per dollar and fill less.
+    default_ml = daily.filter((pl.col("config_id") == "default") & (pl.col("strategy") == "ml"))
+    assert cap["sessions"][0] == default_ml.height
+    # Impact per dollar grows with size; at $1e9 the participation cap leaves most orders unfilled, so the
+    # book trades (and pays) less: neither cost nor turnover need grow past the cap.
+    drag = cap["annual_cost_drag"].to_list()
+    assert drag[0] < drag[1]
+    assert cap["unfilled_share"][0] <= cap["unfilled_share"][1] < cap["unfilled_share"][2]
+    assert cap["sharpe"][2] < cap["sharpe"][0] and cap["sharpe_vs_smallest"][0] == 1.0
 
 
 def test_week_by_week_runs_equal_the_span(tmp_path, base_db, span, instance):
@@ -80,7 +111,7 @@ def test_week_by_week_runs_equal_the_span(tmp_path, base_db, span, instance):
     a, b = _tables(span_settings), _tables(settings)
     # Equal to float rounding (sums over a week's grid and over the span's add in different orders),
     # keys, dates, counts and reasons exactly.
-    for table in (*SELECTION[:4], "strategy_stats"):
+    for table in TABLES:
         assert_frame_equal(a[table], b[table], check_exact=False, rtol=1e-9, atol=1e-9)
 
 
