@@ -28,6 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
 
 bench: $(STAMP)
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
