@@ -78,6 +78,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("backtest", 13, "single-run backfill of the backtest, every strategy, all weeks", 180, None, ("matrix",)),
     Stage("backtest_week", 13, "one incremental week of the backtest, every strategy", 2, None, ("backtest",)),
     Stage("strategy_stats", 13, "strategy_stats over the whole stored backtest", 5, None, ("backtest",)),
+    Stage("backtest_capacity", 13, "single-run backfill of the capacity sweep (ml at $1e7 and $1e9)", None, None,
+          ("backtest",)),
+    Stage("backtest_vectorbt", 13, "the ml chain's weights with no costs: Kairos's engine beside vectorbt "
+          "(gross curves within 1e-6; details: both times, vectorbt cold and warm)", None, None, ("backtest",)),
 )
 BY_NAME = {s.name: s for s in STAGES}
 ISSUE_TITLES = {2: "Issue 2 — platform: synthetic market and sync", 3: "Issue 3 — feature graph, Phases 1-5",

@@ -482,10 +482,50 @@ def stage_backtest_week() -> dict:
     return _materialize(_assets(*BACKTEST_ASSETS), (last_week(), last_week()))
 
 
+def stage_backtest_capacity() -> dict:
+    """The capacity sweep's single-run backfill (ml at $1e7 and $1e9; $1e5 is the default chain) and its rows."""
+    _require(("backtest_daily",), "backtest_capacity")
+    out = _materialize(_assets("backtest_capacity"), (first_week(), last_week()))
+    with _con() as con:
+        rows = con.execute("SELECT portfolio_value, sharpe, sharpe_gross, annual_cost_drag, unfilled_share, "
+                           "sharpe_vs_smallest FROM backtest_capacity ORDER BY portfolio_value").fetchall()
+    out["sweep"] = [dict(zip(("value", "sharpe", "sharpe_gross", "cost_drag", "unfilled_share", "vs_smallest"),
+                             (round(x, 4) for x in r), strict=True)) for r in rows]
+    return out
+
+
 def stage_strategy_stats() -> dict:
-    """strategy_stats of the whole stored default chain (the last partition recomputes all of it)."""
+    """strategy_stats of the whole stored default chain (the last partition recomputes all of it, and the
+    report); the full-period Sharpe of each strategy and its ratio to the oracle's."""
     _require(("backtest_daily",), "strategy_stats")
-    return _materialize(_assets("strategy_stats"), (last_week(), last_week()))
+    out = _materialize(_assets("strategy_stats"), (last_week(), last_week()))
+    with _con() as con:
+        rows = dict(con.execute("SELECT strategy, sharpe FROM strategy_stats WHERE config_id = 'default' AND "
+                                "period = 'full'").fetchall())
+    oracle = rows.get("oracle")
+    out["sharpe"] = {k: round(v, 3) for k, v in rows.items() if v is not None}
+    if oracle:
+        out["sharpe_vs_oracle"] = {k: round(v / oracle, 3) for k, v in rows.items() if v is not None}
+    return out
+
+
+def stage_backtest_vectorbt() -> dict:
+    """The `ml` chain's weights replayed with no costs by Kairos's engine and by vectorbt: both timed, the
+    gross curves compared (must agree within 1e-6)."""
+    from benchmarks.vectorbt_compare import compare
+
+    _require(("backtest_positions",), "backtest_vectorbt")
+    with _con() as con:
+        weights = con.execute("SELECT date, ticker, weight FROM backtest_positions WHERE strategy = 'ml' AND "
+                              "config_id = 'default' ORDER BY date, ticker").pl()
+        lo = weights["date"].min()
+        sep = con.execute("SELECT ticker, date, open, close, closeadj, closeunadj FROM sep_base WHERE date >= ? "
+                          "ORDER BY date, ticker", [lo]).pl()
+    t0 = time.perf_counter()
+    out = compare(sep, weights)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["success"] = out["max_rel_diff"] <= 1e-6 and out["sessions_only_one_side"] == 0
+    return out
 
 
 def _jsonable(x: Any) -> Any:
@@ -514,6 +554,8 @@ STAGES: dict[str, Callable[[], dict]] = {
     "backtest": stage_backtest,
     "backtest_week": stage_backtest_week,
     "strategy_stats": stage_strategy_stats,
+    "backtest_capacity": stage_backtest_capacity,
+    "backtest_vectorbt": stage_backtest_vectorbt,
 }
 
 

@@ -2,6 +2,7 @@
 tests' warehouse: feat_matrix_v2 for six weeks, sep_base, market_returns, regimes)."""
 
 import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -80,7 +81,7 @@ def test_a_span_backfill_writes_every_strategy(span):
         assert md[name].value.startswith(f"![{name}](data:image/png;base64,iVBOR"), name
     report = md["report"].value
     assert report == str(settings.output_dir / "backtest" / "backtest_report.html")
-    text = open(report, encoding="utf-8").read()
+    text = Path(report).read_text(encoding="utf-8")
     assert text.count('<img alt="') == len(PICTURES) and 'id="capacity_table"' in text
 
 
@@ -137,7 +138,6 @@ def test_the_kairos_backtest_command(tmp_path, base_db):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     db = tmp_path / "cli.duckdb"
     shutil.copyfile(base_db, db)
