@@ -363,7 +363,7 @@ def estimate_portfolio_vol(weights: pl.DataFrame, returns: pl.DataFrame, signal_
     n = held.height
     if n == 0:
         return VolEstimate(0.0, 0, 0, 0, 0.0, None, None)
-    _validate_returns(returns, signal_date)
+    returns = _validate_returns(returns, signal_date, held.get_column("ticker"))
     days = cal.sessions_array(cal.sessions_offset(signal_date, -(config.cov_window - 1)), signal_date)
     start, end = days[0].astype(dt.date), days[-1].astype(dt.date)
     idx_t = held.select("ticker").with_row_index("_ti")
@@ -409,17 +409,21 @@ def estimate_portfolio_vol(weights: pl.DataFrame, returns: pl.DataFrame, signal_
     return VolEstimate(math.sqrt(max(var, 0.0)), n, k, int((~hist).sum()), r_bar, start, end)
 
 
-def _validate_returns(returns: pl.DataFrame, signal_date: dt.date) -> None:
+def _validate_returns(returns: pl.DataFrame, signal_date: dt.date, tickers: pl.Series) -> pl.DataFrame:
+    """The rows of `tickers` (the book's names), checked: no row of any name after the signal date, and the
+    book's rows finite and unique. Only the book's rows are checked for values: a window of the whole
+    market's returns is handed in once per week, and the book reads its 75-odd names of it."""
     missing = [c for c in ("ticker", "date", "ret") if c not in returns.columns]
     if missing:
         raise PortfolioInputError(f"returns frame lacks column(s) {', '.join(missing)}")
     if returns.height == 0:
-        return
+        return returns
     late = returns.filter(pl.col("date") > signal_date)
     if late.height:
         t, d = late.sort("date").select("ticker", "date").row(0)
         raise PortfolioInputError(f"returns hold data after the signal date {signal_date} "
                                   f"(look-ahead), e.g. {t} on {d}")
+    returns = returns.filter(pl.col("ticker").is_in(tickers.implode()))
     bad = returns.filter(pl.col("ret").is_not_null() & ~pl.col("ret").cast(pl.Float64).is_finite())
     if bad.height:
         t, d = bad.select("ticker", "date").row(0)
@@ -428,6 +432,7 @@ def _validate_returns(returns: pl.DataFrame, signal_date: dt.date) -> None:
     if dup.height:
         t, d = dup.sort("ticker", "date").select("ticker", "date").row(0)
         raise PortfolioInputError(f"returns hold duplicate rows for {t} on {d}")
+    return returns
 
 
 def vol_scale(weights: pl.DataFrame, est_vol: float, sector_caps: pl.DataFrame, config: Risk4Config) -> float:
