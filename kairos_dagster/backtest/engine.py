@@ -87,7 +87,7 @@ class BacktestResult:
 
 
 def price_panel(sep: pl.DataFrame) -> pl.DataFrame:
-    """ticker, date, open_adj, mark, raw_price from sep_base rows: the open in closeadj units (open x
+    """ticker, date, open_adj, mark, raw_price from sep_base rows (sorted by date, ticker): the open in closeadj units (open x
     closeadj / close: SEP's open and close share the split adjustment, closeadj adds dividends), the
     close, and the exchange's price for per-share commissions (closeunadj when present)."""
     missing = [c for c in PRICE_COLUMNS if c not in sep.columns]
@@ -107,7 +107,7 @@ def price_panel(sep: pl.DataFrame) -> pl.DataFrame:
         pl.col("ticker").cast(pl.String), pl.col("date"),
         (pl.col("open") * pl.col("closeadj") / pl.col("close")).cast(pl.Float64).alias("open_adj"),
         pl.col("closeadj").cast(pl.Float64).alias("mark"), raw.cast(pl.Float64).alias("raw_price"),
-    ).sort("ticker", "date")
+    ).sort("date", "ticker")
 
 
 def _liquidity_at(liquidity: pl.DataFrame, signal_date: dt.date) -> tuple[pl.DataFrame, float, float]:
@@ -194,16 +194,17 @@ def _drift(units: pl.DataFrame, prices: pl.DataFrame, sessions: Sequence[dt.date
             .sort("date"))
 
 
-def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame, target_fn: TargetFn, *, liquidity: pl.DataFrame,
+def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: TargetFn, *, liquidity: pl.DataFrame,
            end: dt.date, costs: CostModel | None = None, book: Book | None = None, portfolio_value: float = 100_000.0,
-           cash_rate: float = 0.0) -> BacktestResult:
+           cash_rate: float = 0.0, panel: pl.DataFrame | None = None) -> BacktestResult:
     """Replay `plans` (weekly rebalances, in any order) from `book` (default: `portfolio_value` in cash)
     through the session `end`.
 
     `sep`: sep_base rows (ticker, date, open, close, closeadj[, closeunadj]) covering the sessions from the
     first rebalance date to `end`, and the book's last session. `liquidity`: ticker, date, adv (20-day
     dollar ADV), daily_vol (daily return volatility) at the signal dates, for the costs. The sessions are
-    the dates `sep` holds. Continuing from a result's `book` gives the same rows as one longer replay."""
+    the dates `sep` holds. Continuing from a result's `book` gives the same rows as one longer replay.
+    `panel`: `price_panel(sep)` instead of `sep`, when several strategies replay the same prices."""
     if not (math.isfinite(cash_rate) and cash_rate > -1):
         raise BacktestInputError(f"cash_rate must be a finite annual rate > -100%, got {cash_rate!r}")
     for c in ("ticker", "date", "adv", "daily_vol"):
@@ -211,8 +212,10 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame, target_fn: TargetFn, *,
             raise BacktestInputError(f"liquidity rows lack column {c!r}")
     costs = costs or CostModel()
     book = book or Book.start(portfolio_value)
-    prices = price_panel(sep)
-    prices_by_date = prices.sort("date", "ticker")
+    if (sep is None) == (panel is None):
+        raise BacktestInputError("replay needs exactly one of sep rows or their price panel")
+    prices = price_panel(sep) if panel is None else panel
+    prices_by_date = prices  # price_panel sorts by date, then ticker
     price_dates = prices_by_date.get_column("date")
     plans = sorted(plans, key=lambda p: p.rebalance_date)
     if book.date is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -37,19 +38,30 @@ def date_slicer(frame: pl.DataFrame) -> Callable[[dt.date, dt.date], pl.DataFram
     return rows
 
 
-def risk4_targets(matrix: pl.DataFrame, matrix_dates: Iterable[dt.date], returns: pl.DataFrame,
-                  config: Risk4Config) -> TargetFn:
-    """Targets of a Risk4 configuration: `matrix` holds feat_matrix_v2 rows of the signal dates (the
-    config's columns), `returns` the daily returns its covariance needs (ticker, date, ret). Each week
-    hands the live function the signal date's rows and the returns of its covariance window (plus a
+@dataclass(frozen=True)
+class SignalInputs:
+    """What the strategies of a window read, sliced once for all of them: feat_matrix_v2 rows of the
+    signal dates (`matrix_rows(lo, hi)`), the daily returns their covariance needs (`return_rows`), and the
+    dates the matrix holds (the live gates' freshness)."""
+
+    matrix_rows: Callable[[dt.date, dt.date], pl.DataFrame]
+    return_rows: Callable[[dt.date, dt.date], pl.DataFrame]
+    dates: list[dt.date]
+
+    @staticmethod
+    def build(matrix: pl.DataFrame, matrix_dates: Iterable[dt.date], returns: pl.DataFrame) -> SignalInputs:
+        return SignalInputs(date_slicer(matrix), date_slicer(returns), sorted(set(matrix_dates)))
+
+
+def risk4_targets(inputs: SignalInputs, config: Risk4Config) -> TargetFn:
+    """Targets of a Risk4 configuration (its columns in the matrix rows, returns as ticker, date, ret). Each
+    week hands the live function the signal date's rows and the returns of its covariance window (plus a
     margin), so a ten-year span costs what its weeks cost."""
-    dates = sorted(set(matrix_dates))
-    matrix_rows, return_rows = date_slicer(matrix), date_slicer(returns)
 
     def target(plan: WeekPlan, prior: pl.DataFrame) -> pl.DataFrame | None:
         sig = plan.signal_date
-        rets = return_rows(cal.sessions_offset(sig, -(config.cov_window + 5)), sig)
-        week = rebalance_week(plan, matrix_rows(sig, sig), dates, rets, prior, config, "backtest book")
+        rets = inputs.return_rows(cal.sessions_offset(sig, -(config.cov_window + 5)), sig)
+        week = rebalance_week(plan, inputs.matrix_rows(sig, sig), inputs.dates, rets, prior, config, "backtest book")
         if week.result is None or week.blocked:
             return None
         return week.result.picks.select("ticker", "weight")
@@ -57,12 +69,12 @@ def risk4_targets(matrix: pl.DataFrame, matrix_dates: Iterable[dt.date], returns
     return target
 
 
-def equal_weight_targets(matrix: pl.DataFrame, config: Risk4Config) -> TargetFn:
+def equal_weight_targets(inputs: SignalInputs, config: Risk4Config) -> TargetFn:
     """Equal weights over the names Risk4 could hold at the signal date: a finite price and ADV >= min_adv."""
     def target(plan: WeekPlan, prior: pl.DataFrame) -> pl.DataFrame | None:
-        rows = matrix.filter((pl.col("date") == plan.signal_date) & pl.col(config.adv_column).is_finite()
-                             & (pl.col(config.adv_column) >= config.min_adv) & pl.col(config.price_column).is_finite()
-                             & (pl.col(config.price_column) > 0))
+        rows = inputs.matrix_rows(plan.signal_date, plan.signal_date).filter(
+            pl.col(config.adv_column).is_finite() & (pl.col(config.adv_column) >= config.min_adv)
+            & pl.col(config.price_column).is_finite() & (pl.col(config.price_column) > 0))
         if rows.height == 0:
             return None
         return rows.select("ticker", pl.lit(1.0 / rows.height).alias("weight"))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
@@ -15,8 +17,9 @@ import polars as pl
 from kairos_dagster import calendar as cal
 from kairos_dagster.backtest import tables
 from kairos_dagster.backtest.costs import CostModel
-from kairos_dagster.backtest.engine import BacktestResult, Book, replay
+from kairos_dagster.backtest.engine import BacktestResult, Book, price_panel, replay
 from kairos_dagster.backtest.strategies import (
+    SignalInputs,
     benchmark_daily,
     equal_weight_targets,
     liquidity_frame,
@@ -38,6 +41,10 @@ RISK4_STRATEGIES: dict[str, Risk4Config] = {
     "oracle": dataclasses.replace(ML_CONFIG, name="oracle", alpha_column=ORACLE_COLUMN),
 }
 STRATEGIES: tuple[str, ...] = (*RISK4_STRATEGIES, "universe_ew", "market")
+
+
+# Strategies replayed at once (the machine has 2 cores; more threads only contend).
+STRATEGY_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 class BacktestConfigError(ValueError):
@@ -108,15 +115,23 @@ def run_window(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, set
     sep = tables.load_prices(con, start, end)
     liquidity = liquidity_frame(matrix, ML_CONFIG) if matrix.height else pl.DataFrame(
         schema={"ticker": pl.String, "date": pl.Date, "adv": pl.Float64, "daily_vol": pl.Float64})
-    out: dict[str, BacktestResult] = {}
-    for name in names:
-        if name == "market":
-            continue
-        book = tables.load_book(con, name, settings.config_id, start)
-        target = (risk4_targets(matrix, known, returns, RISK4_STRATEGIES[name]) if name in RISK4_STRATEGIES
-                  else equal_weight_targets(matrix, ML_CONFIG))
-        out[name] = replay(plans, sep, target, liquidity=liquidity, end=last_session, costs=settings.costs,
-                           book=book, portfolio_value=settings.portfolio_value, cash_rate=settings.cash_rate)
+    # Sliced and validated once, read by every strategy.
+    inputs = SignalInputs.build(matrix, known, returns)
+    panel = price_panel(sep)
+    traded = [n for n in names if n != "market"]
+    books = {n: tables.load_book(con, n, settings.config_id, start) for n in traded}  # one connection: in turn
+
+    def one(name: str) -> BacktestResult:
+        target = (risk4_targets(inputs, RISK4_STRATEGIES[name]) if name in RISK4_STRATEGIES
+                  else equal_weight_targets(inputs, ML_CONFIG))
+        return replay(plans, None, target, liquidity=liquidity, end=last_session, costs=settings.costs,
+                      book=books[name], portfolio_value=settings.portfolio_value, cash_rate=settings.cash_rate,
+                      panel=panel)
+
+    # The strategies are independent chains over shared read-only frames: replayed side by side (polars
+    # releases the GIL in its kernels), each exactly as it would be alone.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(traded), STRATEGY_THREADS))) as pool:
+        out: dict[str, BacktestResult] = dict(zip(traded, pool.map(one, traded), strict=True))
     if "market" in names:
         out["market"] = _market(con, start, end, settings)
     return out

@@ -11,7 +11,12 @@ import pytest
 
 from kairos_dagster.backtest.costs import CostConfigError, CostModel
 from kairos_dagster.backtest.engine import BacktestInputError, Book, replay
-from kairos_dagster.backtest.strategies import equal_weight_targets, liquidity_frame, risk4_targets
+from kairos_dagster.backtest.strategies import (
+    SignalInputs,
+    equal_weight_targets,
+    liquidity_frame,
+    risk4_targets,
+)
 from kairos_dagster.portfolio.config import ML_CONFIG
 from kairos_dagster.portfolio.rebalance_weeks import WeekPlan, holdings_from_picks, rebalance_week
 from kairos_dagster_tests.fixtures.portfolio_frames import SIGNAL_DATE, make_frame, make_returns
@@ -157,7 +162,7 @@ def test_the_risk4_target_is_the_live_rebalance_given_the_same_prior():
     returns = make_returns(frame["ticker"].to_list())
     plan = WeekPlan.for_date(dt.date(2026, 1, 16))
     assert plan.signal_date == SIGNAL_DATE
-    target = risk4_targets(frame, [SIGNAL_DATE], returns, ML_CONFIG)
+    target = risk4_targets(SignalInputs.build(frame, [SIGNAL_DATE], returns), ML_CONFIG)
     fresh = rebalance_week(plan, frame, [SIGNAL_DATE], returns, holdings_from_picks(frame.head(0).select(
         "ticker", pl.lit(0.0).alias("weight"), pl.lit(0).alias("shares"))), ML_CONFIG)
     assert target(plan, fresh.prior).equals(fresh.result.picks.select("ticker", "weight"))
@@ -171,7 +176,7 @@ def test_the_risk4_target_is_the_live_rebalance_given_the_same_prior():
 def test_equal_weight_targets_hold_the_eligible_universe():
     frame = make_frame(50, seed=1).with_columns(
         pl.when(pl.col("ticker") == "T00000").then(1.0).otherwise(pl.col("adv_20")).alias("adv_20"))
-    t = equal_weight_targets(frame, ML_CONFIG)(WeekPlan.for_date(dt.date(2026, 1, 16)), None)
+    t = equal_weight_targets(SignalInputs.build(frame, [], frame.head(0).select('ticker', 'date')), ML_CONFIG)(WeekPlan.for_date(dt.date(2026, 1, 16)), None)
     eligible = frame.filter(pl.col("adv_20") >= ML_CONFIG.min_adv)
     assert t.height == eligible.height and "T00000" not in t["ticker"].to_list()
     assert t["weight"].sum() == pytest.approx(1.0)
