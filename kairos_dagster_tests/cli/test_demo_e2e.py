@@ -57,3 +57,10 @@ def test_demo_as_of(tmp_path, as_of, rebalance, folds):
                                  "IS NOT NULL", [calendar.signal_date_for(reb)]).fetchone()
     assert signal_rows > 50  # the universe of a 300-ticker market holds ~90 names
     assert f"KAIROS_AS_OF={as_of}" in (tmp_path / "data" / "demo.env").read_text()
+    # The demo ends with the backtest of its weeks: every strategy (the oracle too: the synthetic market),
+    # the capacity sweep and the report.
+    report = tmp_path / "outputs" / "backtest" / "backtest_report.html"
+    assert f"report: {report}" in out.stdout and report.stat().st_size > 100_000
+    assert "capacity of ml (net Sharpe by portfolio value): $100,000" in out.stdout
+    strategies = {r[0] for r in con.execute("SELECT DISTINCT strategy FROM strategy_stats").fetchall()}
+    assert strategies == {"ml", "ml_fixed", "v8", "oracle", "universe_ew", "market"}
