@@ -25,6 +25,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     PartitionsDefinition,
+    TimeWindowPartitionMapping,
     asset,
     multi_asset,
 )
@@ -85,7 +86,10 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                                   "its price and cost by component, and why a remainder was not filled."),
             AssetSpec("backtest_positions", kinds={"duckdb", "polars"}, deps=["feat_matrix_v2"],
                       description="Per strategy and rebalance: the book after the open's fills (weight, units)."),
-            AssetSpec("backtest_book", kinds={"duckdb", "polars"}, deps=["feat_matrix_v2"],
+            # The holdings continue the previous week's book: a self-dependency on the week before.
+            AssetSpec("backtest_book", kinds={"duckdb", "polars"},
+                      deps=["feat_matrix_v2", AssetDep("backtest_book", partition_mapping=TimeWindowPartitionMapping(
+                          start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
                       description="Per strategy: cash and units after the week's last session; the next week "
                                   "continues from it."),
         ],

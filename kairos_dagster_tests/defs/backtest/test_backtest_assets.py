@@ -1,6 +1,7 @@
 """The backtest assets end to end: the real dagster executor on a small real DuckDB (the rebalance
 tests' warehouse: feat_matrix_v2 for six weeks, sep_base, market_returns, regimes)."""
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -159,3 +160,43 @@ def test_the_kairos_backtest_command(tmp_path, base_db):
     bad = subprocess.run([kairos, "backtest", "--strategies", "ml,nope"], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert bad.returncode == 2 and "unknown nope" in bad.stderr
+
+
+def test_each_weeks_target_is_the_live_rebalance_given_the_backtests_own_prior(span):
+    """For several weeks: the prior rebuilt from the stored tables alone (the units after the previous
+    rebalance, marked at the signal session's close, over that day's equity) fed to the rebalance asset's
+    own loader and compute path gives the weights the backtest bought at the open."""
+    from kairos_dagster.portfolio import weekly as live
+    from kairos_dagster.portfolio.config import ML_CONFIG
+    from kairos_dagster.portfolio.rebalance_weeks import HOLDINGS_SCHEMA, week_plans
+
+    _, settings = span
+    t = _tables(settings)
+    ml = pl.col("strategy") == "ml"
+    default = pl.col("config_id") == "default"
+    positions = t["backtest_positions"].filter(ml & default)
+    daily = t["backtest_daily"].filter(ml & default)
+    plans = week_plans(dt.date.fromisoformat(WEEKS[1]), dt.date(2026, 2, 9))
+    rebalance_dates = sorted(set(positions["date"].to_list()))
+    checked = 0
+    with store.connect(settings.duckdb_path, read_only=True) as con:
+        for plan in plans:
+            before = [d for d in rebalance_dates if d < plan.rebalance_date]
+            if not before or plan.rebalance_date not in rebalance_dates:
+                continue
+            held = positions.filter(pl.col("date") == before[-1]).select("ticker", "units")
+            marks = con.execute("SELECT ticker, closeadj AS mark FROM sep_base WHERE date = ?", [plan.signal_date]).pl()
+            equity = daily.filter(pl.col("date") == plan.signal_date)["equity"][0]
+            prior = (held.join(marks, on="ticker", how="left")
+                     .select("ticker", (pl.col("units") * pl.col("mark") / equity).alias("weight"),
+                             pl.lit(None, pl.String).alias("sector"), pl.lit(0, pl.Int64).alias("shares"),
+                             pl.lit(None, pl.Float64).alias("price")).cast(HOLDINGS_SCHEMA))
+            inputs = live.load_inputs(con, [plan], ML_CONFIG, no_prior=True)
+            inputs = type(inputs)(**{**inputs.__dict__, "prior": prior, "prior_source": "backtest book"})
+            (week,) = live.compute_rebalance(inputs, [plan], ML_CONFIG)
+            picks = week.result.picks.select("ticker", "weight").sort("ticker")
+            bought = positions.filter(pl.col("date") == plan.rebalance_date).select("ticker", "weight").sort("ticker")
+            assert picks["ticker"].to_list() == bought["ticker"].to_list(), plan
+            assert_frame_equal(picks, bought, check_exact=False, rtol=1e-9, atol=1e-12)
+            checked += 1
+    assert checked >= 3
