@@ -25,6 +25,9 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 POOL = "duckdb"
 HOST_TAG, PID_TAG, PID_START_TAG = "kairos/host", "kairos/pid", "kairos/pid_start"
+# The run the liveness tags were written for: a re-execution in the UI copies its parent's tags, and the
+# child must not be taken for a run of the parent's (long gone) CLI process.
+RUN_TAG = "kairos/guarded_run"
 LIVE_STATUSES = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
 
 
@@ -43,15 +46,19 @@ def process_start(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2:].split()[19]
 
 
-def launch_tags() -> dict[str, str]:
-    """Tags that let a later command tell whether this process (the run's) is still alive."""
+def launch_tags(run_id: str) -> dict[str, str]:
+    """Tags that let a later command tell whether this process (the run `run_id`'s) is still alive."""
     pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or ""}
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or "",
+            RUN_TAG: run_id}
 
 
-def process_alive(tags: dict[str, str]) -> bool | None:
-    """True/False for a run launched on this host with our tags; None when it cannot be told here."""
+def process_alive(tags: dict[str, str], run_id: str | None = None) -> bool | None:
+    """True/False for a run launched on this host with our tags; None when it cannot be told here (another
+    host, no tags, or tags copied from the run another process launched)."""
     if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return None
+    if run_id is not None and tags.get(RUN_TAG, run_id) != run_id:
         return None
     started = process_start(int(tags[PID_TAG]))
     return started is not None and started == tags.get(PID_START_TAG, started)
@@ -68,7 +75,7 @@ def reap_dead_runs(instance: DagsterInstance) -> list[Reaped]:
     """Mark this host's runs whose process died as failed and free every claim such runs left."""
     out: list[Reaped] = []
     for run in instance.get_runs(RunsFilter(statuses=LIVE_STATUSES)):
-        if process_alive(run.tags) is False:
+        if process_alive(run.tags, run.run_id) is False:
             instance.report_run_failed(
                 run, message=f"run process {run.tags.get(PID_TAG)} on {run.tags.get(HOST_TAG)} is gone (killed "
                              "or crashed): marked failed by kairos before the next launch; its warehouse writes "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from dagster import (
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
-    define_asset_job,
 )
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.utils import make_new_run_id
@@ -70,28 +70,69 @@ def run_selection(
         selection = AssetSelection.assets(*[AssetKey(s) for s in selection])
     instance = instance or get_instance()
     run_guard.prepare_launch(instance, echo or _stderr)
-    run_tags = {**run_guard.launch_tags(), **dict(tags or {})}
+    run_id = make_new_run_id()
+    run_tags = {**run_guard.launch_tags(run_id), **dict(tags or {})}
     if partition_range is not None:
         start, end = partition_range
         if start == end:
             partition_key = start
         else:
             run_tags[RANGE_START_TAG], run_tags[RANGE_END_TAG] = start, end
-    # An ad-hoc job over the selection, built the way `dagster asset materialize` builds it.
-    adhoc = define_asset_job("kairos_cli_run", selection=selection)
-    resolved = Definitions.merge(defs, Definitions(jobs=[adhoc])).resolve_job_def("kairos_cli_run")
+    # The definitions' own asset job over the selection, as the UI's "Materialize" launches it: the run
+    # belongs to a job the code location has, so its job page, the timeline and Re-execute work.
+    job = defs.resolve_implicit_global_asset_job_def()
+    keys = sorted(selection.resolve(defs.resolve_asset_graph()), key=lambda k: k.to_user_string())
+    if not keys:
+        raise ValueError("the asset selection is empty")
     config = dict(run_config or {})
     # Dagster's console logger prints every engine event at DEBUG; operators want the asset logs.
     config.setdefault("loggers", {"console": {"config": {"log_level": os.environ.get("KAIROS_LOG_LEVEL", "INFO")}}})
-    run_id = make_new_run_id()
-    return _interruptible(lambda: resolved.execute_in_process(
-        run_config=config,
-        instance=instance,
-        partition_key=partition_key,
-        tags=run_tags,
-        raise_on_error=raise_on_error,
-        run_id=run_id,
-    ), instance, run_id, echo or _stderr)
+
+    def execute() -> ExecuteInProcessResult:
+        with _recorded_origin(instance, job.name):
+            return job.execute_in_process(run_config=config, asset_selection=keys, instance=instance,
+                                          partition_key=partition_key, tags=run_tags, raise_on_error=raise_on_error,
+                                          run_id=run_id)
+
+    return _interruptible(execute, instance, run_id, echo or _stderr)
+
+
+# The code location of workspace.yaml and [tool.dagster] (the webserver's and the daemon's).
+LOCATION_NAME, DEFINITIONS_MODULE, REPOSITORY_NAME = "kairos", "kairos_dagster.definitions", "__repository__"
+
+
+def job_origin(job_name: str):
+    """Where the webserver finds `job_name`: the location of workspace.yaml, its Definitions' repository."""
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE,
+                                  working_directory=str(PROJECT_ROOT))
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(loadable_target_origin=target, location_name=LOCATION_NAME)
+    return RemoteJobOrigin(repository_origin=RemoteRepositoryOrigin(location, REPOSITORY_NAME), job_name=job_name)
+
+
+@contextlib.contextmanager
+def _recorded_origin(instance: DagsterInstance, job_name: str) -> Iterator[None]:
+    """Record the code location's origin on the run that execute_in_process creates: it records none, and
+    without one the UI cannot re-execute the run (`launchPipelineReexecution` needs the parent's origin).
+    The run is created through the instance, so its method is wrapped for the one call."""
+    create = instance.create_run_for_job
+    origin = job_origin(job_name)
+
+    def with_origin(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("remote_job_origin", origin)
+        return create(*args, **kwargs)
+
+    instance.create_run_for_job = with_origin  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del instance.create_run_for_job
 
 
 class RunInterrupted(RuntimeError):

@@ -178,7 +178,7 @@ def test_each_weeks_target_is_the_live_rebalance_given_the_backtests_own_prior(s
     daily = t["backtest_daily"].filter(ml & default)
     plans = week_plans(dt.date.fromisoformat(WEEKS[1]), dt.date(2026, 2, 9))
     rebalance_dates = sorted(set(positions["date"].to_list()))
-    checked = 0
+    checked = blocked = 0
     with store.connect(settings.duckdb_path, read_only=True) as con:
         for plan in plans:
             before = [d for d in rebalance_dates if d < plan.rebalance_date]
@@ -191,12 +191,23 @@ def test_each_weeks_target_is_the_live_rebalance_given_the_backtests_own_prior(s
                      .select("ticker", (pl.col("units") * pl.col("mark") / equity).alias("weight"),
                              pl.lit(None, pl.String).alias("sector"), pl.lit(0, pl.Int64).alias("shares"),
                              pl.lit(None, pl.Float64).alias("price")).cast(HOLDINGS_SCHEMA))
+            # Costs can leave cash a hair below zero: a long-only prior is then scaled to sum to 1 (Book.holdings).
+            total = float(prior["weight"].sum())
+            prior = prior.with_columns(pl.col("weight") / max(total, 1.0))
             inputs = live.load_inputs(con, [plan], ML_CONFIG, no_prior=True)
             inputs = type(inputs)(**{**inputs.__dict__, "prior": prior, "prior_source": "backtest book"})
             (week,) = live.compute_rebalance(inputs, [plan], ML_CONFIG)
-            picks = week.result.picks.select("ticker", "weight").sort("ticker")
             bought = positions.filter(pl.col("date") == plan.rebalance_date).select("ticker", "weight").sort("ticker")
+            if week.blocked:
+                # A week the live gates block (the fixture's last week lacks 20% of its ML alphas) is held:
+                # the same units as the week before, no new names.
+                assert [g.name for g in week.blocked] == ["ml_alpha_coverage"]
+                units = positions.filter(pl.col("date") == plan.rebalance_date).select("ticker", "units").sort("ticker")
+                assert_frame_equal(units, held.sort("ticker"))
+                blocked += 1
+                continue
+            picks = week.result.picks.select("ticker", "weight").sort("ticker")
             assert picks["ticker"].to_list() == bought["ticker"].to_list(), plan
             assert_frame_equal(picks, bought, check_exact=False, rtol=1e-9, atol=1e-12)
             checked += 1
-    assert checked >= 3
+    assert checked >= 3 and blocked == 1
