@@ -15,7 +15,7 @@ from dagster import (
     TableSchemaMetadataValue,
 )
 
-from kairos_dagster.warehouse.summary import markdown_table, null_rates
+from kairos_dagster.warehouse.summary import markdown_table, null_rates, significant
 
 
 def frame_metadata(df: pl.DataFrame, date_col: str | None = "date", *, preview: bool = True,
@@ -31,7 +31,7 @@ def frame_metadata(df: pl.DataFrame, date_col: str | None = "date", *, preview: 
     if nulls and df.height:
         rates = null_rates(df)
         md["null_rates"] = MetadataValue.md(markdown_table(rates, max_rows=40))
-        md["max_null_rate"] = MetadataValue.float(float(rates.get_column("null_rate").max() or 0.0))
+        md["max_null_rate"] = MetadataValue.float(significant(float(rates.get_column("null_rate").max() or 0.0)))
     if preview:
         md["preview"] = MetadataValue.md(markdown_table(df))
     return md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,32 @@ DATE_COLUMNS = ("date", "datekey", "filingdate", "calendardate")
 PREVIEW_ROWS = 10
 
 
+def readable(v: float | int, digits: int = 4) -> str:
+    """A number as an operator reads it: counts as integers with thousands separators, other values to
+    `digits` significant digits without an exponent (10,510 not 1.051e+04; 0.05213 not 0.052130000000000004);
+    only magnitudes below 1e-4 keep one."""
+    if isinstance(v, int):
+        return f"{v:,}"
+    if not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 10 ** (digits - 1):
+        return f"{v:,.0f}"
+    if a < 1e-4:
+        return f"{v:.{digits - 1}e}"
+    decimals = digits - 1 - math.floor(math.log10(a))
+    return f"{v:.{decimals}f}"
+
+
+def significant(v: float, digits: int = 4) -> float:
+    """`v` rounded to `digits` significant digits (for numeric metadata the UI prints in full)."""
+    if not math.isfinite(v) or v == 0:
+        return float(v)
+    return float(round(v, digits - 1 - math.floor(math.log10(abs(v)))))
+
+
 def markdown_table(df: pl.DataFrame, max_rows: int = PREVIEW_ROWS, float_digits: int = 4) -> str:
     """A small frame as a markdown table (no pandas/tabulate dependency)."""
     if df.width == 0:
@@ -22,8 +49,8 @@ def markdown_table(df: pl.DataFrame, max_rows: int = PREVIEW_ROWS, float_digits:
     def fmt(v: Any) -> str:
         if v is None:
             return ""
-        if isinstance(v, float):
-            return f"{v:.{float_digits}g}"
+        if isinstance(v, float | int) and not isinstance(v, bool):
+            return readable(v, float_digits)
         return str(v).replace("|", "\\|")
 
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * head.width]

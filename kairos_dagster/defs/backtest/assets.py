@@ -41,7 +41,7 @@ from kairos_dagster.defs.tags import BACKTEST_OP
 from kairos_dagster.resources.backtest_outputs import BacktestOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import store
-from kairos_dagster.warehouse.summary import markdown_table
+from kairos_dagster.warehouse.summary import markdown_table, readable
 
 GROUP = "backtest"
 TABLES = ("backtest_daily", "backtest_trades", "backtest_positions", "backtest_book")
@@ -128,7 +128,7 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
             "unfilled_orders": MetadataValue.int(trades.filter(pl.col("unfilled_value").abs() > 1e-9).height),
             "orders_on_assumed_liquidity": MetadataValue.int(
                 trades.filter(pl.col("reason").str.starts_with("no ADV or vol")).height),
-            "cost": MetadataValue.float(float(trades["cost"].sum()) if trades.height else 0.0)})
+            "cost": MetadataValue.float(round(float(trades["cost"].sum()), 2) if trades.height else 0.0)})
         yield MaterializeResult(asset_key="backtest_positions", metadata={
             **common, "rows": MetadataValue.int(frames["backtest_positions"].height)})
         yield MaterializeResult(asset_key="backtest_book", metadata={
@@ -246,7 +246,8 @@ def _stats_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         comparable = ml is not None and ew is not None and not (math.isnan(ml) or math.isnan(ew))
         yield AssetCheckResult(check_name="ml_beats_universe_ew_to_date", passed=not comparable or ml > ew,
                                severity=AssetCheckSeverity.WARN,
-                               metadata={"sharpe_ml": str(ml), "sharpe_universe_ew": str(ew)})
+                               metadata={"sharpe_ml": "–" if ml is None else readable(ml, 3),
+                                         "sharpe_universe_ew": "–" if ew is None else readable(ew, 3)})
 
     return strategy_stats
 

@@ -60,7 +60,7 @@ from kairos_dagster.portfolio.outputs import (
 from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.warehouse.summary import markdown_table
+from kairos_dagster.warehouse.summary import markdown_table, significant
 
 GROUP = "execution"
 BLOCKING_GATES = tuple(name for name, blocking, _ in GATES if blocking)
@@ -320,8 +320,8 @@ def _verify(context: AssetExecutionContext, reb: dt.date, warehouse: DuckDBWareh
         raise Failure(description=f"verification of {reb}: {exc}") from None
     s, orders = report.summary, report.orders
     context.log.info(f"verification of {reb}: {json.dumps(s)}")
-    common = {"fill_rate": MetadataValue.float(float(s["fill_rate"])),
-              "slippage_bps": MetadataValue.float(float(s["slippage_bps"])) if s["slippage_bps"] is not None
+    common = {"fill_rate": MetadataValue.float(significant(float(s["fill_rate"]))),
+              "slippage_bps": MetadataValue.float(significant(float(s["slippage_bps"]))) if s["slippage_bps"] is not None
               else MetadataValue.text("n/a (nothing filled)")}
     table = orders.select("side", "ticker", "qty", "status", "outcome", "severity", "filled_qty", "filled_avg_price",
                           "picks_price", "slippage_bps", "reason")

@@ -44,7 +44,7 @@ from kairos_dagster.ml.metrics import ic_stats
 from kairos_dagster.ml.predict import ALPHA_COLUMNS
 from kairos_dagster.resources.ml import MLResource
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.warehouse.summary import markdown_table
+from kairos_dagster.warehouse.summary import markdown_table, significant
 
 KEY = list(KEYS)
 LABEL = targets.ML_LABEL
@@ -111,11 +111,11 @@ def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDef
                 md["top_features_by_gain"] = MetadataValue.md(
                     f"Model {latest}\n\n" + markdown_table(walk_forward.top_gain(metrics, latest), max_rows=20))
                 md["training_rows"] = MetadataValue.int(int(folds["train_rows"].fill_null(0).max() or 0))
-                md["training_seconds"] = MetadataValue.float(float(folds["train_seconds"].fill_null(0).sum()))
+                md["training_seconds"] = MetadataValue.float(round(float(folds["train_seconds"].fill_null(0).sum()), 1))
             oos = metrics.filter((pl.col("split") == "oos") & (pl.col("metric") == "rank_ic"))["value"]
             stats = ic_stats(oos)
-            md["oos_rank_ic_mean"] = MetadataValue.float(stats["rank_ic"])
-            md["oos_icir"] = MetadataValue.float(stats["icir"])
+            md["oos_rank_ic_mean"] = MetadataValue.float(significant(stats["rank_ic"]))
+            md["oos_icir"] = MetadataValue.float(significant(stats["icir"]))
             md["oos_weeks_with_labels"] = MetadataValue.int(int(stats["n_dates"]))
             if len(scored_weeks) < len(weeks):
                 md["note"] = MetadataValue.text(

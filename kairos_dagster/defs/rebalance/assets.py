@@ -49,7 +49,7 @@ from kairos_dagster.portfolio.trades import TradePlanError
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import store
-from kairos_dagster.warehouse.summary import markdown_table
+from kairos_dagster.warehouse.summary import markdown_table, significant
 
 GROUP = "rebalance"
 BLOCKING_GATES = {name for name, is_blocking, _ in GATES if is_blocking}
@@ -183,7 +183,7 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
             for key in ("n_positions", "top_5_weight", "estimated_vol", "turnover"):
                 v = rw.summary_line(last).get(key)
                 if v is not None:
-                    md[key] = MetadataValue.int(v) if isinstance(v, int) else MetadataValue.float(float(v))
+                    md[key] = MetadataValue.int(v) if isinstance(v, int) else MetadataValue.float(significant(float(v)))
         yield Output(picks, output_name="rebalance_picks", metadata=md)
         tmd = frame_metadata(trades, nulls=False)
         tmd["buys"] = MetadataValue.int(trades.filter(pl.col("action") == "BUY").height)

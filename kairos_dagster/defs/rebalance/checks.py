@@ -11,6 +11,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Metada
 
 from kairos_dagster.portfolio.gates import GATES, verdict
 from kairos_dagster.portfolio.rebalance_weeks import WeekRebalance
+from kairos_dagster.warehouse.summary import significant
 
 ASSET = "rebalance_picks"
 def rebalance_gate_specs(asset: str = ASSET) -> list[AssetCheckSpec]:
@@ -39,7 +40,7 @@ def gate_check_results(weeks: Sequence[WeekRebalance], asset: str = ASSET) -> li
             elif isinstance(last, int):
                 md["value"] = MetadataValue.int(last)
             elif isinstance(last, float):
-                md["value"] = MetadataValue.float(last)
+                md["value"] = MetadataValue.float(significant(last))
             else:
                 md["value"] = MetadataValue.text(str(last))
         out.append(AssetCheckResult(
