@@ -36,18 +36,24 @@ class GateResult:
     severity: Severity
     message: str
     value: float | int | str | None = None
+    evaluated: bool = True  # False: its input (the portfolio) does not exist; a warn gate is then skipped
 
     @property
     def blocks(self) -> bool:
         return not self.passed and self.severity == "block"
+
+    @property
+    def skipped(self) -> bool:
+        return not self.evaluated and self.severity == "warn"
 
 
 def evaluate_gates(signal_date: dt.date, feat_matrix_dates: Iterable[dt.date], result: PortfolioResult | None,
                    config: Risk4Config) -> list[GateResult]:
     """All gates in a fixed order. `feat_matrix_dates`: the dates feat_matrix_v2 holds (or just its max).
 
-    `result` is None when the portfolio could not be built (e.g. the signal date is missing); the gates
-    that need it then fail as blocking ('not evaluated') rather than pass by default.
+    `result` is None when the portfolio could not be built (e.g. the signal date is missing). The blocking
+    gates that need it then block, recorded as 'not evaluated' with the reason, rather than pass by default;
+    the warn-level ones are skipped with the reason (they neither pass nor warn: nothing was there to judge).
     """
     dates = sorted(set(feat_matrix_dates))
     latest = dates[-1] if dates else None
@@ -58,9 +64,10 @@ def evaluate_gates(signal_date: dt.date, feat_matrix_dates: Iterable[dt.date], r
         else f"CRITICAL: feat_matrix_v2 has no rows at signal date {signal_date} (latest {latest}); data is stale",
         str(latest) if latest else None)]
     if result is None:
-        for name in ("ml_alpha_coverage", "min_eligible_block", "min_eligible_warn", "sector_coverage",
-                     "turnover", "max_position"):
-            gates.append(GateResult(name, False, "block", "not evaluated: no portfolio was built", None))
+        why = "no portfolio was built" + ("" if has_date else f" (no feat_matrix_v2 rows at {signal_date})")
+        for name, blocking, _ in GATES[1:]:
+            gates.append(GateResult(name, False, "block", f"not evaluated: {why}", None, evaluated=False) if blocking
+                         else GateResult(name, True, "warn", f"skipped: {why}", None, evaluated=False))
         return gates
 
     cov = result.alpha_coverage
@@ -101,7 +108,9 @@ def blocking_failures(gates: Iterable[GateResult]) -> list[GateResult]:
 
 
 def verdict(g: GateResult) -> str:
-    """PASS, BLOCK (a failed blocking gate) or WARN."""
+    """PASS, BLOCK (a failed blocking gate), WARN, or SKIP (a warn gate with nothing to judge)."""
+    if g.skipped:
+        return "SKIP"
     return "PASS" if g.passed else ("BLOCK" if g.severity == "block" else "WARN")
 
 

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from kairos_dagster.portfolio.config import ML_CONFIG
-from kairos_dagster.portfolio.gates import blocking_failures, evaluate_gates
+from kairos_dagster.portfolio.gates import blocking_failures, evaluate_gates, verdict
 from kairos_dagster.portfolio.risk4 import build_portfolio
 from kairos_dagster.portfolio.trades import TRADES_COLUMNS, TradePlanError, plan_trades
 from kairos_dagster.sources.schemas import SECTORS
@@ -66,7 +66,15 @@ def test_stale_feat_matrix_blocks():
     fails = blocking_failures(g)
     assert fails[0].name == "feat_matrix_has_signal_date" and "CRITICAL" in fails[0].message
     assert "latest 2026-01-14" in fails[0].message
-    assert {x.name for x in fails} >= {"ml_alpha_coverage", "min_eligible_block"}  # not evaluated = not passed
+    # The blocking gates that need the portfolio block, recorded as not evaluated with the reason; the
+    # warn gates are skipped with it: one cause, not seven failures.
+    assert [x.name for x in fails] == ["feat_matrix_has_signal_date", "ml_alpha_coverage", "min_eligible_block"]
+    assert all(x.message == "not evaluated: no portfolio was built (no feat_matrix_v2 rows at 2026-01-15)"
+               and not x.evaluated for x in fails[1:])
+    warn = [x for x in g if x.severity == "warn"]
+    assert [x.name for x in warn] == ["min_eligible_warn", "sector_coverage", "turnover", "max_position"]
+    assert all(x.passed and x.skipped and x.message.startswith("skipped: no portfolio was built") for x in warn)
+    assert {verdict(x) for x in warn} == {"SKIP"} and verdict(fails[1]) == "BLOCK"
 
 
 def test_alpha_coverage_and_eligible_count_gates():

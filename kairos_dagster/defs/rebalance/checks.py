@@ -14,6 +14,8 @@ from kairos_dagster.portfolio.rebalance_weeks import WeekRebalance
 from kairos_dagster.warehouse.summary import significant
 
 ASSET = "rebalance_picks"
+
+
 def rebalance_gate_specs(asset: str = ASSET) -> list[AssetCheckSpec]:
     return [AssetCheckSpec(name, asset=asset, blocking=blocking, description=desc) for name, blocking, desc in GATES]
 
@@ -24,11 +26,14 @@ def gate_check_results(weeks: Sequence[WeekRebalance], asset: str = ASSET) -> li
     for name, blocking, _ in GATES:
         per_week = [(w, g) for w in weeks for g in w.gates if g.name == name]
         failed = [(w, g) for w, g in per_week if not g.passed]
+        skipped = [(w, g) for w, g in per_week if g.skipped]
         blocks = any(g.severity == "block" for _, g in failed)
-        shown = failed or per_week[-1:]
+        # A warn gate skipped in every week says why (it passes: nothing was there to warn about).
+        shown = failed or (skipped if skipped and len(skipped) == len(per_week) else per_week[-1:])
         md = {
             "weeks": MetadataValue.int(len(per_week)),
             "failed_weeks": MetadataValue.int(len(failed)),
+            "skipped_weeks": MetadataValue.int(len(skipped)),
             "detail": MetadataValue.md("\n".join(
                 f"- {w.plan.rebalance_date} (signal {w.plan.signal_date}): **{verdict(g)}** {g.message}"
                 for w, g in shown[:20]) or "_no weeks in the run_"),
