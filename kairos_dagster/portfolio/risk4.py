@@ -563,6 +563,8 @@ def build_portfolio(frame_at_signal_date: pl.DataFrame, prior_weights: pl.DataFr
         book.filter(pl.col("weight") > 0)
         .with_columns(pl.col("weight").alias("weight_pre_vol"), (pl.col("weight") * k).alias("weight"),
                       pl.col("price_today").alias("price"), pl.col("adv_today").alias("adv_20"))
+        # A subnormal weight (a turnover cap near 0 moves a name by ~1e-324) can underflow to 0 under k.
+        .filter(pl.col("weight") > 0)
     )
     picks = shares_for(picks, config.portfolio_value).sort(["rank", "ticker"], nulls_last=True).select(PICKS_COLUMNS)
     total = float(picks.get_column("weight").sum())
