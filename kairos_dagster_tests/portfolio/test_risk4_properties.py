@@ -61,11 +61,8 @@ def test_apply_caps_treats_negligible_shares_as_zero_without_overflow():
     assert r.weights.get_column("weight").to_list() == [0.5, 0.0, 0.0] and r.cash_weight == 0.5
 
 
-@st.composite
-def universes(draw):
-    n = draw(st.integers(20, 150))
-    seed = draw(st.integers(0, 10_000))
-    n_sec = draw(st.integers(1, 11))
+def _frame(n: int, seed: int, n_sec: int) -> pl.DataFrame:
+    """A signal-date universe of n names over n_sec sectors, from a seed."""
     rng = np.random.default_rng(seed)
     frame = pl.DataFrame({
         "date": [SIGNAL_DATE] * n, "ticker": [f"T{i:04d}" for i in range(n)],
@@ -73,6 +70,15 @@ def universes(draw):
         "alpha_ml_v2_tuned_clf": rng.normal(0, 1, n), "vol_blend": rng.uniform(0.1, 0.8, n),
         "adv_20": rng.lognormal(15.5, 1.0, n), "price": rng.uniform(2, 500, n),
     })
+    return frame
+
+
+@st.composite
+def universes(draw):
+    n = draw(st.integers(20, 150))
+    seed = draw(st.integers(0, 10_000))
+    n_sec = draw(st.integers(1, 11))
+    frame = _frame(n, seed, n_sec)
     cfg = ML_CONFIG.with_overrides(
         top_n=draw(st.integers(1, 60)), max_position_pct=draw(st.floats(0.01, 0.5)),
         max_sector_mult=draw(st.floats(0.5, 4.0)), max_turnover=draw(st.floats(0.0, 1.0)),
@@ -82,14 +88,7 @@ def universes(draw):
 
 
 def _case(n: int, seed: int, n_sec: int, **overrides) -> tuple[pl.DataFrame, object, int]:
-    rng = np.random.default_rng(seed)
-    frame = pl.DataFrame({
-        "date": [SIGNAL_DATE] * n, "ticker": [f"T{i:04d}" for i in range(n)],
-        "sector": [SECTORS[i] for i in rng.integers(0, n_sec, n)],
-        "alpha_ml_v2_tuned_clf": rng.normal(0, 1, n), "vol_blend": rng.uniform(0.1, 0.8, n),
-        "adv_20": rng.lognormal(15.5, 1.0, n), "price": rng.uniform(2, 500, n),
-    })
-    return frame, ML_CONFIG.with_overrides(**overrides), seed
+    return _frame(n, seed, n_sec), ML_CONFIG.with_overrides(**overrides), seed
 
 
 @SETTINGS
