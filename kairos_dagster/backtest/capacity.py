@@ -9,8 +9,10 @@ default one.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
+import duckdb
 import numpy as np
 import polars as pl
 
@@ -61,3 +63,22 @@ def capacity_rows(daily: dict[float, pl.DataFrame], fills: dict[float, tuple[flo
     ratio = (out["sharpe"] / base) if base is not None and np.isfinite(base) and base != 0 else pl.lit(None, pl.Float64)
     return out.with_columns(pl.Series("sharpe_vs_smallest", ratio) if isinstance(ratio, pl.Series)
                             else ratio.alias("sharpe_vs_smallest")).select(list(CAPACITY_SCHEMA)).cast(CAPACITY_SCHEMA)
+
+
+def run_sweep(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date) -> pl.DataFrame:
+    """Extend every larger size's chain over the weeks of [start, end), then the sweep's rows from all
+    stored history before `end` (the default chain's ml is read, never written here)."""
+    from kairos_dagster.backtest import tables, weekly
+
+    for value in CAPACITY_VALUES:
+        cid = config_id_for(value)
+        if cid == DEFAULT_CONFIG_ID:
+            continue
+        settings = weekly.BacktestSettings((CAPACITY_STRATEGY,), value, config_id=cid)
+        frames = weekly.window_frames(weekly.run_window(con, start, end, settings), cid, start)
+        tables.write_window(con, frames, start, end, cid)
+    daily = {v: tables.load_strategy_daily(con, config_id_for(v), CAPACITY_STRATEGY, end) for v in CAPACITY_VALUES}
+    fills = {v: tables.fill_totals(con, config_id_for(v), CAPACITY_STRATEGY, end) for v in CAPACITY_VALUES}
+    rows = capacity_rows(daily, fills)
+    tables.write_capacity(con, rows)
+    return rows

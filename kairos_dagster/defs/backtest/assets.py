@@ -163,19 +163,7 @@ def _capacity_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         start, end = window_dates(context.partition_time_window)
         try:
             with warehouse.connect() as con:
-                for value in capacity.CAPACITY_VALUES:
-                    cid = capacity.config_id_for(value)
-                    if cid == tables.DEFAULT_CONFIG_ID:
-                        continue  # the default chain's ml, built by the backtest asset
-                    settings = weekly.BacktestSettings((capacity.CAPACITY_STRATEGY,), value, config_id=cid)
-                    frames = weekly.window_frames(weekly.run_window(con, start, end, settings), cid, start)
-                    tables.write_window(con, frames, start, end, cid)
-                daily = {v: tables.load_strategy_daily(con, capacity.config_id_for(v), capacity.CAPACITY_STRATEGY, end)
-                         for v in capacity.CAPACITY_VALUES}
-                fills = {v: tables.fill_totals(con, capacity.config_id_for(v), capacity.CAPACITY_STRATEGY, end)
-                         for v in capacity.CAPACITY_VALUES}
-                rows = capacity.capacity_rows(daily, fills)
-                tables.write_capacity(con, rows)
+                rows = capacity.run_sweep(con, start, end)
         except (BacktestInputError, store.WarehouseError, ValueError) as exc:
             raise Failure(description=f"capacity sweep of {start}..{end}: {exc}") from None
         md = {"dagster/row_count": MetadataValue.int(rows.height),
