@@ -70,6 +70,37 @@ def sync_cmd(
     result = run_selection(defs, ["tickers", *[st.asset for st in pending]], partition_range=(first, last),
                            tags={"kairos/trigger": "cli_sync"}, raise_on_error=False)
     report_run(result)
+    if result.success:
+        rebuild_restated(defs, s, result.run_id)
+
+
+def rebuild_restated(defs, s, run_id: str) -> None:
+    """Print what the sync rewrote outside its weeks and, where it corrected rows the built feature
+    tables read, rebuild those weeks (what restatement_sensor does in the daemon)."""
+    from dagster import AssetSelection
+
+    from kairos_dagster.defs.features.automation import REBUILD_GROUPS, pending_and_first_built, rebuild_weeks
+    from kairos_dagster.defs.partitions import settings_partitions
+    from kairos_dagster.instance.runner import run_selection
+    from kairos_dagster.sources.sync import RESTATEMENTS_TABLE
+    from kairos_dagster.warehouse import store
+
+    with store.connect(s.duckdb_path, read_only=True) as con:
+        if not store.table_exists(con, RESTATEMENTS_TABLE):
+            return
+        restated = con.execute(f"SELECT table_name, kind, count(DISTINCT ticker), sum(rows) FROM {RESTATEMENTS_TABLE} "
+                               "WHERE run_id = ? GROUP BY ALL ORDER BY ALL", [run_id]).fetchall()
+        pending, first_built = pending_and_first_built(con, None, run_id)
+    for table, kind, tickers, rows in restated:
+        typer.echo(f"restated {table}: {rows} rows of {tickers} tickers ({kind})")
+    parts = settings_partitions(s)
+    weeks = rebuild_weeks(pending, parts.get_first_partition_key(), parts.get_last_partition_key(), first_built)
+    if weeks is None or first_built is None:
+        return
+    typer.echo(f"Rebuilding the feature tables of weeks {weeks[0]} .. {weeks[1]}: they read corrected rows ...")
+    result = run_selection(defs, AssetSelection.groups(*REBUILD_GROUPS), partition_range=weeks,
+                           tags={"kairos/trigger": "cli_sync_restated"}, raise_on_error=False)
+    report_run(result)
 
 
 def backfill_cmd(

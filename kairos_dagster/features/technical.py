@@ -55,6 +55,14 @@ from kairos_dagster.features.targets import TARGETS_SPEC
 
 MAX_LOOKBACK = 756  # 3 years of sessions: the most history any value may read
 
+# SEP's OHLC and volume are adjusted as of the day the data was served, so a *level* (a price or a share
+# count, not a ratio) computed from them would change on every later split. Levels are expressed in
+# prices as known on the row's own date instead: closeunadj / close is the split factor from the row's
+# date to the serving day, constant over a trailing window, so the feature equals the one computed from
+# history adjusted as of its own date, and a restated sep_base leaves it as it was.
+OWN_DATE_PRICE = pl.col("closeunadj") / C
+LEVEL_INPUTS = ("closeunadj",)
+
 LOG_HL = (H / L).log()
 LOG_CO = (C / O).log()
 DOLLAR_VOL = C * V  # as an expression; feat_adv materializes it as `_dv`
@@ -117,12 +125,13 @@ def _macd() -> tuple[list[list[pl.Expr]], list[Feature]]:
     stages = [[e12.alias("_ema12"), e26.alias("_ema26")], [(_c("_ema12") - _c("_ema26")).alias("_macd")],
               [sig.alias("_macd_sig")]]
     return stages, [
-        Feature("ema_12", _c("_ema12"), lb12),
-        Feature("ema_26", _c("_ema26"), lb26),
+        # price levels, in prices as known on the row's date (OWN_DATE_PRICE)
+        Feature("ema_12", _c("_ema12") * OWN_DATE_PRICE, lb12),
+        Feature("ema_26", _c("_ema26") * OWN_DATE_PRICE, lb26),
         # MACD line, signal (EMA 9 of MACD) and histogram, TA-Lib MACD(12, 26, 9)
-        Feature("macd", _c("_macd"), lb_macd),
-        Feature("macd_signal", _c("_macd_sig"), lb_macd + lb9),
-        Feature("macd_hist", _c("_macd") - _c("_macd_sig"), lb_macd + lb9),
+        Feature("macd", _c("_macd") * OWN_DATE_PRICE, lb_macd),
+        Feature("macd_signal", _c("_macd_sig") * OWN_DATE_PRICE, lb_macd + lb9),
+        Feature("macd_hist", (_c("_macd") - _c("_macd_sig")) * OWN_DATE_PRICE, lb_macd + lb9),
     ]
 
 
@@ -255,10 +264,10 @@ def _bollinger(n: int = 20, k: float = 2.0) -> list[Feature]:
     assert n == 20, "the helper columns hold 20-session moments"
     mid, sd = C_MEAN20, C_SD20  # TA-Lib BBANDS uses the population std
     up, lo = mid + k * sd, mid - k * sd
-    return [
-        Feature(f"bb_upper_{n}", up, n - 1),
-        Feature(f"bb_middle_{n}", mid, n - 1),
-        Feature(f"bb_lower_{n}", lo, n - 1),
+    return [  # the bands are price levels, as known on the row's date
+        Feature(f"bb_upper_{n}", up * OWN_DATE_PRICE, n - 1),
+        Feature(f"bb_middle_{n}", mid * OWN_DATE_PRICE, n - 1),
+        Feature(f"bb_lower_{n}", lo * OWN_DATE_PRICE, n - 1),
         Feature(f"bb_width_{n}", (up - lo) / mid, n - 1),  # band width relative to the middle
         Feature(f"bb_pctb_{n}", safe_div(C - lo, up - lo), n - 1),  # %b: position inside the bands
     ]
@@ -287,13 +296,13 @@ def _vol_volatility() -> list[Feature]:
             19,
         ),
         # average true range (Wilder, TA-Lib ATR) and its percent of the close (NATR)
-        Feature("atr_14", atr, lb_atr + 1),
+        Feature("atr_14", atr * OWN_DATE_PRICE, lb_atr + 1),
         Feature("natr_14", 100.0 * atr / C, lb_atr + 1),
         *_bollinger(20, 2.0),
         # volume vs its 20-session mean, in std units
         Feature("volume_z_20", safe_div(V - V_MEAN20, V.rolling_std(20)), 19),
         # on-balance volume summed over the trailing 252 sessions
-        Feature("obv", obv, OBV_WINDOW),
+        Feature("obv", obv / OWN_DATE_PRICE, OBV_WINDOW),  # a share count, as known on the row's date
         # 20-session OLS slope of that OBV, in units of average daily volume
         Feature("obv_slope_20", safe_div(lin_slope(obv, 20), V_MEAN20), OBV_WINDOW + 19),
         # short vs long volume activity
@@ -421,7 +430,7 @@ def feat_price_action(prices: pl.DataFrame) -> pl.DataFrame:
 
 def feat_trend(prices: pl.DataFrame) -> pl.DataFrame:
     """SMA ratios, EMA 12/26, MACD, ADX/DI, RSI (TA-Lib definitions), log-price slopes, Aroon."""
-    return build_table(prepare_prices(prices, "feat_trend"), TREND, helpers=TREND_HELPERS)
+    return build_table(prepare_prices(prices, "feat_trend", LEVEL_INPUTS), TREND, helpers=TREND_HELPERS)
 
 
 def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
@@ -431,7 +440,7 @@ def feat_statistical(prices: pl.DataFrame) -> pl.DataFrame:
 
 def feat_vol_volatility(prices: pl.DataFrame) -> pl.DataFrame:
     """Realized / range volatilities, ATR, Bollinger, volume z-score, OBV, volume ratio."""
-    return build_table(prepare_prices(prices, "feat_vol_volatility"), VOL_VOLATILITY, helpers=VOL_VOLATILITY_HELPERS)
+    return build_table(prepare_prices(prices, "feat_vol_volatility", LEVEL_INPUTS), VOL_VOLATILITY, helpers=VOL_VOLATILITY_HELPERS)
 
 
 def feat_price_shape(prices: pl.DataFrame) -> pl.DataFrame:

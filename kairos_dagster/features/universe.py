@@ -38,7 +38,8 @@ def universe(
     prices: pl.DataFrame, tickers: pl.DataFrame, *, min_adv: float = 500_000, min_price: float = 2.0
 ) -> pl.DataFrame:
     """Universe rows (ticker, date) with the numbers behind the decision:
-    ticker, date, adv_20, close, closeunadj, category, in_universe (always True on returned rows)."""
+    ticker, date, adv_20, closeunadj, category, in_universe (always True on returned rows); no
+    split-adjusted price: it would be one as of the build day (see technical.OWN_DATE_PRICE)."""
     check_columns(prices, "sep_base", ("ticker", "date", "close", "closeunadj", "volume"))
     check_sorted_unique(prices, "sep_base")
     common = common_stock_tickers(tickers)
@@ -52,7 +53,7 @@ def universe(
         .join(common.lazy(), on="ticker", how="inner", maintain_order="left")
         .with_columns(((pl.col("adv_20") >= min_adv) & (pl.col("closeunadj") >= min_price)).alias("in_universe"))
         .filter(pl.col("in_universe"))
-        .select("ticker", "date", "adv_20", "close", "closeunadj", "category", "in_universe")
+        .select("ticker", "date", "adv_20", "closeunadj", "category", "in_universe")
         .collect()
     )
 

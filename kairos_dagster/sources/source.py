@@ -26,6 +26,12 @@ class MarketSource(Protocol):
         """The newest point-in-time date the source holds for `table`."""
         ...
 
+    def fetch_updated(self, table: str, since: dt.date, not_before: dt.date | None = None) -> pl.DataFrame:
+        """Rows of `table` (one with a `lastupdated` column) whose `lastupdated` is on or after `since`
+        and whose point-in-time date is on or after `not_before`: new rows and the older rows the feed
+        has rewritten since (split and dividend restatements, corrections)."""
+        ...
+
 
 def last_published_session(now: dt.datetime | None = None) -> dt.date:
     """The latest session whose data is published at `now` (New York time)."""
@@ -54,7 +60,10 @@ class SyntheticSource:
         end = self.as_of if end is None else min(end, self.as_of)
         if start is not None and start > end:
             return spec.empty()
-        return self.market.table(spec.name, start, end)
+        return self.market.table(spec.name, start, end, as_of=self.as_of)
+
+    def fetch_updated(self, table: str, since: dt.date, not_before: dt.date | None = None) -> pl.DataFrame:
+        return self.market.updated(schema(table).name, since, self.as_of, not_before=not_before)
 
     def latest_date(self, table: str) -> dt.date | None:
         spec = schema(table)
@@ -81,6 +90,15 @@ class NasdaqSource:
         if spec.pit_column is None:
             return self.client.fetch_table(spec.name)
         return self.client.fetch_range(spec.name, start, end)
+
+    def fetch_updated(self, table: str, since: dt.date, not_before: dt.date | None = None) -> pl.DataFrame:
+        spec = schema(table)
+        if "lastupdated" not in spec.columns:
+            raise ValueError(f"{spec.name} has no lastupdated column")
+        filters: dict[str, dt.date] = {"lastupdated.gte": since}
+        if not_before is not None and spec.pit_column is not None:
+            filters[f"{spec.pit_column}.gte"] = not_before
+        return self.client.fetch_table(spec.name, filters)
 
     def latest_date(self, table: str) -> dt.date | None:
         return self.client.latest_date(schema(table).name)

@@ -78,6 +78,168 @@ def fetch_tickers(source: MarketSource) -> pl.DataFrame:
     return df.sort(["table", "ticker"])
 
 
+# SHARADAR rewrites rows of these tables after the fact (SEP on every split and dividend, corrections in
+# all three) and moves their `lastupdated`: the sync asks for `lastupdated.gte=<newest held>` as well.
+RESTATABLE = frozenset(t for t, spec in SYNC_TABLES.items() if "lastupdated" in spec.schema.columns)
+RESTATEMENTS_TABLE = "sync_restatements"
+RESTATEMENT_KEY = ("table_name", "ticker", "kind", "lastupdated")
+
+
+@dataclass
+class Restated:
+    """Rows of a table the feed rewrote outside the synced window, as they now differ from the stored rows."""
+
+    since: dt.date | None  # the `lastupdated.gte` asked (the newest lastupdated held); None: nothing held
+    rows: pl.DataFrame  # the changed rows, in the table's schema (to upsert by key)
+    summary: pl.DataFrame  # one row per (ticker, kind): rows, first_date, last_date, lastupdated, factor
+    fetched: int  # rows the source returned outside the window
+    validation: ValidationResult | None
+
+    @property
+    def tickers(self) -> int:
+        return self.summary.get_column("ticker").n_unique() if self.summary.height else 0
+
+
+def held_watermark(con: duckdb.DuckDBPyConnection, table: SyncTable) -> dt.date | None:
+    """The newest `lastupdated` the warehouse holds for `table`: what the next sync asks the feed for
+    (a record of the last sync kept in the table itself, so it can never disagree with the rows)."""
+    if not store.table_exists(con, table.asset) or "lastupdated" not in store.table_columns(con, table.asset):
+        return None
+    return con.execute(f"SELECT max(lastupdated) FROM {store.ident(table.asset)}").fetchone()[0]
+
+
+def _empty_summary() -> pl.DataFrame:
+    return pl.DataFrame(schema={"table_name": pl.String, "ticker": pl.String, "kind": pl.String, "rows": pl.Int64,
+                                "first_date": pl.Date, "last_date": pl.Date, "lastupdated": pl.Date,
+                                "factor": pl.Float64})
+
+
+def fetch_restated(
+    source: MarketSource, con: duckdb.DuckDBPyConnection, table: SyncTable, start: dt.date, end: dt.date,
+    known_tickers: pl.Series | None, *, not_before: dt.date, not_after: dt.date,
+) -> Restated:
+    """The rows of `table` dated in the held span [not_before, not_after] outside the window [start, end)
+    that the feed rewrote since the newest `lastupdated` held, validated, and kept only where they differ
+    from what is stored (rows dated after the held span belong to weeks not synced yet)."""
+    name, col = table.asset, table.partition_column
+    spec = table.schema
+    since = held_watermark(con, table) if name in RESTATABLE else None
+    empty = Restated(since, spec.empty(), _empty_summary(), 0, None)
+    if since is None:
+        return empty
+    rows = source.fetch_updated(spec.name, since)
+    rows = rows.filter(((pl.col(col) < start) | (pl.col(col) >= end)) & pl.col(col).is_between(not_before, not_after))
+    if not rows.height:
+        return empty
+    lo, hi = rows.get_column(col).min(), rows.get_column(col).max()
+    checked = validate_rows(spec, rows, start=lo, end=hi + dt.timedelta(days=1), date_col=col,
+                            known_tickers=known_tickers)
+    changed, summary = compare_with_stored(con, table, checked.clean)
+    return Restated(since, changed, summary, rows.height, checked)
+
+
+def compare_with_stored(
+    con: duckdb.DuckDBPyConnection, table: SyncTable, fresh: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rows of `fresh` that differ from the stored rows of the same key (or are not stored), and a
+    summary per (ticker, kind). SEP kinds: `correction` (the raw close changed), `split` (the split-adjusted
+    close changed by a common factor), `dividend` (only closeadj changed), `revision` (anything else);
+    other tables: `revision`; `late` for a row the warehouse did not hold; SF1 MR rows (restated, dated by
+    their report period): `most_recent`."""
+    key = list(table.schema.key)
+    values = [c for c in fresh.columns if c not in key]
+    con.register("_kairos_fresh", fresh.select(key))
+    try:
+        cond = " AND ".join(f"s.{store.ident(k)} IS NOT DISTINCT FROM f.{store.ident(k)}" for k in key)
+        stored = con.execute(
+            f"SELECT s.* FROM {store.ident(table.asset)} s SEMI JOIN _kairos_fresh f ON {cond}").pl()
+    finally:
+        con.unregister("_kairos_fresh")
+    stored = stored.select([pl.col(c).cast(fresh.schema[c]) for c in fresh.columns if c in stored.columns]
+                           ).with_columns(pl.lit(True).alias("_held"))
+    joined = fresh.join(stored, on=key, how="left", suffix="__held", nulls_equal=True).with_columns(
+        pl.col("_held").fill_null(False))
+    values = [c for c in values if c in stored.columns]
+    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}__held")) for c in values]) if values else pl.lit(False)
+    joined = joined.filter(differs | ~pl.col("_held"))
+
+    def moved(c: str) -> pl.Expr:
+        return pl.col(c).ne_missing(pl.col(f"{c}__held")) if c in values else pl.lit(False)
+
+    if table.schema.name == "SEP":
+        kind = (pl.when(~pl.col("_held")).then(pl.lit("late"))
+                .when(moved("closeunadj")).then(pl.lit("correction"))
+                .when(moved("close")).then(pl.lit("split"))
+                .when(moved("closeadj")).then(pl.lit("dividend"))
+                .otherwise(pl.lit("revision")))
+        factor = (pl.col("close__held") / pl.col("close")).median()
+    else:
+        kind = pl.when(~pl.col("_held")).then(pl.lit("late")).otherwise(pl.lit("revision"))
+        if table.schema.name == "SF1":  # restated MR rows: no feature reads them (they look ahead)
+            kind = pl.when(pl.col("dimension").str.starts_with("MR")).then(pl.lit("most_recent")).otherwise(kind)
+        factor = pl.lit(None, pl.Float64)
+    date_col = table.partition_column
+    summary = (
+        joined.with_columns(kind.alias("kind"))
+        .group_by("ticker", "kind")
+        .agg(pl.len().cast(pl.Int64).alias("rows"), pl.col(date_col).min().alias("first_date"),
+             pl.col(date_col).max().alias("last_date"),
+             (pl.col("lastupdated").max() if "lastupdated" in fresh.columns else pl.lit(None, pl.Date)
+              ).alias("lastupdated"),
+             factor.cast(pl.Float64).alias("factor"))
+        .with_columns(pl.lit(table.asset).alias("table_name"))
+        .select(_empty_summary().columns)
+        .sort("ticker", "kind")
+    )
+    return joined.select(fresh.columns), summary
+
+
+def apply_restated(con: duckdb.DuckDBPyConnection, table: SyncTable, restated: Restated, *, run_id: str) -> None:
+    """Rewrite the restated rows in place (by key) and record them in `sync_restatements`, in one
+    transaction each (the table first: a restatement recorded is a restatement applied)."""
+    if not restated.rows.height:
+        return
+    store.upsert_rows(con, table.asset, restated.rows, list(table.schema.key))
+    log = restated.summary.with_columns(
+        pl.lit(run_id).alias("run_id"), pl.lit(restated.since).cast(pl.Date).alias("since"),
+        pl.lit(dt.datetime.now(dt.UTC).replace(tzinfo=None)).alias("recorded_at"))
+    store.upsert_rows(con, RESTATEMENTS_TABLE, log, list(RESTATEMENT_KEY))
+
+
+# Kinds that change what features read. Splits and dividends rescale a ticker's history by one factor,
+# which no feature sees (returns are ratios; levels are in prices as known on their own date).
+REBUILD_KINDS = ("correction", "revision", "late")
+
+
+def pending_rebuilds(con: duckdb.DuckDBPyConnection, after: dt.datetime | None, *,
+                     run_id: str | None = None) -> pl.DataFrame:
+    """Restatements recorded after `after` (all when None; only those of `run_id` when given) that change
+    feature inputs: table_name, ticker, kind, rows, first_date, last_date, recorded_at."""
+    if not store.table_exists(con, RESTATEMENTS_TABLE):
+        return _empty_summary().select("table_name", "ticker", "kind", "rows", "first_date", "last_date").with_columns(
+            pl.lit(None, pl.Datetime("us")).alias("recorded_at"))
+    where, params = "kind IN (SELECT unnest(?))", [list(REBUILD_KINDS)]
+    if after is not None:
+        where += " AND recorded_at > ?"
+        params.append(after)
+    if run_id is not None:
+        where += " AND run_id = ?"
+        params.append(run_id)
+    return con.execute(
+        f"SELECT table_name, ticker, kind, rows, first_date, last_date, recorded_at FROM {RESTATEMENTS_TABLE} "
+        f"WHERE {where} ORDER BY recorded_at, table_name, ticker", params).pl()
+
+
+def rebuild_span(pending: pl.DataFrame, lookahead_sessions: int) -> tuple[dt.date, dt.date] | None:
+    """The dates whose features read a restated row: from `lookahead_sessions` before the first restated
+    date (forward targets read ahead) through the last one; rolling windows after that read the
+    corrected rows when their own week is built. None when nothing is pending."""
+    if not pending.height:
+        return None
+    first, last = pending.get_column("first_date").min(), pending.get_column("last_date").max()
+    return calendar.sessions_offset(first, -lookahead_sessions), last
+
+
 @dataclass(frozen=True)
 class SyncStatus:
     """One table's state for `kairos sync --check-only`: what the warehouse holds versus the source."""

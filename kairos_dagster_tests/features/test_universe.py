@@ -46,7 +46,7 @@ def _prices() -> pl.DataFrame:
 
 def test_universe_rules_and_warm_up() -> None:
     out = universe(_prices(), TICKERS)
-    assert out.columns == ["ticker", "date", "adv_20", "close", "closeunadj", "category", "in_universe"]
+    assert out.columns == ["ticker", "date", "adv_20", "closeunadj", "category", "in_universe"]
     by = out.group_by("ticker").agg(pl.len(), pl.col("date").min()).sort("ticker")
     assert by["ticker"].to_list() == ["AAA", "DEAD", "SPLIT"]
     # 20 sessions of history needed (window ending at d): first in on the 20th session

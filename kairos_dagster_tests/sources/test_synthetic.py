@@ -75,9 +75,9 @@ def test_signal_strength_scales_the_planted_alpha_only() -> None:
 def test_week_by_week_equals_one_call(small: SyntheticMarket) -> None:
     lo, hi = D(2016, 1, 4), D(2016, 6, 26)  # Mondays .. Sunday
     weeks = [(lo + dt.timedelta(days=7 * k), lo + dt.timedelta(days=7 * k + 6)) for k in range(25)]
-    for name in RANGED:
-        whole = small.table(name, lo, hi)
-        pieces = pl.concat([small.table(name, a, b) for a, b in weeks])
+    for name in RANGED:  # one feed snapshot: every piece as served on the same evening
+        whole = small.table(name, lo, hi, as_of=hi)
+        pieces = pl.concat([small.table(name, a, b, as_of=hi) for a, b in weeks])
         assert_frame_equal(pieces.sort(list(TABLES[name].key)), whole.sort(list(TABLES[name].key)))
 
 
@@ -85,10 +85,11 @@ def test_later_end_leaves_earlier_rows_unchanged() -> None:
     lo, cut = D(2015, 10, 1), D(2016, 3, 31)
     _fresh()
     m = SyntheticMarket(*SMALL)
-    early = {n: m.table(n, lo, cut) for n in RANGED}
+    served = D(2019, 6, 30)  # one feed snapshot (SEP's adjustment depends on the serving day)
+    early = {n: m.table(n, lo, cut, as_of=served) for n in RANGED}
     early_oracle = m.oracle(lo, cut)
     _fresh()  # the next call builds a panel three years longer from scratch
-    late = {n: m.table(n, lo, D(2019, 6, 30)) for n in RANGED}
+    late = {n: m.table(n, lo, served, as_of=served) for n in RANGED}
     for n in RANGED:
         pit = TABLES[n].pit_column
         assert_frame_equal(late[n].filter(pl.col(pit) <= cut), early[n])
@@ -287,3 +288,66 @@ def test_bad_input_is_a_clear_error(small: SyntheticMarket) -> None:
         small.table("SEP", D(2016, 1, 1), D(2041, 1, 1))
     with pytest.raises(ValueError, match="n_tickers"):
         SyntheticMarket(7, 0)
+
+
+def _split(market: SyntheticMarket, after: dt.date) -> tuple[str, dt.date, float]:
+    """The first split after `after` of a ticker listed for a year before it."""
+    p = sp.panel(market.seed, market.n_tickers, 2024)
+    st = sp.static(market.seed, market.n_tickers)
+    sess = sp.all_sessions()
+    for j, i, r in sorted(zip(p.split_idx, p.split_tick, p.split_ratio, strict=True)):
+        if sess[j].item() > after and st.first_idx[i] < j - 260:
+            return str(st.ticker[i]), sess[j].item(), float(r)
+    raise AssertionError("no split")
+
+
+def test_sep_is_served_split_adjusted_as_of_the_serving_day(big: SyntheticMarket) -> None:
+    ticker, day, ratio = _split(big, D(2012, 1, 1))
+    before, after = day - dt.timedelta(days=1), day + dt.timedelta(days=3)
+    lo = day - dt.timedelta(days=60)
+    old = big.table("SEP", lo, before, as_of=before).filter(pl.col("ticker") == ticker)
+    new = big.table("SEP", lo, before, as_of=after).filter(pl.col("ticker") == ticker)
+    # The whole earlier history is rewritten by the split ratio, with lastupdated moved to the split day.
+    np.testing.assert_allclose((old["close"] / new["close"]).to_numpy(), ratio, rtol=1e-12)
+    np.testing.assert_allclose((new["volume"] / old["volume"]).to_numpy(), ratio, rtol=1e-12)
+    np.testing.assert_allclose(old["closeunadj"].to_numpy(), new["closeunadj"].to_numpy(), rtol=1e-15)
+    assert (new["lastupdated"] == day).all() and (old["lastupdated"] < day).all()
+    # Returns are the same either way; on the serving day close == closeunadj (and closeadj).
+    np.testing.assert_allclose((old["closeadj"] / old["closeadj"].shift(1)).to_numpy()[1:],
+                               (new["closeadj"] / new["closeadj"].shift(1)).to_numpy()[1:], rtol=1e-12)
+    today = big.table("SEP", after, after, as_of=after)
+    np.testing.assert_allclose(today["close"].to_numpy(), today["closeunadj"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(today["closeadj"].to_numpy(), today["closeunadj"].to_numpy(), rtol=1e-12)
+    # A row no event touched is bit-identical whatever the serving day.
+    quiet = big.table("SEP", lo, before, as_of=before).join(
+        big.table("SEP", lo, before, as_of=before + dt.timedelta(days=1)), on=["ticker", "date"], suffix="_b")
+    same = quiet.filter(pl.col("lastupdated") == pl.col("lastupdated_b"))
+    assert same.height > 0.9 * quiet.height
+    for c in ("open", "high", "low", "close", "volume", "closeadj", "closeunadj"):
+        assert (same[c] == same[f"{c}_b"]).all(), c
+
+
+def test_a_bad_print_is_served_until_its_correction() -> None:
+    m = SyntheticMarket(7, 150)
+    bp = sp.bad_prints(7, 150, 2021)
+    st = sp.static(7, 150)
+    k = next(k for k in range(len(bp.t)) if st.first_idx[bp.i[k]] < bp.t[k] < st.last_idx[bp.i[k]] - 10)
+    sess = sp.all_sessions()
+    day, fixed_on = sess[bp.t[k]].item(), sess[bp.t[k] + bp.lag[k]].item()
+    ticker = str(st.ticker[bp.i[k]])
+    served = {a: m.table("SEP", day, day, as_of=a).filter(pl.col("ticker") == ticker)
+              for a in (day, fixed_on - dt.timedelta(days=1), fixed_on)}
+    wrong, late, right = served[day], served[fixed_on - dt.timedelta(days=1)], served[fixed_on]
+    assert wrong["lastupdated"].item() == day and right["lastupdated"].item() == fixed_on
+    assert wrong["closeunadj"].item() / right["closeunadj"].item() == pytest.approx(bp.factor[k], rel=1e-12)
+    assert late["closeunadj"].item() == wrong["closeunadj"].item()  # still wrong the evening before
+    assert abs(bp.factor[k] - 1) >= 0.02
+
+
+def test_updated_is_exactly_the_rows_with_lastupdated_since(big: SyntheticMarket) -> None:
+    since, as_of = D(2014, 3, 3), D(2014, 3, 14)
+    whole = big.table("SEP", D(2010, 1, 1), as_of, as_of=as_of)
+    expected = whole.filter(pl.col("lastupdated") >= since).sort("ticker", "date")
+    got = big.updated("SEP", since, as_of, not_before=D(2010, 1, 1))
+    assert_frame_equal(got, expected)
+    assert got.filter(pl.col("date") < since).height > 0  # older rows rewritten by splits and dividends

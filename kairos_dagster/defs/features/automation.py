@@ -11,9 +11,12 @@ from dagster import (
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
+    SensorDefinition,
+    SensorEvaluationContext,
     SkipReason,
     define_asset_job,
     schedule,
+    sensor,
 )
 
 from kairos_dagster import calendar
@@ -21,6 +24,9 @@ from kairos_dagster.constants import EXCHANGE_TIMEZONE, NEW_YORK
 from kairos_dagster.defs.partitions import week_key
 from kairos_dagster.defs.sync.automation import SYNC_SELECTION
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SERIAL_TAG
+from kairos_dagster.features.targets import TARGETS_SPEC
+from kairos_dagster.sources.sync import pending_rebuilds, rebuild_span
+from kairos_dagster.warehouse import store
 
 FEATURE_GROUPS = (
     "phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites", "phase5_regime",
@@ -36,6 +42,19 @@ weekly_pipeline_job = define_asset_job(
     selection=PIPELINE_SELECTION,
     description="Sync the week and materialize the feature graph, the ML predictions, feat_matrix_v2 and the "
                 "backtest of the week.",
+)
+
+# What a corrected source row changes: the feature tables (Phases 1-5) and the factor report. The ML
+# predictions, feat_matrix_v2, the picks and the backtest of past weeks are the decisions made with the
+# data of their day and are not rewritten.
+REBUILD_GROUPS = (
+    "phase1_universe", "phase2_technical", "phase3_fundamental", "phase4_composites", "phase5_regime",
+    "phase5_composites", "reports",
+)
+restatement_rebuild_job = define_asset_job(
+    "restatement_rebuild_job",
+    selection=AssetSelection.groups(*REBUILD_GROUPS),
+    description="Rebuild the feature tables of the weeks whose source rows the feed corrected (sync_restatements).",
 )
 
 targets_refresh_job = define_asset_job(
@@ -110,3 +129,57 @@ def daily_update_schedule(context: ScheduleEvaluationContext):
         return SkipReason(f"{today} is not an NYSE session: no new data to sync")
     return RunRequest(run_key=f"daily-update-{today.isoformat()}", partition_key=week_key(today),
                       tags={"kairos/trigger": "daily_update_schedule", **SERIAL_TAG})
+
+
+def rebuild_weeks(pending, first_partition: str, last_partition: str,
+                  first_built: dt.date | None = None) -> tuple[str, str] | None:
+    """The partition range whose features read the restated rows in `pending`, clipped to the partitions
+    and to the weeks the feature graph was built for (from the first universe week)."""
+    span = rebuild_span(pending, TARGETS_SPEC.lookahead_sessions)
+    if span is None:
+        return None
+    floor = max(first_partition, week_key(first_built)) if first_built is not None else first_partition
+    first, last = max(week_key(span[0]), floor), min(week_key(span[1]), last_partition)
+    return (first, last) if first <= last else None
+
+
+def pending_and_first_built(con, after: dt.datetime | None, run_id: str | None = None):
+    first_built = store.date_range(con, "universe", "date")[0] if store.table_exists(con, "universe") else None
+    return pending_rebuilds(con, after, run_id=run_id), first_built
+
+
+def build_restatement_sensor(weekly: PartitionsDefinition) -> SensorDefinition:
+    """After a sync records corrections of past rows, rebuild the feature weeks that read them, once."""
+
+    @sensor(
+        name="restatement_sensor",
+        job=restatement_rebuild_job,
+        minimum_interval_seconds=300,
+        required_resource_keys={"warehouse"},
+        description=(
+            "When a sync rewrote past source rows with new values (corrections, revisions, late rows; see "
+            "sync_restatements), rebuild the feature weeks that read them, once per batch. Splits and dividends "
+            "need no rebuild: no feature depends on the adjustment day."
+        ),
+    )
+    def restatement_sensor(context: SensorEvaluationContext):
+        after = dt.datetime.fromisoformat(context.cursor) if context.cursor else None
+        found, why = store.peek(context.resources.warehouse.path, lambda con: pending_and_first_built(con, after))
+        if why:
+            return SkipReason(why)
+        pending, first_built = found
+        if not pending.height:
+            return SkipReason("no corrected source rows recorded" + (f" since {after}" if after else ""))
+        cursor = pending.get_column("recorded_at").max().isoformat()
+        weeks = rebuild_weeks(pending, weekly.get_first_partition_key(), weekly.get_last_partition_key(), first_built)
+        context.update_cursor(cursor)
+        if weeks is None or first_built is None:
+            return SkipReason(f"{pending.height} restatements: no built feature week reads them")
+        tickers = pending.get_column("ticker").unique().sort().to_list()
+        return RunRequest(
+            run_key=f"restated-{cursor}",
+            tags={"kairos/trigger": "restatement_sensor", "kairos/restated_tickers": ",".join(tickers[:20]),
+                  RANGE_START_TAG: weeks[0], RANGE_END_TAG: weeks[1], **SERIAL_TAG},
+        )
+
+    return restatement_sensor

@@ -24,8 +24,12 @@ from kairos_dagster.resources.source import SharadarSource, SourceConfigError
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.settings import SettingsError
 from kairos_dagster.sources.sync import (
+    RESTATABLE,
     SYNC_TABLES,
+    Restated,
     SyncTable,
+    apply_restated,
+    fetch_restated,
     fetch_tickers,
     record_rejects,
     stored_window,
@@ -133,15 +137,23 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
         start, end = window_dates(context.partition_time_window)
         ident = bind_source(warehouse, source)
         known = warehouse.read("tickers", columns=["ticker"]).get_column("ticker").unique()
-        result = sync_window(_build(source), table, start, end, known)
+        feed = _build(source)
+        result = sync_window(feed, table, start, end, known)
         with warehouse.connect() as con:
-            record_rejects(con, name, result.rejects, start, end)
+            restated = _restated(con, feed, table, start, end, known)
+            apply_restated(con, table, restated, run_id=context.run.run_id)
+            rejects = result.rejects
+            if restated.validation is not None and restated.validation.rejects.height:
+                rejects = pl.concat([rejects, restated.validation.rejects], how="vertical_relaxed")
+            record_rejects(con, name, rejects, start, end)
         md = frame_metadata(result.clean, table.partition_column)
         md["source"] = MetadataValue.text(ident)
         md["window"] = MetadataValue.text(f"{start} .. {end - dt.timedelta(days=1)}")
         md["input_rows"] = MetadataValue.int(result.input_rows)
         md["rejected_rows"] = MetadataValue.int(result.rejected)
         md["rejects_by_reason"] = MetadataValue.json(result.counts)
+        if name in RESTATABLE:
+            md.update(_restated_metadata(restated))
         yield weekly_output(context, result.clean, md)
         passed = result.reject_rate <= DEFAULT_REJECT_THRESHOLD
         yield AssetCheckResult(
@@ -159,6 +171,33 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
         yield from _stored_checks(warehouse, table, start, end)
 
     return _sync
+
+
+def _restated(con, feed, table: SyncTable, start: dt.date, end: dt.date, known: pl.Series) -> Restated:
+    """The held rows outside the window that the feed rewrote since the last sync."""
+    first, last = (store.date_range(con, table.asset, table.partition_column)[:2]
+                   if store.table_exists(con, table.asset) else (None, None))
+    if first is None:
+        return fetch_restated(feed, con, table, start, end, known, not_before=start, not_after=start)
+    return fetch_restated(feed, con, table, start, end, known, not_before=first, not_after=last)
+
+
+def _restated_metadata(restated: Restated) -> dict:
+    """What the sync rewrote outside its window: rows, tickers and weeks by kind, and a sample."""
+    summary = restated.summary
+    by_kind = {k: int(n) for k, n in summary.group_by("kind").agg(pl.col("rows").sum()).sort("kind").iter_rows()}
+    md = {
+        "restated_since": MetadataValue.text(str(restated.since) if restated.since else "nothing held: a first sync"),
+        "restated_rows": MetadataValue.int(int(summary.get_column("rows").sum()) if summary.height else 0),
+        "restated_tickers": MetadataValue.int(restated.tickers),
+        "restated_rows_by_kind": MetadataValue.json(by_kind),
+    }
+    if summary.height:
+        weeks = summary.select(pl.col("first_date").min(), pl.col("last_date").max()).row(0)
+        md["restated_dates"] = MetadataValue.text(f"{weeks[0]} .. {weeks[1]}")
+        md["restatements"] = MetadataValue.md(markdown_table(
+            summary.sort("rows", descending=True).head(25).drop("table_name")))
+    return md
 
 
 def build_sync_assets(weekly: PartitionsDefinition) -> list[AssetsDefinition]:

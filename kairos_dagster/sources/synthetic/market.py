@@ -1,16 +1,17 @@
 """The synthetic SHARADAR market: the embedded default source (no API key, no network).
 
-`SyntheticMarket(seed, n_tickers).table(name, start, end)` serves TICKERS, SEP, DAILY, SF1, SF2, SF3 and
-ACTIONS with the exact columns of `schemas.TABLES`, deterministically: any range gives the same rows
-whether asked week by week or all at once, today or in ten years (see synthetic.panel for how).
-`oracle(start, end)` exposes the planted truth; SIGNAL_DOC describes it.
+`SyntheticMarket(seed, n_tickers).table(name, start, end, as_of=day)` serves TICKERS, SEP, DAILY, SF1,
+SF2, SF3 and ACTIONS with the exact columns of `schemas.TABLES` as the feed serves them on the evening of
+`day` (default `end`), deterministically in (seed, day): any range gives the same rows whether asked week
+by week or all at once (see synthetic.panel for how). `updated(name, since, day)` answers
+`lastupdated.gte=since`. `oracle(start, end)` exposes the planted truth; SIGNAL_DOC describes it.
+
+As the live feed (see `_as_served`): SEP's open/high/low/close/volume are split-adjusted as of the serving
+day and closeadj is the total-return index equal to closeunadj on that day; every split and dividend
+rewrites the ticker's earlier rows and moves their `lastupdated`; a few bars are bad prints, corrected a
+few sessions later. A row no event touched is bit-identical whatever the serving day.
 
 Conventions that differ from the live feed, on purpose:
-- Prices are adjusted to each ticker's *first* price date rather than to "today": close/open/high/low/
-  volume are split-adjusted so that close == closeunadj until the first split; closeadj is the total
-  return index with closeadj == close on the first day. The live feed re-adjusts history after every
-  split, which a deterministic feed cannot do. Ratios (returns) are what the features use; for share
-  counts and money amounts use closeunadj.
 - TICKERS describes the whole synthetic history up to the fixed horizon (2040-12-31), just as the live
   TICKERS describes history up to today: isdelisted, lastpricedate and scalemarketcap are not
   point-in-time. Decide universes per date from SEP/DAILY.
@@ -141,17 +142,26 @@ class SyntheticMarket:
                 int(np.searchsorted(sess, np.datetime64(hi, "D"), "right")))
 
     # ------------------------------------------------------------------ public API
-    def table(self, name: str, start: dt.date | None = None, end: dt.date | None = None) -> pl.DataFrame:
-        """SHARADAR table `name` with rows whose point-in-time column lies in [start, end] (inclusive)."""
+    def table(self, name: str, start: dt.date | None = None, end: dt.date | None = None, *,
+              as_of: dt.date | None = None) -> pl.DataFrame:
+        """SHARADAR table `name` with rows whose point-in-time column lies in [start, end] (inclusive), as
+        the feed serves them on the evening of `as_of` (default: `end`): SEP split-adjusted as of that day,
+        and only rows known by then (`lastupdated` <= as_of)."""
         spec = schema(name)
         if spec.name == "TICKERS":
             return conform(self._tickers(), spec, source=SOURCE)
-        rng = self._range(start, end)
+        as_of = _check_date("as_of", as_of)
+        rng = self._range(start, min(end, as_of) if end is not None and as_of is not None else end or as_of)
         if rng is None:
             return spec.empty()
-        builder = {"SEP": self._sep, "DAILY": self._daily, "SF1": self._sf1, "SF2": self._sf2,
-                   "SF3": self._sf3, "ACTIONS": self._actions}[spec.name]
-        df = builder(*rng)
+        if spec.name == "SEP":
+            df = self._sep(*rng, as_of)
+        else:
+            builder = {"DAILY": self._daily, "SF1": self._sf1, "SF2": self._sf2, "SF3": self._sf3,
+                       "ACTIONS": self._actions}[spec.name]
+            df = builder(*rng)
+            if as_of is not None and "lastupdated" in df.columns:
+                df = df.filter(pl.col("lastupdated") <= as_of)
         out = conform(df, spec, source=SOURCE)
         # SEP and DAILY are built in key order already; sorting 10M+ string keys would dominate.
         return out if spec.name in {"SEP", "DAILY"} else out.sort(list(spec.key))
@@ -188,15 +198,17 @@ class SyntheticMarket:
 
     # ------------------------------------------------------------------ builders
     @staticmethod
-    def _cells(s: int, e: int, st: sp.Static) -> tuple[np.ndarray, np.ndarray]:
-        """(session, ticker) index pairs of listed tickers for sessions s..e-1, ticker-major.
+    def _cells(s: int, e: int, st: sp.Static, only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(session, ticker) index pairs of listed tickers for sessions s..e-1, ticker-major; `only`
+        (sorted ticker indexes) restricts the tickers.
 
         Tickers are alphabetical by index, so the cells come out in (ticker, date) order: no sort needed.
         """
         rows = np.arange(s, e)
-        alive = (rows[None, :] >= st.first_idx[:, None]) & (rows[None, :] <= st.last_idx[:, None])
+        tick = np.arange(st.n) if only is None else only
+        alive = (rows[None, :] >= st.first_idx[tick, None]) & (rows[None, :] <= st.last_idx[tick, None])
         ii, tt = np.nonzero(alive)
-        return rows[tt], ii
+        return rows[tt], tick[ii]
 
     def _prices(self, p: sp.Panel, st: sp.Static, t: np.ndarray, i: np.ndarray) -> dict[str, np.ndarray]:
         """close (split-adjusted), closeadj, closeunadj and market cap (USD) at cells (t, i)."""
@@ -210,11 +222,14 @@ class SyntheticMarket:
             "mcap": st.shares0[i] * close,
         }
 
-    def _sep(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
-        p = self._panel_for(hi)
+    def _sep(self, lo: dt.date, hi: dt.date, as_of: dt.date | None = None,
+             only: np.ndarray | None = None) -> pl.DataFrame:
+        """SEP rows dated lo..hi as served on the evening of `as_of` (default `hi`): see `_as_served`."""
+        a = self._idx(sp.EPOCH, max(as_of or hi, hi))[1] - 1  # the as-of session
+        p = self._panel_for(sp.all_sessions()[a].item())
         st = sp.static(self.seed, self.n_tickers)
         s, e = self._idx(lo, hi)
-        t, i = self._cells(s, e, st)
+        t, i = self._cells(s, e, st, only)
         px = self._prices(p, st, t, i)
         prev = np.maximum(t - 1, 0)
         prev_close = self._prices(p, st, prev, i)["close"]
@@ -236,12 +251,100 @@ class SyntheticMarket:
         low = np.minimum(open_, close) * np.exp(-0.5 * sig * np.abs(noise[:, 2]))
         dollar_vol = (st.turnover[i] * px["mcap"] * np.exp(0.35 * noise[:, 3] - 0.06)
                       * (1.0 + 0.5 * np.minimum(np.abs(r) / sig, 6.0)) * (1.0 + 0.3 * vol[t]))
-        dates = _d(sp.all_sessions()[t])
+        bar = {"open": open_, "high": high, "low": low, "close": close}
+        return self._as_served(p, st, t, i, a, bar, px, np.round(dollar_vol / px["closeunadj"]))
+
+    def _as_served(self, p: sp.Panel, st: sp.Static, t: np.ndarray, i: np.ndarray, a: int,
+                   bar: dict[str, np.ndarray], px: dict[str, np.ndarray], raw_volume: np.ndarray) -> pl.DataFrame:
+        """SEP cells as the feed serves them on the evening of session `a`, the way SHARADAR does:
+        - open/high/low/close are split-adjusted as of `a` (as of the delisting for a delisted ticker):
+          close == closeunadj on that day; volume is the raw share count times the later splits' ratios;
+        - closeadj is the total-return index equal to closeunadj on that day;
+        - `lastupdated` is the row's date, moved to the day of each later split or dividend that rewrote
+          it (<= a) and to the day a bad print was corrected;
+        - a bad print (panel.bad_prints) is served at its wrong price level until its correction day.
+        The adjustment factors change only on events, so a row no event touched is bit-identical
+        whatever the as-of day."""
+        first = st.first_idx[i]
+        ai = np.minimum(a, st.last_idx[i])  # the ticker's as-of session
+        split_since = p.logsf[t, i] - p.logsf[first, i]  # splits from listing through t
+        to_asof = p.logsf[ai, i] - p.logsf[first, i]  # splits from listing through the as-of day
+        k = np.exp(-to_asof)  # bar (adjusted to the first day) -> adjusted as of the as-of day
+        k_adj = np.exp(p.divcum[ai, i] - p.divcum[first, i] - to_asof)
+        factor, corrected_at = self._bad_prints(t, i, a)
+        lu = np.maximum(t, corrected_at)
+        last_event = self._last_events(p, st, a)[i]
+        lu = np.where(last_event > t, np.maximum(lu, last_event), lu)
+        sess = sp.all_sessions()
         return pl.DataFrame({
-            "ticker": _tick(st, i), "date": dates, "open": open_, "high": high, "low": low, "close": close,
-            "volume": np.round(dollar_vol / close), "closeadj": px["closeadj"],
-            "closeunadj": px["closeunadj"], "lastupdated": dates,
+            "ticker": _tick(st, i), "date": _d(sess[t]),
+            **{c: v * k * factor for c, v in bar.items()},
+            "volume": raw_volume * np.exp(to_asof - split_since),
+            "closeadj": st.p0[i] * np.exp(p.cum[t, i] - p.cum[first, i]) * k_adj * factor,
+            "closeunadj": px["closeunadj"] * factor, "lastupdated": _d(sess[lu]),
         })
+
+    def _bad_prints(self, t: np.ndarray, i: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per cell: the factor its served prices are off by as of session `a` (1: a good print), and the
+        session its correction was published (-1: none by `a`)."""
+        years = sp.session_years()
+        bp = sp.bad_prints_between(self.seed, self.n_tickers, int(years[t.min()]) if len(t) else 0,
+                                   int(years[t.max()]) if len(t) else -1)
+        factor, corrected_at = np.ones(len(t)), np.full(len(t), -1, np.int64)
+        if not len(bp.key):
+            return factor, corrected_at
+        key = t * self.n_tickers + i
+        pos = np.minimum(np.searchsorted(bp.key, key), len(bp.key) - 1)
+        hit = bp.key[pos] == key
+        fixed = bp.t[pos] + bp.lag[pos]
+        factor = np.where(hit & (fixed > a), bp.factor[pos], 1.0)
+        corrected_at = np.where(hit & (fixed <= a), fixed, -1)
+        return factor, corrected_at
+
+    @staticmethod
+    def _last_events(p: sp.Panel, st: sp.Static, a: int) -> np.ndarray:
+        """Per ticker, the session of its latest split or ex-dividend on or before its as-of session
+        (-1: none): the day the feed last rewrote its earlier rows."""
+        ai = np.minimum(a, st.last_idx)
+        last = np.full(st.n, -1, np.int64)
+        for idx, tick in ((p.split_idx, p.split_tick), (p.ex_idx, p.ex_tick)):
+            m = idx <= ai[tick]
+            np.maximum.at(last, tick[m], idx[m].astype(np.int64))
+        return last
+
+    def updated(self, name: str, since: dt.date, as_of: dt.date, *, not_before: dt.date | None = None) -> pl.DataFrame:
+        """Rows of SHARADAR `name` as served on the evening of `as_of` whose `lastupdated` is on or after
+        `since` (what `lastupdated.gte=` asks the live feed): new rows, and older rows the feed rewrote
+        (dated `not_before` or later, when given)."""
+        spec = schema(name)
+        if "lastupdated" not in spec.columns:
+            raise ValueError(f"{SOURCE}: {spec.name} has no lastupdated column")
+        since, as_of = _check_date("since", since), _check_date("as_of", as_of)
+        if since > as_of:
+            return spec.empty()
+        if spec.name == "SF1":  # MR rows are dated by their report period and known at the filing
+            return self.table("SF1", not_before, as_of, as_of=as_of).filter(pl.col("lastupdated") >= since)
+        recent = self.table(spec.name, since, as_of, as_of=as_of)
+        if spec.name != "SEP":  # DAILY rows are never rewritten in this market: lastupdated is the date
+            return recent.filter(pl.col("lastupdated") >= since)
+        st = sp.static(self.seed, self.n_tickers)
+        a = self._idx(sp.EPOCH, as_of)[1] - 1
+        s = self._idx(sp.EPOCH, since)[0]
+        p = self._panel_for(as_of)
+        events = self._last_events(p, st, a)
+        years = sp.session_years()
+        bp = sp.bad_prints_between(self.seed, self.n_tickers, int(years[max(s - sp.CORRECTION_MAX_LAG, 0)]),
+                                   int(years[a]))
+        fixed = bp.t + bp.lag
+        touched = np.union1d(np.nonzero(events >= s)[0], bp.i[(fixed >= s) & (fixed <= a)])
+        if not len(touched) or since <= sp.EPOCH:
+            return recent.filter(pl.col("lastupdated") >= since)
+        lo = max(sp.EPOCH, not_before or sp.EPOCH)
+        if lo >= since:
+            return recent.filter(pl.col("lastupdated") >= since)
+        older = conform(self._sep(lo, since - dt.timedelta(days=1), as_of, touched), spec, source=SOURCE)
+        return pl.concat([older.filter(pl.col("lastupdated") >= since), recent.filter(pl.col("lastupdated") >= since)]
+                         ).sort(list(spec.key))
 
     def _quarterly(self) -> dict[str, np.ndarray]:
         """Derived quarterly statement lines (quarters x tickers), as reported."""

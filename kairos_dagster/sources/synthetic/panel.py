@@ -25,7 +25,7 @@ EPOCH = dt.date(2005, 1, 3)
 HORIZON = dt.date(2040, 12, 31)
 
 # Random streams: one integer per kind of draw, so adding a stream never shifts another one.
-_S_STATIC, _S_RETURNS, _S_REGIME, _S_OHLCV, _S_FUND, _S_SF2, _S_SF3 = range(7)
+_S_STATIC, _S_RETURNS, _S_REGIME, _S_OHLCV, _S_FUND, _S_SF2, _S_SF3, _S_CORR = range(8)
 
 MOM_SKIP, MOM_LOOKBACK = 21, 252  # 12-1 momentum: closeadj 21 sessions ago over 252 sessions ago
 VALUE_LAG = 21  # value uses the market cap of the skip month (Fama-French style lagged ME)
@@ -441,6 +441,50 @@ def _build(seed: int, n: int, last_year: int, signal: float = 1.0) -> Panel:
         insider_buys_63d=insider, k_latest=k_latest, ex_idx=ex_idx, ex_tick=ex_tick,
         split_idx=split_idx, split_tick=split_tick, split_ratio=split_ratio, insiders=ins,
     )
+
+
+# Bad prints: a (ticker, session) bar first published at a wrong price level, corrected by the vendor a
+# few sessions later (SEP rows whose values and `lastupdated` change after the fact).
+CORRECTION_RATE = 1e-4  # share of (ticker, session) bars first published wrong (~5 a week at 5,000 tickers)
+CORRECTION_MAX_LAG = 7  # the correction arrives 1..7 sessions after the bad print
+
+
+@dataclass(frozen=True)
+class BadPrints:
+    """Bad prints of one calendar year: session index, ticker index, sessions to the correction, and the
+    factor the bad bar's prices were off by (sorted by key = session * n + ticker)."""
+
+    key: np.ndarray
+    t: np.ndarray
+    i: np.ndarray
+    lag: np.ndarray
+    factor: np.ndarray
+
+
+@lru_cache(maxsize=64)
+def bad_prints(seed: int, n: int, year: int) -> BadPrints:
+    """Deterministic in (seed, n, year): one uniform draw per (session, ticker) of the year decides
+    whether the bar is a bad print, after how many sessions it is corrected and by how much it was off."""
+    sl = year_slice(year)
+    u = _rng(seed, _S_CORR, year).random((sl.stop - sl.start, n))
+    tt, ii = np.nonzero(u < CORRECTION_RATE)
+    v = u[tt, ii] / CORRECTION_RATE  # uniform on [0, 1) given a bad print
+    lag = 1 + np.floor(v * CORRECTION_MAX_LAG).astype(np.int64)
+    frac = v * CORRECTION_MAX_LAG - (lag - 1)  # uniform on [0, 1) again
+    sign = np.where(lag % 2 == 0, 1.0, -1.0)
+    factor = 1.0 + sign * (0.02 + 0.13 * frac)  # off by 2%..15%, either way
+    t = tt.astype(np.int64) + sl.start
+    key = t * n + ii
+    order = np.argsort(key, kind="stable")
+    return BadPrints(key[order], t[order], ii[order].astype(np.int64), lag[order], factor[order])
+
+
+def bad_prints_between(seed: int, n: int, first_year: int, last_year: int) -> BadPrints:
+    parts = [bad_prints(seed, n, y) for y in range(max(first_year, EPOCH.year), last_year + 1)]
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return BadPrints(z, z, z, z, np.zeros(0))
+    return BadPrints(*(np.concatenate([getattr(b, f) for b in parts]) for f in ("key", "t", "i", "lag", "factor")))
 
 
 _SPLIT_RATIOS = np.array([2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0, 50.0])

@@ -17,7 +17,9 @@ N_TICKERS = 40
 
 
 def _defs(tmp_path, **resources):
-    settings = load_settings({"KAIROS_DUCKDB_PATH": str(tmp_path / "k.duckdb"), "KAIROS_SYNTHETIC_TICKERS": str(N_TICKERS)})
+    # The feed as served on the evening of 2024-05-31: nothing here depends on the day the test runs.
+    settings = load_settings({"KAIROS_DUCKDB_PATH": str(tmp_path / "k.duckdb"), "KAIROS_SYNTHETIC_TICKERS": str(N_TICKERS),
+                              "KAIROS_AS_OF": "2024-06-01"})
     defs = build_definitions(settings)
     if resources:
         from dagster import Definitions
@@ -48,7 +50,8 @@ def test_single_run_backfill_equals_week_by_week_and_is_idempotent(tmp_path, ins
 
     # What is stored is exactly the source's window.
     market = SyntheticMarket(seed=7, n_tickers=N_TICKERS)
-    expected = market.table("SEP", dt.date(2024, 1, 1), dt.date(2024, 2, 11)).sort(["ticker", "date"])
+    expected = market.table("SEP", dt.date(2024, 1, 1), dt.date(2024, 2, 11), as_of=dt.date(2024, 5, 31)
+                            ).sort(["ticker", "date"])
     assert before.equals(expected)
     meta = result.asset_materializations_for_node("sep_base")[0].metadata
     assert meta["rows"].value == expected.height and meta["rejected_rows"].value == 0

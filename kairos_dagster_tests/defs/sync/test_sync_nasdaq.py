@@ -4,6 +4,7 @@ the run at once with a message that names the table and never the key."""
 
 import datetime as dt
 
+import polars as pl
 import pytest
 from dagster import DagsterInstance, Definitions
 
@@ -25,10 +26,14 @@ WEEKS = ("2024-02-05", "2024-03-25")
 @pytest.fixture(scope="module")
 def provider():
     """The fake serves the synthetic market's tables (generated up front: a request must not wait on it)."""
+    return published(dt.date(2024, 6, 28))
+
+
+def published(as_of: dt.date):
+    """The synthetic market's tables as the feed serves them on the evening of `as_of`."""
     market = SyntheticMarket(seed=7, n_tickers=N_TICKERS)
-    last = dt.date(2024, 6, 28)
     tables = {
-        name: market.table(name, None, last) if schemas.schema(name).pit_column else market.table(name)
+        name: market.table(name, None, as_of, as_of=as_of) if schemas.schema(name).pit_column else market.table(name)
         for name in ("TICKERS", "SEP", "DAILY", "SF1", "SF2", "SF3")
     }
     return tables.__getitem__
@@ -47,7 +52,8 @@ def _tables(path):
 def test_nasdaq_sync_with_faults_equals_direct_synthetic(tmp_path, provider, caplog):
     with DagsterInstance.ephemeral() as instance:
         direct = tmp_path / "direct.duckdb"
-        assert run_selection(_defs(direct, SharadarSource(synthetic_tickers=N_TICKERS)), SYNC,
+        # The synthetic source on the morning of 2024-06-29 serves the feed as of the evening of 2024-06-28.
+        assert run_selection(_defs(direct, SharadarSource(synthetic_tickers=N_TICKERS, as_of="2024-06-29")), SYNC,
                              partition_range=WEEKS, instance=instance).success
         with FakeNasdaqServer(provider, api_key=KEY, fault_rate=0.2, seed=3, slow_seconds=1.0) as base_url:
             source = SharadarSource(kind="nasdaq", api_key=KEY, base_url=base_url, timeout_s=0.5,
@@ -168,3 +174,34 @@ def test_kairos_sync_against_nasdaq_through_the_real_client(tmp_path, provider):
         sep = store.read_window(con, "sep_base", None, None, None)
         assert store.read_meta(con, "data_source") == "nasdaq"
     assert sep["date"].min() == dt.date(2024, 5, 6) and sep["date"].max() == dt.date(2024, 6, 28)
+
+
+def test_an_incremental_nasdaq_sync_mirrors_the_restated_feed(tmp_path):
+    """Week by week through the real client against a fake that republishes the feed as of each Friday:
+    SRRX's bad print of 2024-01-19 (served on that evening) is corrected on 2024-01-25; the second sync asks
+    `lastupdated.gte` and the warehouse then equals a fresh synthetic sync as of 2024-01-26."""
+    with DagsterInstance.ephemeral() as instance:
+        direct = tmp_path / "direct.duckdb"
+        assert run_selection(_defs(direct, SharadarSource(synthetic_tickers=N_TICKERS, as_of="2024-01-27")), SYNC,
+                             partition_range=("2024-01-08", "2024-01-22"), instance=instance).success
+        server = FakeNasdaqServer(published(dt.date(2024, 1, 19)), api_key=KEY)
+        with server as base_url:
+            source = SharadarSource(kind="nasdaq", api_key=KEY, base_url=base_url, timeout_s=5.0,
+                                    backoff_base_s=0.001, backoff_max_s=0.01)
+            via_api = tmp_path / "api.duckdb"
+            defs = _defs(via_api, source)
+            assert run_selection(defs, SYNC, partition_range=("2024-01-08", "2024-01-15"), instance=instance).success
+            bad = _tables(via_api)["sep_base"].filter((pl.col("ticker") == "SRRX") & (pl.col("date") == dt.date(2024, 1, 19)))
+            server.republish(published(dt.date(2024, 1, 26)))
+            result = run_selection(defs, SYNC, partition_key="2024-01-22", instance=instance)
+            assert result.success
+            asked = [r["params"] for r in server.requests if r["path"].endswith("SEP.json")]
+    assert any(p.get("lastupdated.gte") == "2024-01-19" for p in asked), asked
+    got, expected = _tables(via_api), _tables(direct)
+    for name in SYNC:
+        assert got[name].equals(expected[name]), name
+    fixed = got["sep_base"].filter((pl.col("ticker") == "SRRX") & (pl.col("date") == dt.date(2024, 1, 19)))
+    assert fixed["lastupdated"].item() == dt.date(2024, 1, 25) and bad["lastupdated"].item() == dt.date(2024, 1, 19)
+    assert abs(bad["close"].item() / fixed["close"].item() - 1) > 0.01  # the bad print was off, now corrected
+    md = result.asset_materializations_for_node("sep_base")[0].metadata
+    assert md["restated_rows_by_kind"].value.get("correction") == 1
