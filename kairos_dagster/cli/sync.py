@@ -126,6 +126,47 @@ def backfill_cmd(
     report_run(result)
 
 
+def migrate_cmd(
+    check: Annotated[bool, typer.Option("--check", help="say what would change; write nothing")] = False,
+) -> None:
+    """Bring a warehouse built by an earlier release to this one, in place (the sync refuses until then).
+
+    From schema version 1: feature levels (EMA, MACD, Bollinger, ATR, OBV) re-expressed in prices as known
+    on their own date, universe.close dropped, and every held SEP, DAILY and SF1 row compared with the feed
+    as served now, the differing ones rewritten (logged in sync_restatements as `migrated`)."""
+    from kairos_dagster.resources.source import SharadarSource, SourceConfigError
+    from kairos_dagster.sources.migrate import SCHEMA_VERSION, held_version, migrate
+    from kairos_dagster.warehouse import store
+
+    s = settings()
+    if not s.duckdb_path.exists():
+        typer.echo(f"No warehouse at {s.duckdb_path}: nothing to migrate (a new one starts at version {SCHEMA_VERSION}).")
+        return
+    with store.connect(s.duckdb_path, read_only=True) as con:
+        version, held_source = held_version(con), store.read_meta(con, "data_source")
+    if version >= SCHEMA_VERSION:
+        typer.echo(f"{s.duckdb_path} is at schema version {version}: up to date.")
+        return
+    try:
+        resource = SharadarSource()
+        ident = resource.identity()
+        source = resource.build()
+    except SourceConfigError as exc:
+        raise fail(str(exc)) from None
+    if held_source is not None and held_source != ident:
+        raise fail(f"{s.duckdb_path} holds data from source `{held_source}`; the configured source is `{ident}`: "
+                   "set KAIROS_DATA_SOURCE / KAIROS_SYNTHETIC_* to the warehouse's; nothing was written")
+    typer.echo(f"{s.duckdb_path}: schema version {version} -> {SCHEMA_VERSION} (source {ident}, as of {source.as_of})")
+    with store.connect(s.duckdb_path, read_only=check) as con:
+        report = migrate(con, source, dry_run=check, echo=lambda line: typer.echo(f"  {line}"))
+    if check:
+        for step in report.steps:
+            typer.echo(f"  would {step}")
+        typer.echo("Nothing was written (--check).")
+    else:
+        typer.echo(f"Migrated to schema version {report.to_version}.")
+
+
 def status_cmd() -> None:
     """What the warehouse holds: tables, rows and date ranges."""
     from kairos_dagster.warehouse.summary import warehouse_summary
@@ -138,3 +179,4 @@ def register(app: typer.Typer) -> None:
     app.command("sync")(sync_cmd)
     app.command("backfill")(backfill_cmd)
     app.command("status")(status_cmd)
+    app.command("migrate")(migrate_cmd)

@@ -126,18 +126,26 @@ def _ratio(num: str, den: str, suffix: str = "") -> pl.Expr:
     return _pos_div(pl.col(f"{num}{suffix}"), pl.col(f"{den}{suffix}"))
 
 
+def _above(a: pl.Expr, b: pl.Expr) -> pl.Expr:
+    """a > b by more than float rounding (xs.FLAT_RTOL of their size): equal values read from two
+    filings (unchanged shares, a repeated ratio) never count as a rise or a fall."""
+    return (a - b) > xs.FLAT_RTOL * pl.max_horizontal(a.abs(), b.abs())
+
+
 # Piotroski (2000) signals computable from SF1 ART snapshots and their year-ago versions; each is
-# 1/0, or null when an input is missing. Balance-sheet items are period-end, not averages.
+# 1/0, or null when an input is missing. Balance-sheet items are period-end, not averages. Changes
+# are judged beyond rounding (_above), so a value equal to its year-ago one scores the same whatever
+# its last bits.
 PIOTROSKI_SIGNALS: dict[str, pl.Expr] = {
     "f_roa_pos": _roa() > 0,  # 1. profitability: ROA > 0
     "f_cfo_pos": pl.col("ncfo") > 0,  # 2. operating cash flow > 0
-    "f_droa_pos": _roa() > _roa("_py"),  # 3. ROA improved on a year ago
-    "f_accrual": _ratio("ncfo", "assets") > _roa(),  # 4. cash flow exceeds earnings (low accruals)
-    "f_dlever": _ratio("debt", "assets") < _ratio("debt", "assets", "_py"),  # 5. leverage fell
-    "f_dliquid": pl.col("currentratio") > pl.col("currentratio_py"),  # 6. current ratio rose
-    "f_no_dilution": pl.col("shareswa") <= pl.col("shareswa_py"),  # 7. no new shares
-    "f_dmargin": _ratio("gp", "revenue") > _ratio("gp", "revenue", "_py"),  # 8. gross margin rose
-    "f_dturn": _ratio("revenue", "assets") > _ratio("revenue", "assets", "_py"),  # 9. asset turnover rose
+    "f_droa_pos": _above(_roa(), _roa("_py")),  # 3. ROA improved on a year ago
+    "f_accrual": _above(_ratio("ncfo", "assets"), _roa()),  # 4. cash flow exceeds earnings (low accruals)
+    "f_dlever": _above(_ratio("debt", "assets", "_py"), _ratio("debt", "assets")),  # 5. leverage fell
+    "f_dliquid": _above(pl.col("currentratio"), pl.col("currentratio_py")),  # 6. current ratio rose
+    "f_no_dilution": ~_above(pl.col("shareswa"), pl.col("shareswa_py")),  # 7. no new shares
+    "f_dmargin": _above(_ratio("gp", "revenue"), _ratio("gp", "revenue", "_py")),  # 8. gross margin rose
+    "f_dturn": _above(_ratio("revenue", "assets"), _ratio("revenue", "assets", "_py")),  # 9. asset turnover rose
 }
 
 QUALITY_FEATURES: dict[str, pl.Expr] = {

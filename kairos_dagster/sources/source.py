@@ -17,6 +17,7 @@ PUBLISH_HOUR = 18
 
 class MarketSource(Protocol):
     name: str
+    as_of: dt.date  # the last session whose data the source serves (the day its adjustments are as of)
 
     def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
         """Rows of SHARADAR `table` whose point-in-time column lies in [start, end] (inclusive)."""
@@ -84,6 +85,7 @@ class NasdaqSource:
         from kairos_dagster.sources.nasdaq import NasdaqDataLinkClient
 
         self.client = NasdaqDataLinkClient(api_key, base_url, **client_options)
+        self.as_of = last_published_session()
 
     def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
         spec = schema(table)

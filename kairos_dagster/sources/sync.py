@@ -114,6 +114,11 @@ def _empty_summary() -> pl.DataFrame:
                                 "factor": pl.Float64})
 
 
+class SourceBehindWarehouse(ValueError):
+    """The source serves data as of a day before rows the warehouse already holds: its rows would sit
+    beside rows adjusted as of a later day, so nothing is written."""
+
+
 def fetch_restated(
     source: MarketSource, con: duckdb.DuckDBPyConnection, table: SyncTable, start: dt.date, end: dt.date,
     known_tickers: pl.Series | None, *, not_before: dt.date, not_after: dt.date,
@@ -127,7 +132,13 @@ def fetch_restated(
     empty = Restated(since, spec.empty(), _empty_summary(), 0, None)
     if since is None:
         return empty
-    rows = source.fetch_updated(spec.name, since)
+    if since > source.as_of:
+        raise SourceBehindWarehouse(
+            f"{name}: the source serves data as of {source.as_of}, but the warehouse holds rows updated on {since}: "
+            "rows adjusted as of an earlier day would sit beside later ones. Sync into a fresh warehouse (for a "
+            "demo of an earlier day: `make clean-data`, or point KAIROS_DUCKDB_PATH at another file); nothing "
+            "was written")
+    rows = source.fetch_updated(spec.name, since, not_before)
     rows = rows.filter(((pl.col(col) < start) | (pl.col(col) >= end)) & pl.col(col).is_between(not_before, not_after))
     if not rows.height:
         return empty

@@ -23,10 +23,12 @@ from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.resources.source import SharadarSource, SourceConfigError
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.settings import SettingsError
+from kairos_dagster.sources.migrate import MigrationNeeded, check_current
 from kairos_dagster.sources.sync import (
     RESTATABLE,
     SYNC_TABLES,
     Restated,
+    SourceBehindWarehouse,
     SyncTable,
     apply_restated,
     fetch_restated,
@@ -70,6 +72,10 @@ def bind_source(warehouse: DuckDBWarehouse, source: SharadarSource) -> str:
     except (SourceConfigError, SettingsError) as exc:
         raise Failure(description=f"data source: {exc}") from None
     with warehouse.connect() as con:
+        try:
+            check_current(con, warehouse.path)
+        except MigrationNeeded as exc:
+            raise Failure(description=str(exc)) from None
         held = store.read_meta(con, "data_source")
         if held is None:
             store.write_meta(con, "data_source", ident)
@@ -140,7 +146,10 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
         feed = _build(source)
         result = sync_window(feed, table, start, end, known)
         with warehouse.connect() as con:
-            restated = _restated(con, feed, table, start, end, known)
+            try:
+                restated = _restated(con, feed, table, start, end, known)
+            except SourceBehindWarehouse as exc:
+                raise Failure(description=str(exc)) from None
             apply_restated(con, table, restated, run_id=context.run.run_id)
             rejects = result.rejects
             if restated.validation is not None and restated.validation.rejects.height:

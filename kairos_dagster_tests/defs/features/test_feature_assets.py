@@ -26,7 +26,9 @@ LATER = "2023-11-27"
 
 
 def _defs(path):
-    return build_definitions(load_settings({"KAIROS_DUCKDB_PATH": str(path), "KAIROS_SYNTHETIC_TICKERS": str(N_TICKERS)}))
+    # One feed snapshot (served on the evening of 2024-01-02) for both warehouses, whatever the day the test runs.
+    return build_definitions(load_settings({"KAIROS_DUCKDB_PATH": str(path), "KAIROS_SYNTHETIC_TICKERS": str(N_TICKERS),
+                                            "KAIROS_AS_OF": "2024-01-03"}))
 
 
 def _tables(path) -> dict[str, pl.DataFrame]:
