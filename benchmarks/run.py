@@ -48,6 +48,9 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("generate", 2, "synthetic SEP/DAILY/SF1/SF2/SF3, all tickers, whole span (SyntheticMarket.table)", None),
     Stage("sync", 2, "single-run sync backfill of tickers, sep_base, daily, sf1, sf2, sf3 (dagster run)", 120, 6),
+    Stage("sync_week", 11, "the next week's sync a week later, on a copy of the full warehouse: the week's rows and "
+          "every held row the feed restated since (lastupdated.gte; splits, dividends, corrections)", 15, None,
+          ("sync",)),
     Stage("features", 3, "single-run backfill of Phases 1-5 (groups phase1_universe .. phase5_composites)",
           180, 12, ("sync",)),
     Stage("reports", 3, "single-run backfill of the reports group (factor_ic)", None, None, ("features",)),
@@ -86,7 +89,7 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME = {s.name: s for s in STAGES}
 ISSUE_TITLES = {2: "Issue 2 — platform: synthetic market and sync", 3: "Issue 3 — feature graph, Phases 1-5",
                 4: "Issue 4 — ML, Phases 6-7", 5: "Issue 5 — rebalance", 10: "Issue 10 — the first run, the Friday run",
-                13: "Issue 13 — backtest and strategy statistics"}
+                11: "Issue 11 — data integrity: restatements", 13: "Issue 13 — backtest and strategy statistics"}
 
 
 # ------------------------------------------------------------------------------- machine
@@ -187,6 +190,9 @@ def stage_env(tickers: int, years: int, trials: int, last: dt.date) -> tuple[dic
         "KAIROS_LOG_LEVEL": "WARNING",
         "DAGSTER_HOME": str(work / "dagster_home"),
         "BENCH_LAST_WEEK": last.isoformat(),
+        # The feed as served on the morning after the last week (data through its Friday): the same
+        # figures whatever the day the bench runs.
+        "KAIROS_AS_OF": (last + dt.timedelta(days=5)).isoformat(),
         "BENCH_TRIALS": str(trials),
         "BENCH_WORK": str(work),
         "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -172,6 +172,30 @@ def stage_sync() -> dict:
     return _materialize(_assets(*SYNC_ASSETS), (first_week(), last_week()))
 
 
+def stage_sync_week() -> dict:
+    """Issue 11: the week after the last one, synced a week later (the feed then serves a week of new
+    splits, dividends and corrections of the held history), on a copy of the warehouse."""
+    import shutil
+
+    _require(("sep_base", "daily", "sf1"), "sync_week")
+    src = os.environ["KAIROS_DUCKDB_PATH"]
+    copy = os.path.join(os.environ["BENCH_WORK"], "sync_week.duckdb")
+    shutil.copyfile(src, copy)
+    nxt = dt.date.fromisoformat(last_week()) + dt.timedelta(days=7)
+    os.environ.update({"KAIROS_DUCKDB_PATH": copy, "KAIROS_AS_OF": (nxt + dt.timedelta(days=5)).isoformat()})
+    try:
+        out = _materialize(_assets(*SYNC_ASSETS), (nxt.isoformat(), nxt.isoformat()))
+        from kairos_dagster.warehouse import store
+
+        with store.connect(copy, read_only=True) as con:
+            out["restated"] = {f"{t}/{k}": [int(n), int(r)] for t, k, n, r in con.execute(
+                "SELECT table_name, kind, count(DISTINCT ticker), sum(rows) FROM sync_restatements GROUP BY ALL "
+                "ORDER BY ALL").fetchall()}
+        return out
+    finally:
+        os.unlink(copy)
+
+
 # ------------------------------------------------------------------------------- issue 3
 def stage_features() -> dict:
     _require(("sep_base", "daily", "sf1"), "features")
@@ -549,6 +573,7 @@ STAGES: dict[str, Callable[[], dict]] = {
     "rebalance_core": stage_rebalance_core,
     "rebalance_asset": stage_rebalance_asset,
     "friday": stage_friday,
+    "sync_week": stage_sync_week,
     "demo": stage_demo,
     "backtest_ml": stage_backtest_ml,
     "backtest": stage_backtest,

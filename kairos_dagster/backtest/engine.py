@@ -194,6 +194,21 @@ def _drift(units: pl.DataFrame, prices: pl.DataFrame, sessions: Sequence[dt.date
             .sort("date"))
 
 
+def rebase(book: Book, prices: pl.DataFrame) -> Book:
+    """The book in the closeadj units of `prices`: the feed rescales a ticker's whole closeadj history on
+    every later split and dividend, so units stored with an earlier week's marks are re-expressed with
+    the marks `prices` hold for the book's own session (the value each holds is unchanged). A ticker with
+    no row on that session, or the same mark, keeps its units as they are."""
+    if book.date is None or not book.units.height:
+        return book
+    now = prices.filter(pl.col("date") == book.date).select("ticker", pl.col("mark").alias("_now"))
+    units = book.units.join(now, on="ticker", how="left", maintain_order="left").with_columns(
+        pl.when(pl.col("_now").is_not_null() & (pl.col("_now") != pl.col("mark")))
+        .then(pl.col("units") * pl.col("mark") / pl.col("_now")).otherwise(pl.col("units")).alias("units"),
+        pl.coalesce("_now", "mark").alias("mark"))
+    return Book(book.date, book.cash, units.select("ticker", "units", "mark"))
+
+
 def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: TargetFn, *, liquidity: pl.DataFrame,
            end: dt.date, costs: CostModel | None = None, book: Book | None = None, portfolio_value: float = 100_000.0,
            cash_rate: float = 0.0, panel: pl.DataFrame | None = None) -> BacktestResult:
@@ -237,6 +252,7 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: Targe
             segments.append((by_date.get(d), [d]))
         else:
             segments[-1][1].append(d)
+    book = rebase(book, prices)
     prev_equity = book.equity
     cash, units, marks = book.cash, book.units.select("ticker", "units"), book.units.select("ticker", "mark")
     for k, (plan, days) in enumerate(segments):

@@ -7,6 +7,7 @@ from typing import Any
 import polars as pl
 from dagster import (
     AssetExecutionContext,
+    DagsterInvariantViolationError,
     JsonMetadataValue,
     MarkdownMetadataValue,
     MetadataValue,
@@ -15,7 +16,7 @@ from dagster import (
     TableSchemaMetadataValue,
 )
 
-from kairos_dagster.warehouse.summary import markdown_table, null_rates, significant
+from kairos_dagster.warehouse.summary import markdown_table, null_rates, significant, weekly_stats
 
 
 def frame_metadata(df: pl.DataFrame, date_col: str | None = "date", *, preview: bool = True,
@@ -32,28 +33,63 @@ def frame_metadata(df: pl.DataFrame, date_col: str | None = "date", *, preview: 
         rates = null_rates(df)
         md["null_rates"] = MetadataValue.md(markdown_table(rates, max_rows=40))
         md["max_null_rate"] = MetadataValue.float(significant(float(rates.get_column("null_rate").max() or 0.0)))
-    if preview:
-        md["preview"] = MetadataValue.md(markdown_table(df))
+    if preview:  # the newest rows: a range run's latest week, where an operator looks first
+        latest = df.filter(pl.col(date_col) == pl.col(date_col).max()) if date_col in df.columns and df.height else df
+        md["preview"] = MetadataValue.md(markdown_table(latest))
     return md
 
 
 RICH_METADATA = (MarkdownMetadataValue, JsonMetadataValue, TableMetadataValue, TableSchemaMetadataValue)
 
 
-def weekly_output(context: AssetExecutionContext, value: Any, metadata: dict[str, Any]) -> Output:
-    """The asset's Output; in a run over several weeks, rich metadata goes on the newest week only.
+# Entries that describe one week: in a range run each week's event gets its own values of these.
+PER_WEEK_KEYS = ("rows", "tickers", "first_date", "last_date", "dates", "max_null_rate", "dagster/row_count")
 
-    A single-run backfill records one materialization event per week and copies the output's
-    metadata into each: 523 copies of the null-rate table and the preview for a 10-year backfill of
-    one asset. Here the scalar entries (rows, dates, window, ...) stay on every week's event and the
-    rich ones (markdown, JSON, tables) are attached to the last week's event, the one the UI opens on.
-    A one-week run is unchanged.
+
+def weekly_output(context: AssetExecutionContext, value: Any, metadata: dict[str, Any]) -> Output:
+    """The asset's Output; in a run over several weeks, each week's event tells that week's truth.
+
+    A single-run backfill records one materialization event per week. Each event gets that week's own
+    rows (`dagster/row_count`), tickers, first and last date and worst null rate (so Dagster's metadata
+    plots show a real weekly series); the other scalar entries stay on every event; the rich ones
+    (markdown, JSON, tables: the null-rate table, the preview of the newest rows) go on the last week's
+    event, the one the UI opens on, with the whole run's totals as `run_*`. A one-week run is unchanged.
     """
     keys = context.partition_keys if context.has_partition_key_range else []
     if len(keys) <= 1:
+        if isinstance(value, pl.DataFrame) and "rows" in metadata:
+            metadata = {**metadata, "dagster/row_count": MetadataValue.int(value.height)}
         return Output(value, metadata=metadata)
     rich = {k: v for k, v in metadata.items() if isinstance(v, RICH_METADATA)}
-    scalar = {k: v for k, v in metadata.items() if k not in rich}
+    scalar = {k: v for k, v in metadata.items() if k not in rich and k not in PER_WEEK_KEYS}
+    run_totals = {f"run_{k}": v for k, v in metadata.items() if k in PER_WEEK_KEYS and k != "dagster/row_count"}
     scalar["rich_metadata_on"] = MetadataValue.text(f"week {keys[-1]} (the last of this run's {len(keys)})")
-    context.add_asset_metadata(rich, partition_key=keys[-1])
+    date_col = _partition_column(context)
+    per_week: dict[str, dict[str, Any]] = {k: {"rows": MetadataValue.int(0), "dagster/row_count": MetadataValue.int(0)}
+                                           for k in keys}
+    if isinstance(value, pl.DataFrame) and date_col in value.columns and "rows" in metadata:
+        for row in weekly_stats(value, date_col).iter_rows(named=True):
+            key = row["week"].isoformat()
+            if key not in per_week:
+                continue
+            week = {"rows": MetadataValue.int(row["rows"]), "dagster/row_count": MetadataValue.int(row["rows"]),
+                    "first_date": MetadataValue.text(str(row["first_date"])),
+                    "last_date": MetadataValue.text(str(row["last_date"])),
+                    "max_null_rate": MetadataValue.float(significant(float(row["max_null_rate"])))}
+            if "tickers" in row:
+                week["tickers"] = MetadataValue.int(row["tickers"])
+            per_week[key] = week
+    for key in keys:
+        context.add_asset_metadata({**per_week[key], **(rich | run_totals if key == keys[-1] else {})},
+                                   partition_key=key)
     return Output(value, metadata=scalar)
+
+
+def _partition_column(context: AssetExecutionContext) -> str:
+    """The column that places a row in its week (the asset's `partition_expr`, else `date`)."""
+    try:
+        md = context.assets_def.metadata_by_key.get(context.asset_key, {})
+    except DagsterInvariantViolationError:  # a multi-asset step has no single asset key
+        return "date"
+    expr = md.get("partition_expr", "date")
+    return getattr(expr, "value", expr)

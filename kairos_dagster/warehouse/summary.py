@@ -73,6 +73,25 @@ def null_rates(df: pl.DataFrame, *, exclude: tuple[str, ...] = ("ticker", "date"
     return pl.DataFrame({"column": cols, "null_rate": [float(v) for v in row]}).sort("null_rate", descending=True)
 
 
+def weekly_stats(df: pl.DataFrame, date_col: str, *, exclude: tuple[str, ...] = ("ticker", "date")) -> pl.DataFrame:
+    """Per calendar week (Monday `week`, the weekly partition key) of `df` by `date_col`: rows, tickers,
+    first_date, last_date and max_null_rate (the worst column's null share that week; NaN, which the
+    feature checks refuse, is counted by `null_rates` only: a per-week NaN scan would cost 4x more)."""
+    cols = [c for c in df.columns if c not in exclude and c != date_col]
+    missing = [(pl.col(c).null_count() / pl.len()).alias(c) for c in cols]
+    stats = [pl.len().alias("rows"), pl.col(date_col).min().alias("first_date"),
+             pl.col(date_col).max().alias("last_date")]
+    if "ticker" in df.columns:
+        stats.append(pl.col("ticker").n_unique().alias("tickers"))
+    key = "_kairos_week"  # a name no table uses (factor_ic has its own `week`)
+    out = (df.group_by(pl.col(date_col).dt.truncate("1w").alias(key))
+           .agg(*stats, *[m.name.prefix("_null_") for m in missing]).sort(key))
+    nulls = [f"_null_{c}" for c in cols]
+    worst = pl.max_horizontal(nulls) if cols else pl.lit(0.0)
+    return out.select(pl.col(key).alias("week"), *[c for c in ("rows", "first_date", "last_date", "tickers")
+                                                  if c in out.columns], worst.fill_null(0.0).alias("max_null_rate"))
+
+
 def warehouse_summary(path: Path) -> str:
     if not Path(path).exists():
         return f"warehouse {path} does not exist yet"

@@ -143,6 +143,26 @@ def test_a_longer_replay_starts_with_the_shorter_one_and_a_continued_book_equals
     assert pl.concat([short.trades, cont.trades]).equals(full.trades)
 
 
+def test_a_book_continues_across_a_restatement_of_its_history():
+    """The feed rewrites a ticker's closeadj history after a split or a dividend (here A's, by 1/3, after
+    the book was kept): the continued replay re-expresses the book's units in the restated marks and gives
+    the rows of one replay over the restated prices."""
+    short = replay(PLANS[:2], SEP, fixed_targets, liquidity=LIQ, end=D[3], costs=COSTS)
+    restated = SEP.with_columns([pl.when(pl.col("ticker") == "A").then(pl.col(c) / 3.0).otherwise(pl.col(c)).alias(c)
+                                 for c in ("open", "close", "closeadj")])
+    full = replay(PLANS, restated, fixed_targets, liquidity=LIQ, end=D[-1], costs=COSTS)
+    cont = replay(PLANS, restated, fixed_targets, liquidity=LIQ, end=D[-1], costs=COSTS, book=short.book)
+    for a, b in ((full.daily.tail(2), cont.daily), (full.trades.filter(pl.col("date") > D[3]), cont.trades)):
+        assert a.columns == b.columns and a.height == b.height
+        for c in a.columns:
+            if a.schema[c].is_float():
+                assert ((a[c] - b[c]).abs() <= 1e-9 * a[c].abs().clip(lower_bound=1.0)).all(), c
+            else:
+                assert a[c].equals(b[c]), c
+    # Without the rebase the stored units would be worth a third more of A: the equity would jump.
+    assert abs(cont.daily["equity"][0] / short.daily["equity"][-1] - 1) < 0.1
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(BacktestInputError, match="non-positive or non-finite price"):
         replay(PLANS, SEP.with_columns(pl.when(pl.col("ticker") == "B").then(-1.0).otherwise(pl.col("open")).alias("open")),

@@ -164,3 +164,28 @@ def test_factor_report_metadata(built):
     assert mats[0].metadata["rich_metadata_on"].value.startswith(f"week {mats[-1].partition}")
     ic = _tables(b)["feat_targets"]
     assert ic.height > 0
+
+
+def test_each_week_of_a_range_run_carries_its_own_numbers(built):
+    """In the single-run backfill of B, every week's event says that week's rows, dates and null rate,
+    as stored; the preview (on the last week) shows the run's newest rows."""
+    import datetime as dt
+
+    _, b, result, *_ = built
+    stored = _tables(b)["feat_trend"]
+    mats = {m.partition: m.metadata for m in result.asset_materializations_for_node("feat_trend")}
+    assert len(mats) > 4
+    counts = set()
+    for week, md in mats.items():
+        rows = _week(stored, week)
+        assert md["dagster/row_count"].value == md["rows"].value == rows.height, week
+        counts.add(rows.height)
+        start = dt.date.fromisoformat(week)
+        assert start <= dt.date.fromisoformat(md["first_date"].value) <= dt.date.fromisoformat(md["last_date"].value) \
+            < start + dt.timedelta(days=7)
+        assert 0.0 <= md["max_null_rate"].value <= 1.0
+    assert len(counts) > 1  # a real weekly series, not one number copied into every week
+    last = mats[max(mats)]
+    assert last["run_rows"].value == sum(md["rows"].value for md in mats.values())
+    newest = str(stored.get_column("date").max())
+    assert newest in last["preview"].value and str(stored.get_column("date").min()) not in last["preview"].value
