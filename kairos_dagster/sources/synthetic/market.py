@@ -306,10 +306,16 @@ class SyntheticMarket:
         """Per ticker, the session of its latest split or ex-dividend on or before its as-of session
         (-1: none): the day the feed last rewrote its earlier rows."""
         ai = np.minimum(a, st.last_idx)
+        idx = np.concatenate([p.split_idx, p.ex_idx]).astype(np.int64)
+        tick = np.concatenate([p.split_tick, p.ex_tick]).astype(np.int64)
+        m = idx <= ai[tick]
+        idx, tick = idx[m], tick[m]
         last = np.full(st.n, -1, np.int64)
-        for idx, tick in ((p.split_idx, p.split_tick), (p.ex_idx, p.ex_tick)):
-            m = idx <= ai[tick]
-            np.maximum.at(last, tick[m], idx[m].astype(np.int64))
+        if len(idx):  # the latest event per ticker: sort by (ticker, session), keep each ticker's last
+            order = np.lexsort((idx, tick))
+            t_sorted, i_sorted = tick[order], idx[order]
+            ends = np.r_[t_sorted[1:] != t_sorted[:-1], True]
+            last[t_sorted[ends]] = i_sorted[ends]
         return last
 
     def updated(self, name: str, since: dt.date, as_of: dt.date, *, not_before: dt.date | None = None) -> pl.DataFrame:
@@ -329,14 +335,15 @@ class SyntheticMarket:
             return recent.filter(pl.col("lastupdated") >= since)
         st = sp.static(self.seed, self.n_tickers)
         a = self._idx(sp.EPOCH, as_of)[1] - 1
-        s = self._idx(sp.EPOCH, since)[0]
+        s = self._idx(since, since)[0]  # the first session on or after `since`
         p = self._panel_for(as_of)
         events = self._last_events(p, st, a)
         years = sp.session_years()
         bp = sp.bad_prints_between(self.seed, self.n_tickers, int(years[max(s - sp.CORRECTION_MAX_LAG, 0)]),
                                    int(years[a]))
         fixed = bp.t + bp.lag
-        touched = np.union1d(np.nonzero(events >= s)[0], bp.i[(fixed >= s) & (fixed <= a)])
+        listed = (bp.t >= st.first_idx[bp.i]) & (bp.t <= st.last_idx[bp.i])  # a print of a listed ticker
+        touched = np.union1d(np.nonzero(events >= s)[0], bp.i[listed & (fixed >= s) & (fixed <= a)])
         if not len(touched) or since <= sp.EPOCH:
             return recent.filter(pl.col("lastupdated") >= since)
         lo = max(sp.EPOCH, not_before or sp.EPOCH)
