@@ -73,7 +73,11 @@ def _materialize(selection: Any, partition_range: tuple[str, str], run_config: d
     for ev in result.get_asset_materialization_events():
         m = ev.step_materialization_data.materialization
         rows = m.metadata.get("rows") or m.metadata.get("dagster/row_count")
-        mats[m.asset_key.to_user_string()] = int(rows.value) if rows is not None else None
+        key = m.asset_key.to_user_string()  # a range run's events carry each week's own rows: sum them
+        if rows is not None:
+            mats[key] = (mats.get(key) or 0) + int(rows.value)
+        else:
+            mats.setdefault(key, None)
     return {"seconds": seconds, "success": result.success, "partition_range": list(partition_range),
             "assets": mats, "checks": len(checks), "failed_checks": failed, "step_seconds": timing["steps"],
             "dagster_events": timing["events"], "before_first_step_s": timing["before_first_step_s"],

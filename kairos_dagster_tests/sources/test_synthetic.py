@@ -351,3 +351,7 @@ def test_updated_is_exactly_the_rows_with_lastupdated_since(big: SyntheticMarket
     got = big.updated("SEP", since, as_of, not_before=D(2010, 1, 1))
     assert_frame_equal(got, expected)
     assert got.filter(pl.col("date") < since).height > 0  # older rows rewritten by splits and dividends
+    # SF1: MR rows are dated by their report period but appear at their filing
+    key = ["ticker", "dimension", "datekey", "reportperiod"]
+    sf1 = big.table("SF1", D(2010, 1, 1), as_of, as_of=as_of).filter(pl.col("lastupdated") >= since).sort(key)
+    assert_frame_equal(big.updated("SF1", since, as_of, not_before=D(2010, 1, 1)).sort(key), sf1)

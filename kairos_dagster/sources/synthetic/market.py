@@ -58,6 +58,7 @@ _IDENTITY = re.compile(rf"{SOURCE} seed=(?P<seed>\d+) tickers=(?P<tickers>\d+) s
 ORACLE_COLUMNS = ("ticker", "date", "expected_ret_5d", "alpha_5d", "mom_12_1", "quality_roe", "value_bp",
                   "insider_buys_63d", "beta", "sigma_idio", "regime_trend", "regime_vol")
 
+SF1_MAX_FILING_LAG_DAYS = 100  # panel.fundamentals files 20-75 calendar days after the quarter, plus slack
 _INDUSTRIES = ("Products", "Services", "Equipment")
 _SCALES = ((50e6, "1 - Nano"), (300e6, "2 - Micro"), (2e9, "3 - Small"), (10e9, "4 - Mid"),
            (200e9, "5 - Large"), (np.inf, "6 - Mega"))
@@ -328,8 +329,9 @@ class SyntheticMarket:
         since, as_of = _check_date("since", since), _check_date("as_of", as_of)
         if since > as_of:
             return spec.empty()
-        if spec.name == "SF1":  # MR rows are dated by their report period and known at the filing
-            return self.table("SF1", not_before, as_of, as_of=as_of).filter(pl.col("lastupdated") >= since)
+        if spec.name == "SF1":  # MR rows are dated by their report period, known at the filing (<= 75 days on)
+            lo = max(not_before or sp.EPOCH, since - dt.timedelta(days=SF1_MAX_FILING_LAG_DAYS))
+            return self.table("SF1", lo, as_of, as_of=as_of).filter(pl.col("lastupdated") >= since)
         recent = self.table(spec.name, since, as_of, as_of=as_of)
         if spec.name != "SEP":  # DAILY rows are never rewritten in this market: lastupdated is the date
             return recent.filter(pl.col("lastupdated") >= since)
