@@ -53,8 +53,11 @@ def test_single_run_backfill_equals_week_by_week_and_is_idempotent(tmp_path, ins
     expected = market.table("SEP", dt.date(2024, 1, 1), dt.date(2024, 2, 11), as_of=dt.date(2024, 5, 31)
                             ).sort(["ticker", "date"])
     assert before.equals(expected)
-    meta = result.asset_materializations_for_node("sep_base")[0].metadata
-    assert meta["rows"].value == expected.height and meta["rejected_rows"].value == 0
+    events = result.asset_materializations_for_node("sep_base")
+    # each week's event counts its own rows; the last one also the run's total
+    assert sum(e.metadata["rows"].value for e in events) == expected.height
+    assert events[-1].metadata["run_rows"].value == expected.height
+    assert all(e.metadata["rejected_rows"].value == 0 for e in events)
 
 
 class _Corrupting:
