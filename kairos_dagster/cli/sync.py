@@ -82,14 +82,13 @@ def rebuild_restated(defs, s, run_id: str) -> None:
     from kairos_dagster.defs.features.automation import REBUILD_GROUPS, pending_and_first_built, rebuild_weeks
     from kairos_dagster.defs.partitions import settings_partitions
     from kairos_dagster.instance.runner import run_selection
-    from kairos_dagster.sources.sync import RESTATEMENTS_TABLE
+    from kairos_dagster.sources.sync import restatement_counts
     from kairos_dagster.warehouse import store
 
     with store.connect(s.duckdb_path, read_only=True) as con:
-        if not store.table_exists(con, RESTATEMENTS_TABLE):
+        restated = restatement_counts(con, run_id)
+        if not restated:
             return
-        restated = con.execute(f"SELECT table_name, kind, count(DISTINCT ticker), sum(rows) FROM {RESTATEMENTS_TABLE} "
-                               "WHERE run_id = ? GROUP BY ALL ORDER BY ALL", [run_id]).fetchall()
         pending, first_built = pending_and_first_built(con, None, run_id)
     for table, kind, tickers, rows in restated:
         typer.echo(f"restated {table}: {rows} rows of {tickers} tickers ({kind})")

@@ -10,21 +10,13 @@ feature levels are in prices as known on their own date (features.technical.OWN_
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
-import polars as pl
 
 from kairos_dagster.sources.source import MarketSource
-from kairos_dagster.sources.sync import (
-    RESTATABLE,
-    RESTATEMENTS_TABLE,
-    SYNC_TABLES,
-    compare_with_stored,
-)
-from kairos_dagster.sources.validate import validate_rows
+from kairos_dagster.sources.sync import RESTATABLE, SYNC_TABLES, apply_restated, fetch_restated
 from kairos_dagster.warehouse import store
 
 VERSION_KEY = "schema_version"
@@ -143,6 +135,8 @@ def _reconcile(con: duckdb.DuckDBPyConnection, source: MarketSource) -> list[str
     """Every held row of SEP, DAILY and SF1 compared with the feed as served now (lastupdated.gte the first
     held date: all of them), the differing ones rewritten and logged as kind `migrated`."""
     lines = []
+    known = con.execute("SELECT DISTINCT ticker FROM tickers").pl().get_column("ticker") \
+        if store.table_exists(con, "tickers") else None
     for name in sorted(RESTATABLE):
         table = SYNC_TABLES[name]
         if not store.table_exists(con, name):
@@ -150,26 +144,11 @@ def _reconcile(con: duckdb.DuckDBPyConnection, source: MarketSource) -> list[str
         first, last, _ = store.date_range(con, name, table.partition_column)
         if first is None:
             continue
-        col = table.partition_column
-        rows = source.fetch_updated(table.schema.name, first, not_before=first).filter(
-            pl.col(col).is_between(first, last))
-        known = con.execute("SELECT DISTINCT ticker FROM tickers").pl().get_column("ticker") \
-            if store.table_exists(con, "tickers") else None
-        checked = validate_rows(table.schema, rows, start=first, end=last + dt.timedelta(days=1), date_col=col,
-                                known_tickers=known)
-        changed, summary = compare_with_stored(con, table, checked.clean)
-        if changed.height:
-            store.upsert_rows(con, name, changed, list(table.schema.key))
-            log = summary.group_by("table_name", "ticker").agg(
-                pl.col("rows").sum(), pl.col("first_date").min(), pl.col("last_date").max(),
-                pl.col("lastupdated").max(), pl.col("factor").first()
-            ).with_columns(pl.lit("migrated").alias("kind"), pl.lit(MIGRATION_RUN_ID).alias("run_id"),
-                           pl.lit(first).cast(pl.Date).alias("since"),
-                           pl.lit(dt.datetime.now(dt.UTC).replace(tzinfo=None)).alias("recorded_at"))
-            store.upsert_rows(con, RESTATEMENTS_TABLE, log.select(
-                "table_name", "ticker", "kind", "rows", "first_date", "last_date", "lastupdated", "factor",
-                "run_id", "since", "recorded_at"), ["table_name", "ticker", "kind", "lastupdated"])
-        rejected = f", {checked.rejected} rejected" if checked.rejected else ""
-        lines.append(f"{name}: {changed.height} of {rows.height} rows rewritten to the feed as served now "
-                     f"({summary.get_column('ticker').n_unique() if summary.height else 0} tickers{rejected})")
+        # an empty window (start == end): every held row is outside it
+        restated = fetch_restated(source, con, table, first, first, known, not_before=first, not_after=last,
+                                  since=first)
+        apply_restated(con, table, restated, run_id=MIGRATION_RUN_ID, kind="migrated")
+        rejected = restated.validation.rejected if restated.validation is not None else 0
+        lines.append(f"{name}: {restated.rows.height} of {restated.fetched} rows rewritten to the feed as served "
+                     f"now ({restated.tickers} tickers" + (f", {rejected} rejected" if rejected else "") + ")")
     return lines

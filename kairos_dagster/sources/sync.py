@@ -121,14 +121,16 @@ class SourceBehindWarehouse(ValueError):
 
 def fetch_restated(
     source: MarketSource, con: duckdb.DuckDBPyConnection, table: SyncTable, start: dt.date, end: dt.date,
-    known_tickers: pl.Series | None, *, not_before: dt.date, not_after: dt.date,
+    known_tickers: pl.Series | None, *, not_before: dt.date, not_after: dt.date, since: dt.date | None = None,
 ) -> Restated:
     """The rows of `table` dated in the held span [not_before, not_after] outside the window [start, end)
     that the feed rewrote since the newest `lastupdated` held, validated, and kept only where they differ
-    from what is stored (rows dated after the held span belong to weeks not synced yet)."""
+    from what is stored (rows dated after the held span belong to weeks not synced yet). `since`
+    overrides the held watermark (the migration asks for every held row)."""
     name, col = table.asset, table.partition_column
     spec = table.schema
-    since = held_watermark(con, table) if name in RESTATABLE else None
+    if since is None:
+        since = held_watermark(con, table) if name in RESTATABLE else None
     empty = Restated(since, spec.empty(), _empty_summary(), 0, None)
     if since is None:
         return empty
@@ -205,16 +207,31 @@ def compare_with_stored(
     return joined.select(fresh.columns), summary
 
 
-def apply_restated(con: duckdb.DuckDBPyConnection, table: SyncTable, restated: Restated, *, run_id: str) -> None:
+def apply_restated(con: duckdb.DuckDBPyConnection, table: SyncTable, restated: Restated, *, run_id: str,
+                   kind: str | None = None) -> None:
     """Rewrite the restated rows in place (by key) and record them in `sync_restatements`, in one
-    transaction each (the table first: a restatement recorded is a restatement applied)."""
+    transaction: a restatement applied is a restatement recorded (the rebuild sensor reads the log).
+    `kind` replaces the per-row kinds with one per ticker (the migration's `migrated`)."""
     if not restated.rows.height:
         return
-    store.upsert_rows(con, table.asset, restated.rows, list(table.schema.key))
-    log = restated.summary.with_columns(
+    summary = restated.summary
+    if kind is not None:
+        summary = summary.group_by("table_name", "ticker").agg(
+            pl.col("rows").sum(), pl.col("first_date").min(), pl.col("last_date").max(),
+            pl.col("lastupdated").max(), pl.col("factor").first()).with_columns(pl.lit(kind).alias("kind"))
+    log = summary.select(_empty_summary().columns).with_columns(
         pl.lit(run_id).alias("run_id"), pl.lit(restated.since).cast(pl.Date).alias("since"),
         pl.lit(dt.datetime.now(dt.UTC).replace(tzinfo=None)).alias("recorded_at"))
-    store.upsert_rows(con, RESTATEMENTS_TABLE, log, list(RESTATEMENT_KEY))
+    store.upsert_many(con, [(table.asset, restated.rows, list(table.schema.key)),
+                            (RESTATEMENTS_TABLE, log, list(RESTATEMENT_KEY))])
+
+
+def restatement_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> list[tuple[str, str, int, int]]:
+    """(table, kind, tickers, rows) that run `run_id` restated."""
+    if not store.table_exists(con, RESTATEMENTS_TABLE):
+        return []
+    return con.execute(f"SELECT table_name, kind, count(DISTINCT ticker), sum(rows) FROM {RESTATEMENTS_TABLE} "
+                       "WHERE run_id = ? GROUP BY ALL ORDER BY ALL", [run_id]).fetchall()
 
 
 # Kinds that change what features read. Splits and dividends rescale a ticker's history by one factor,

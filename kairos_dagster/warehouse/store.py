@@ -84,13 +84,13 @@ def _check_frame(table: str, df: pl.DataFrame) -> None:
         ident(c)
 
 
-def _sync_schema(con: duckdb.DuckDBPyConnection, table: str) -> None:
+def _sync_schema(con: duckdb.DuckDBPyConnection, table: str, staging: str = _STAGING) -> None:
     """Create the table from the staged frame, or add columns the frame has and the table lacks."""
     if not table_exists(con, table):
-        con.execute(f"CREATE TABLE {ident(table)} AS SELECT * FROM {_STAGING} LIMIT 0")
+        con.execute(f"CREATE TABLE {ident(table)} AS SELECT * FROM {staging} LIMIT 0")
         return
     existing = table_columns(con, table)
-    staged = con.execute(f"DESCRIBE {_STAGING}").fetchall()
+    staged = con.execute(f"DESCRIBE {staging}").fetchall()
     for name, dtype, *_ in staged:
         if name not in existing:
             con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)} {dtype}")
@@ -172,17 +172,41 @@ def upsert_rows(
     Rows of `df` may repeat a key (e.g. several metrics of one model version): every stored row with
     that key goes, all of `df` comes in. An empty `df` still creates the table with its schema.
     """
-    _check_frame(table, df)
-    for k in key:
-        if k not in df.columns:
-            raise WarehouseError(f"{table}: key column {k!r} is missing from the rows")
-    with _staged_transaction(con, df, f"{table}: upsert failed"):
-        _sync_schema(con, table)
-        # null-safe: a key part may be null (e.g. the date of a per-model metric)
-        cond = " AND ".join(f"t.{ident(k)} IS NOT DISTINCT FROM s.{ident(k)}" for k in key)
-        con.execute(f"DELETE FROM {ident(table)} t USING {_STAGING} s WHERE {cond}")
-        con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {_STAGING}")
-    return df.height
+    return upsert_many(con, [(table, df, key)])[0]
+
+
+def upsert_many(
+    con: duckdb.DuckDBPyConnection, writes: Sequence[tuple[str, pl.DataFrame, Sequence[str]]]
+) -> list[int]:
+    """`upsert_rows` of several tables in one transaction: all of them are written, or none."""
+    for table, df, key in writes:
+        _check_frame(table, df)
+        for k in key:
+            if k not in df.columns:
+                raise WarehouseError(f"{table}: key column {k!r} is missing from the rows")
+    names = [f"{_STAGING}_{i}" for i in range(len(writes))]
+    for name, (_, df, _) in zip(names, writes, strict=True):
+        con.register(name, df)
+    tables = ", ".join(t for t, _, _ in writes)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name, (table, _, key) in zip(names, writes, strict=True):
+                _sync_schema(con, table, name)
+                # null-safe: a key part may be null (e.g. the date of a per-model metric)
+                cond = " AND ".join(f"t.{ident(k)} IS NOT DISTINCT FROM s.{ident(k)}" for k in key)
+                con.execute(f"DELETE FROM {ident(table)} t USING {name} s WHERE {cond}")
+                con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {name}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    except duckdb.Error as exc:
+        raise WarehouseError(f"{tables}: upsert failed: {exc}") from exc
+    finally:
+        for name in names:
+            con.unregister(name)
+    return [df.height for _, df, _ in writes]
 
 
 def read_window(

@@ -129,3 +129,23 @@ def test_upsert_rows_replaces_by_key_in_one_transaction(tmp_path):
         assert con.execute("SELECT count(*) FROM metrics WHERE version IS NULL").fetchone() == (1,)
         with pytest.raises(store.WarehouseError, match="key column 'nope'"):
             store.upsert_rows(con, "metrics", v1, ["nope"])
+
+
+def test_upsert_many_writes_every_table_or_none(tmp_path):
+    """The sync rewrites restated rows and logs them in one transaction: when the second write fails,
+    the first is rolled back (a rewrite the rebuild sensor cannot see never happens)."""
+    path = tmp_path / "w.duckdb"
+    rows = pl.DataFrame({"ticker": ["A", "B"], "date": [dt.date(2024, 1, 2)] * 2, "close": [1.0, 2.0]})
+    with store.connect(path) as con:
+        store.upsert_rows(con, "prices", rows, ["ticker", "date"])
+        con.execute("CREATE TABLE log (ticker VARCHAR, n INTEGER)")
+        new = rows.with_columns(pl.col("close") * 10)
+        bad_log = pl.DataFrame({"ticker": ["A"], "n": ["not a number"]})
+        with pytest.raises(store.WarehouseError, match="prices, log: upsert failed"):
+            store.upsert_many(con, [("prices", new, ["ticker", "date"]), ("log", bad_log, ["ticker"])])
+        assert con.execute("SELECT close FROM prices ORDER BY ticker").fetchall() == [(1.0,), (2.0,)]
+        assert con.execute("SELECT count(*) FROM log").fetchone()[0] == 0
+        store.upsert_many(con, [("prices", new, ["ticker", "date"]),
+                                ("log", pl.DataFrame({"ticker": ["A"], "n": [2]}), ["ticker"])])
+        assert con.execute("SELECT close FROM prices ORDER BY ticker").fetchall() == [(10.0,), (20.0,)]
+        assert con.execute("SELECT n FROM log").fetchall() == [(2,)]

@@ -161,10 +161,13 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
         md["input_rows"] = MetadataValue.int(result.input_rows)
         md["rejected_rows"] = MetadataValue.int(result.rejected)
         md["rejects_by_reason"] = MetadataValue.json(result.counts)
+        restated_rejected = restated.validation.rejected if restated.validation is not None else 0
         if name in RESTATABLE:
             md.update(_restated_metadata(restated))
+            md["restated_rejected_rows"] = MetadataValue.int(restated_rejected)
         yield weekly_output(context, result.clean, md)
-        passed = result.reject_rate <= DEFAULT_REJECT_THRESHOLD
+        restated_rate = restated_rejected / restated.fetched if restated.fetched else 0.0
+        passed = result.reject_rate <= DEFAULT_REJECT_THRESHOLD and restated_rate <= DEFAULT_REJECT_THRESHOLD
         yield AssetCheckResult(
             check_name="valid_rows",
             passed=passed,
@@ -172,6 +175,8 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
             metadata={
                 "rejected_rows": result.rejected,
                 "reject_rate": result.reject_rate,
+                # restated rows outside the week, rejected by the same rules (kept in sync_rejects too)
+                "restated_rejected_rows": restated_rejected,
                 "threshold": DEFAULT_REJECT_THRESHOLD,
                 "rejects_by_reason": MetadataValue.json(result.counts),
                 "sample": MetadataValue.md(markdown_table(result.rejects)),
