@@ -357,7 +357,10 @@ def stage_ic() -> dict:
                 base = base.join(s, on=["ticker", "date"], how="left")
     market = SyntheticMarket(seed=int(os.environ.get("KAIROS_SYNTHETIC_SEED", "7")),
                              n_tickers=int(os.environ["KAIROS_SYNTHETIC_TICKERS"]))
-    oracle = market.oracle(start, end).select("ticker", "date", pl.col("expected_ret_5d").alias("oracle"))
+    with _con() as con:
+        held = con.execute('SELECT permaticker, ticker FROM tickers WHERE "table" = \'SEP\'').pl()
+    oracle = market.oracle(start, end).drop("ticker").join(held, on="permaticker").select(  # by company
+        "ticker", "date", pl.col("expected_ret_5d").alias("oracle"))
     base = base.join(oracle, on=["ticker", "date"], how="left")
     out: dict[str, Any] = {}
     for col in ["oracle", *(c for c in signals if c in base.columns)]:

@@ -88,8 +88,10 @@ def oracle_rows(con: duckdb.DuckDBPyConnection, signal_dates: Sequence[dt.date])
     market = SyntheticMarket.from_identity(store.read_meta(con, "data_source"))
     if market is None or not signal_dates:
         return pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, ORACLE_COLUMN: pl.Float64})
-    truth = market.oracle(min(signal_dates), max(signal_dates))
-    return (truth.filter(pl.col("date").is_in(list(signal_dates)))
+    truth = market.oracle(min(signal_dates), max(signal_dates)).filter(pl.col("date").is_in(list(signal_dates)))
+    # keyed by the company (permaticker): the warehouse names it by the symbol of its last sync
+    held = con.execute('SELECT DISTINCT permaticker, ticker FROM tickers WHERE "table" = \'SEP\'').pl()
+    return (truth.drop("ticker").join(held.cast({"permaticker": pl.Int64}), on="permaticker")
             .select("ticker", "date", pl.col("expected_ret_5d").cast(pl.Float64).alias(ORACLE_COLUMN)))
 
 

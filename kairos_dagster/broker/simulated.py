@@ -7,6 +7,10 @@ the unadjusted open (`open * closeunadj / close`: SEP's OHLC are split-adjusted,
 prices) with slippage: buys pay open * (1 + bps), sells receive open * (1 - bps). Until that
 session's price is in sep_base the order stays open. The clock is injected (tests control time);
 every read first fills what has become fillable, so state is always "as of now".
+
+Ticker changes: like a real broker on the exchange's notice, the account re-keys a held position to the
+company's new symbol once the warehouse has recorded the change (`ticker_changes`), and cancels open
+orders under the old symbol (they could never fill: prices are now under the new one).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ CREATE TABLE IF NOT EXISTS sim_orders (id VARCHAR PRIMARY KEY, account_id VARCHA
     filled_qty DOUBLE NOT NULL DEFAULT 0, filled_avg_price DOUBLE, submitted_at TIMESTAMPTZ NOT NULL,
     fill_session DATE, filled_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, reason VARCHAR,
     UNIQUE (account_id, client_order_id));
+CREATE TABLE IF NOT EXISTS sim_ticker_changes (account_id VARCHAR, recorded_at TIMESTAMP);
 """
 
 _ORDER_COLS = ("id, client_order_id, symbol, side, qty, type, time_in_force, status, filled_qty, filled_avg_price, "
@@ -103,9 +108,36 @@ class SimulatedBroker:
         return now.astimezone(NY)
 
     # ------------------------------------------------------------ fills
+    def _apply_ticker_changes(self, now: dt.datetime) -> None:
+        """Apply the ticker changes recorded since the account last did, one sync's changes at once."""
+        has = self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'ticker_changes'"
+                               ).fetchone()[0]
+        if not has:
+            return
+        done = self.con.execute("SELECT max(recorded_at) FROM sim_ticker_changes WHERE account_id = ?",
+                                [self.account_id]).fetchone()[0]
+        batches = self.con.execute(
+            "SELECT recorded_at, list(DISTINCT {'old': old_ticker, 'new': new_ticker}) FROM ticker_changes "
+            "WHERE recorded_at > coalesce(?::TIMESTAMP, TIMESTAMP '1900-01-01') GROUP BY recorded_at ORDER BY 1",
+            [done]).fetchall()
+        for recorded_at, pairs in batches:  # one batch per sync that changed symbols: a few a year
+            step = {p["old"]: p["new"] for p in pairs}
+            case = "CASE symbol " + " ".join("WHEN ? THEN ?" for _ in step) + " END"
+            args = [x for kv in step.items() for x in kv]
+            self.con.execute(f"UPDATE sim_positions SET symbol = {case} WHERE account_id = ? AND symbol IN "
+                             "(SELECT unnest(?))", [*args, self.account_id, list(step)])
+            for oid, old in self.con.execute(
+                    "SELECT id, symbol FROM sim_orders WHERE account_id = ? AND symbol IN (SELECT unnest(?)) "
+                    "AND status IN ('new', 'accepted')", [self.account_id, list(step)]).fetchall():
+                self._set(oid, "canceled", at=now,
+                          reason=f"{old} changed its symbol to {step[old]}: open orders under {old} canceled")
+            self.con.execute("INSERT INTO sim_ticker_changes VALUES (?, ?)", [self.account_id, recorded_at])
+
     def _process(self) -> None:
-        """Fill every open order whose fill session has opened and has a sep_base open price."""
+        """Re-key positions renamed since, then fill every open order whose fill session has opened and has
+        a sep_base open price."""
         now = self._now()
+        self._apply_ticker_changes(now)
         last_open_session = now.date() if (cal.is_session(now.date()) and now.time() >= OPEN) \
             else cal.previous_session(now.date())
         due = self.con.execute(

@@ -131,8 +131,10 @@ def migrate_cmd(
     """Bring a warehouse built by an earlier release to this one, in place (the sync refuses until then).
 
     From schema version 1: feature levels (EMA, MACD, Bollinger, ATR, OBV) re-expressed in prices as known
-    on their own date, universe.close dropped, and every held SEP, DAILY and SF1 row compared with the feed
-    as served now, the differing ones rewritten (logged in sync_restatements as `migrated`)."""
+    on their own date and universe.close dropped. From versions 1 and 2: every table re-keyed to the current
+    symbol of a company whose ticker changed (by permaticker, logged in ticker_changes), and every held SEP,
+    DAILY and SF1 row compared with the feed as served now, the differing ones rewritten (logged in
+    sync_restatements as `migrated`)."""
     from kairos_dagster.resources.source import SharadarSource, SourceConfigError
     from kairos_dagster.sources.migrate import SCHEMA_VERSION, held_version, migrate
     from kairos_dagster.warehouse import store

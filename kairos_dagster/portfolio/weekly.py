@@ -19,6 +19,7 @@ from kairos_dagster import calendar as cal
 from kairos_dagster.portfolio import rebalance_weeks as rw
 from kairos_dagster.portfolio.config import Risk4Config
 from kairos_dagster.portfolio.outputs import read_picks_csv, write_rebalance_outputs
+from kairos_dagster.sources.sync import current_symbols
 from kairos_dagster.warehouse import store
 
 MATRIX = "feat_matrix_v2"
@@ -53,7 +54,10 @@ def load_prior(con: duckdb.DuckDBPyConnection | None, first: dt.date, prior_hold
     if no_prior:
         return rw.empty_holdings(), "none (no_prior)"
     if prior_holdings:
-        return rw.holdings_from_picks(read_picks_csv(prior_holdings)), f"file {prior_holdings}"
+        held = rw.holdings_from_picks(read_picks_csv(prior_holdings))
+        if con is not None:  # a file written before a ticker change names the company's old symbol
+            held = held.with_columns(current_symbols(con, held.get_column("ticker"))).sort("ticker")
+        return held, f"file {prior_holdings}"
     if con is None or not store.table_exists(con, "rebalance_picks"):
         return rw.empty_holdings(), "none (no earlier rebalance_picks)"
     last = con.execute("SELECT max(date) FROM rebalance_picks WHERE date < ? AND date >= ?",

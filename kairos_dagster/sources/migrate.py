@@ -6,6 +6,8 @@ synced (the synthetic market adjusted to each ticker's first day), never restate
 MACD, Bollinger, ATR, OBV) in the prices of the day the week was built; `universe.close`.
 Version 2: the warehouse mirrors the feed (restatements rewritten in place, `sync_restatements`), and
 feature levels are in prices as known on their own date (features.technical.OWN_DATE_PRICE).
+Version 3: ticker changes re-key every table to the company's current symbol, by permaticker
+(`ticker_changes`); rows only restamped by the feed are told apart from revisions.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ from dataclasses import dataclass
 import duckdb
 
 from kairos_dagster.sources.source import MarketSource
-from kairos_dagster.sources.sync import RESTATABLE, SYNC_TABLES, apply_restated, fetch_restated
+from kairos_dagster.sources.sync import (
+    RESTATABLE,
+    SYNC_TABLES,
+    apply_restated,
+    apply_ticker_changes,
+    detect_ticker_changes,
+    fetch_restated,
+    fetch_tickers,
+)
 from kairos_dagster.warehouse import store
 
 VERSION_KEY = "schema_version"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_RUN_ID = "kairos-migrate"
 LEVELS_DONE_KEY = "migration_v2_levels"
 # Version 1's feature levels, by table: price levels (x closeunadj / close) and share counts (/ it).
@@ -50,8 +60,9 @@ def check_current(con: duckdb.DuckDBPyConnection, path: object) -> None:
     if version < SCHEMA_VERSION:
         raise MigrationNeeded(
             f"warehouse {path} was built by an earlier release (schema version {version}, this release reads "
-            f"{SCHEMA_VERSION}): run `kairos migrate` first (it rewrites the rows the feed restated since and "
-            "re-expresses feature levels in prices as known on their own date); nothing was written")
+            f"{SCHEMA_VERSION}): run `kairos migrate` first (it re-keys companies whose symbol changed, rewrites "
+            "the rows the feed restated since and, from version 1, re-expresses feature levels in prices as known "
+            "on their own date); nothing was written")
     if version > SCHEMA_VERSION:
         raise MigrationNeeded(f"warehouse {path} has schema version {version}, newer than this release's "
                               f"{SCHEMA_VERSION}: upgrade Kairos; nothing was written")
@@ -75,14 +86,18 @@ def migrate(con: duckdb.DuckDBPyConnection, source: MarketSource, *, dry_run: bo
     steps: list[str] = []
     if start >= SCHEMA_VERSION:
         return MigrationReport(start, start, steps)
-    plan = ["re-express feature levels in prices as known on their own date",
-            "drop universe.close (a price adjusted as of the build day)",
-            "rewrite the rows the feed restated since they were synced"]
+    plan = (["re-express feature levels in prices as known on their own date",
+             "drop universe.close (a price adjusted as of the build day)"] if start < 2 else [])
+    plan += ["re-key every table of a company whose symbol changed to its current symbol (by permaticker)",
+             "rewrite the rows the feed restated since they were synced"]
     if dry_run:
         return MigrationReport(start, SCHEMA_VERSION, plan)
-    steps.append(_rescale_levels(con))
-    echo(steps[-1])
-    steps.append(_drop_universe_close(con))
+    if start < 2:
+        steps.append(_rescale_levels(con))
+        echo(steps[-1])
+        steps.append(_drop_universe_close(con))
+        echo(steps[-1])
+    steps.append(_rekey(con, source))
     echo(steps[-1])
     for line in _reconcile(con, source):
         steps.append(line)
@@ -129,6 +144,22 @@ def _drop_universe_close(con: duckdb.DuckDBPyConnection) -> str:
         con.execute("ALTER TABLE universe DROP COLUMN close")
         return "universe: dropped column close"
     return "universe: no close column"
+
+
+def _rekey(con: duckdb.DuckDBPyConnection, source: MarketSource) -> str:
+    """Companies held under a symbol the feed no longer serves for their permaticker: re-keyed in every
+    table with the TICKERS table refreshed, in one transaction (run again, it finds nothing to do)."""
+    if not store.table_exists(con, "tickers"):
+        return "ticker changes: no tickers table yet"
+    served = fetch_tickers(source)
+    changes = detect_ticker_changes(con.execute('SELECT "table", permaticker, ticker FROM tickers').pl(), served)
+    log = apply_ticker_changes(con, changes, served, as_of=source.as_of, run_id=MIGRATION_RUN_ID)
+    if not changes.height:
+        return "ticker changes: none"
+    sample = ", ".join(f"{o}->{n}" for o, n in changes.select("old_ticker", "new_ticker").head(5).iter_rows())
+    return (f"ticker changes: {changes.height} companies re-keyed to their current symbol ({sample}"
+            f"{', ...' if changes.height > 5 else ''}; {int(log.get_column('rows').sum())} rows in "
+            f"{log.get_column('table_name').n_unique()} tables)")
 
 
 def _reconcile(con: duckdb.DuckDBPyConnection, source: MarketSource) -> list[str]:

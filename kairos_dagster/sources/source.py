@@ -56,8 +56,8 @@ class SyntheticSource:
 
     def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
         spec = schema(table)
-        if spec.pit_column is None:
-            return self.market.table(spec.name)
+        if spec.pit_column is None:  # TICKERS: keyed by the symbols of the as-of day
+            return self.market.table(spec.name, as_of=self.as_of)
         end = self.as_of if end is None else min(end, self.as_of)
         if start is not None and start > end:
             return spec.empty()

@@ -3,6 +3,7 @@ read back what the warehouse stored (no dagster import)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
@@ -69,13 +70,129 @@ def sync_window(
 
 
 def fetch_tickers(source: MarketSource) -> pl.DataFrame:
-    """The TICKERS table; duplicate (table, ticker) rows are an error (the key must be unique)."""
+    """The TICKERS table; duplicate (table, ticker) rows, or one permaticker under two symbols of a table,
+    are an error (the keys must be unique)."""
     df = source.fetch(TICKERS.name, None, None)
     dups = df.filter(pl.struct(list(TICKERS.key)).is_duplicated())
     if dups.height:
         sample = dups.select("table", "ticker").unique().head(5).rows()
         raise ValueError(f"TICKERS has {dups.height} rows with a duplicate (table, ticker) key, e.g. {sample}")
+    twice = df.filter(pl.struct("table", "permaticker").is_duplicated())
+    if twice.height:
+        sample = twice.select("table", "permaticker", "ticker").sort("permaticker").head(6).rows()
+        raise ValueError(f"TICKERS lists {twice.height} rows of a permaticker under several symbols of one table, "
+                         f"e.g. {sample}: a company has one symbol at a time")
     return df.sort(["table", "ticker"])
+
+
+# Ticker changes. The feed re-keys a company's whole history to its new symbol and keeps its permaticker;
+# the warehouse does the same, in place, in every table keyed by `ticker` (features, predictions, picks,
+# the backtest's book): a change is a relabelling, never a sale of the old symbol and a buy of the new.
+# Logs and rejects keep the symbols they were written with; brokers key their own books by `symbol`
+# and re-key them themselves (the simulated broker from `ticker_changes`, Alpaca on the exchange's notice).
+TICKER_CHANGES_TABLE = "ticker_changes"
+TICKER_CHANGE_KEY = ("permaticker", "old_ticker", "new_ticker", "table_name")
+NOT_REKEYED = frozenset({"tickers", "sync_rejects", "sync_restatements", TICKER_CHANGES_TABLE})
+
+
+def _empty_changes() -> pl.DataFrame:
+    return pl.DataFrame(schema={"permaticker": pl.Int64, "old_ticker": pl.String, "new_ticker": pl.String})
+
+
+def detect_ticker_changes(held: pl.DataFrame | None, served: pl.DataFrame) -> pl.DataFrame:
+    """permaticker, old_ticker, new_ticker for each company the warehouse holds under another symbol than
+    the feed serves now (the SEP rows of TICKERS: `held` from the warehouse, `served` fresh)."""
+    if held is None or not held.height:
+        return _empty_changes()
+
+    def sep(df: pl.DataFrame, name: str) -> pl.DataFrame:
+        return df.filter(pl.col("table") == "SEP").select(pl.col("permaticker").cast(pl.Int64),
+                                                         pl.col("ticker").alias(name)).unique()
+
+    return (sep(held, "old_ticker").join(sep(served, "new_ticker"), on="permaticker")
+            .filter(pl.col("old_ticker") != pl.col("new_ticker")).sort("permaticker"))
+
+
+def rekeyed_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The warehouse tables keyed by `ticker` that a ticker change re-keys."""
+    rows = con.execute(
+        "SELECT c.table_name FROM information_schema.columns c JOIN information_schema.tables t "
+        "USING (table_catalog, table_schema, table_name) WHERE c.column_name = 'ticker' "
+        "AND t.table_type = 'BASE TABLE' AND c.table_schema = current_schema() ORDER BY 1").fetchall()
+    return [r[0] for r in rows if r[0] not in NOT_REKEYED]
+
+
+def apply_ticker_changes(con: duckdb.DuckDBPyConnection, changes: pl.DataFrame, tickers: pl.DataFrame, *,
+                         as_of: object, run_id: str) -> pl.DataFrame:
+    """In one transaction: every re-keyed table's rows of an old symbol take the new one, each change is
+    logged per table in `ticker_changes` (permaticker, old_ticker, new_ticker, table_name, rows, as_of,
+    run_id, recorded_at), and `tickers` is replaced by the served table, so that no table ever names a
+    symbol `tickers` does not. Symbols swapped between companies move together. A table that already
+    holds rows under a new symbol (not itself an old one) is an error: nothing is written."""
+    log_schema = {**_empty_changes().schema, "table_name": pl.String, "rows": pl.Int64, "as_of": pl.Date,
+                  "run_id": pl.String, "recorded_at": pl.Datetime("us")}
+    if not changes.height:
+        return pl.DataFrame(schema=log_schema)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    con.register("_kairos_changes", changes)
+    con.register("_kairos_tickers", tickers)
+    counts = []
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in rekeyed_tables(con):
+                t = store.ident(table)
+                taken = con.execute(
+                    f"SELECT DISTINCT ticker FROM {t} WHERE ticker IN (SELECT new_ticker FROM _kairos_changes) "
+                    "AND ticker NOT IN (SELECT old_ticker FROM _kairos_changes) ORDER BY 1 LIMIT 5").fetchall()
+                if taken:
+                    raise ValueError(
+                        f"ticker change: {table} already holds rows under the new symbol(s) {[r[0] for r in taken]}; "
+                        "re-keying would mix two companies' rows (refresh `tickers` before syncing the tables "
+                        "after a ticker change); nothing was written")
+                n = con.execute(f"SELECT ticker, count(*) FROM {t} WHERE ticker IN (SELECT old_ticker FROM "
+                                "_kairos_changes) GROUP BY ticker").fetchall()
+                if not n:
+                    continue
+                con.execute(f"UPDATE {t} SET ticker = c.new_ticker FROM _kairos_changes c "
+                            f"WHERE {t}.ticker = c.old_ticker")
+                counts += [(table, old, int(k)) for old, k in n]
+            log = (changes.join(pl.DataFrame(counts, schema={"table_name": pl.String, "old_ticker": pl.String,
+                                                             "rows": pl.Int64}, orient="row"),
+                                on="old_ticker", how="inner")
+                   .with_columns(pl.lit(as_of).cast(pl.Date).alias("as_of"), pl.lit(run_id).alias("run_id"),
+                                 pl.lit(now).alias("recorded_at"))
+                   .select(list(log_schema)).sort("permaticker", "table_name"))
+            con.register("_kairos_change_log", log)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {TICKER_CHANGES_TABLE} AS SELECT * FROM _kairos_change_log "
+                        "LIMIT 0")
+            con.execute(f"INSERT INTO {TICKER_CHANGES_TABLE} BY NAME SELECT * FROM _kairos_change_log")
+            con.execute("CREATE OR REPLACE TABLE tickers AS SELECT * FROM _kairos_tickers")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        for name in ("_kairos_changes", "_kairos_tickers", "_kairos_change_log"):
+            with contextlib.suppress(duckdb.Error):
+                con.unregister(name)
+    return log
+
+
+def current_symbols(con: duckdb.DuckDBPyConnection, symbols: pl.Series) -> pl.Series:
+    """`symbols` with every symbol the warehouse has re-keyed replaced by the company's current one: for
+    holdings recorded before a change (a picks.csv). Changes apply in the order they were recorded, those
+    of one sync at once (a swap of two symbols stays a swap), so chains A -> B -> C end at C."""
+    if not store.table_exists(con, TICKER_CHANGES_TABLE) or not symbols.len():
+        return symbols
+    rows = con.execute(f"SELECT DISTINCT recorded_at, old_ticker, new_ticker FROM {TICKER_CHANGES_TABLE} "
+                       "ORDER BY ALL").pl()
+    mapping: dict[str, str] = {}
+    for _, batch in rows.group_by("recorded_at", maintain_order=True):  # one group per sync: a few a year
+        step = dict(batch.select("old_ticker", "new_ticker").iter_rows())
+        mapping = {k: step.get(v, v) for k, v in mapping.items()}
+        mapping.update({k: v for k, v in step.items() if k not in mapping})
+    return symbols.replace(mapping) if mapping else symbols
 
 
 # SHARADAR rewrites rows of these tables after the fact (SEP on every split and dividend, corrections in
@@ -155,7 +272,7 @@ def compare_with_stored(
     con: duckdb.DuckDBPyConnection, table: SyncTable, fresh: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The rows of `fresh` that differ from the stored rows of the same key (or are not stored), and a
-    summary per (ticker, kind). SEP kinds: `correction` (the raw close changed), `split` (the split-adjusted
+    summary per (ticker, kind). `restamped`: only `lastupdated` moved. SEP kinds: `correction` (the raw close changed), `split` (the split-adjusted
     close changed by a common factor), `dividend` (only closeadj changed), `revision` (anything else);
     other tables: `revision`; `late` for a row the warehouse did not hold; SF1 MR rows (restated, dated by
     their report period): `most_recent`."""
@@ -179,15 +296,20 @@ def compare_with_stored(
     def moved(c: str) -> pl.Expr:
         return pl.col(c).ne_missing(pl.col(f"{c}__held")) if c in values else pl.lit(False)
 
+    data = [c for c in values if c != "lastupdated"]
+    # only `lastupdated` moved (the feed rewrote the row unchanged, e.g. re-keyed on a ticker change)
+    restamped = ~pl.any_horizontal([moved(c) for c in data]) if data else pl.lit(True)
     if table.schema.name == "SEP":
         kind = (pl.when(~pl.col("_held")).then(pl.lit("late"))
+                .when(restamped).then(pl.lit("restamped"))
                 .when(moved("closeunadj")).then(pl.lit("correction"))
                 .when(moved("close")).then(pl.lit("split"))
                 .when(moved("closeadj")).then(pl.lit("dividend"))
                 .otherwise(pl.lit("revision")))
         factor = (pl.col("close__held") / pl.col("close")).median()
     else:
-        kind = pl.when(~pl.col("_held")).then(pl.lit("late")).otherwise(pl.lit("revision"))
+        kind = (pl.when(~pl.col("_held")).then(pl.lit("late")).when(restamped).then(pl.lit("restamped"))
+                .otherwise(pl.lit("revision")))
         if table.schema.name == "SF1":  # restated MR rows: no feature reads them (they look ahead)
             kind = pl.when(pl.col("dimension").str.starts_with("MR")).then(pl.lit("most_recent")).otherwise(kind)
         factor = pl.lit(None, pl.Float64)
@@ -235,7 +357,8 @@ def restatement_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> list[tupl
 
 
 # Kinds that change what features read. Splits and dividends rescale a ticker's history by one factor,
-# which no feature sees (returns are ratios; levels are in prices as known on their own date).
+# which no feature sees (returns are ratios; levels are in prices as known on their own date); a
+# restamped row is unchanged.
 REBUILD_KINDS = ("correction", "revision", "late")
 
 

@@ -1,6 +1,7 @@
-"""`kairos migrate` on a warehouse built by the last release's code (checked out from git and run in a
-subprocess): the sync refuses it until it is migrated, `--check` writes nothing, and the migrated
-warehouse equals one this release builds from scratch on the same day."""
+"""`kairos migrate` on warehouses built by earlier releases' code (checked out from git and run in a
+subprocess): the sync refuses them until they are migrated, `--check` writes nothing, and a migrated
+warehouse equals one this release builds from scratch on the same day. The 40-ticker market has a ticker
+change in the window (VBBQ trades as MAVSC from 2022-08-08), which neither release knew."""
 
 import datetime as dt
 import os
@@ -15,7 +16,10 @@ import pytest
 
 from kairos_dagster.warehouse import store
 
-LAST_RELEASE = "56eb11c"  # the last commit before schema version 2 (the warehouse mirrors the feed)
+# (commit, its schema version): the last commits before versions 2 (the warehouse mirrors the feed) and
+# 3 (ticker changes re-key every table by permaticker)
+RELEASES = (("56eb11c", 1), ("3839a10", 2))
+RENAMED = ("VBBQ", "MAVSC")
 REPO = Path(__file__).resolve().parents[2]
 WEEKS = ("2023-06-05", "2023-08-28")
 BUILD = f"""
@@ -42,12 +46,12 @@ def _env(tmp_path: Path, name: str, code: Path | None = None) -> dict[str, str]:
     return env
 
 
-def _last_release(tmp_path: Path) -> Path:
-    """The last release's package, from git (a clone of the repository has its history)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", LAST_RELEASE, "kairos_dagster"],
+def _release(tmp_path: Path, commit: str) -> Path:
+    """A release's package, from git (a clone of the repository has its history)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "kairos_dagster"],
                              capture_output=True, check=False)
-    assert archive.returncode == 0, f"git archive {LAST_RELEASE}: {archive.stderr.decode()[:500]}"
-    out = tmp_path / "last_release"
+    assert archive.returncode == 0, f"git archive {commit}: {archive.stderr.decode()[:500]}"
+    out = tmp_path / f"release-{commit}"
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
         tar.extractall(out, filter="data")
     return out
@@ -64,20 +68,28 @@ def _read(path: Path, sql: str) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def warehouses(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("migrate")
-    code = _last_release(tmp)
-    old = subprocess.run([sys.executable, "-c", BUILD], env=_env(tmp, "old", code), capture_output=True, text=True,
-                         timeout=600, cwd=str(tmp))
-    assert old.returncode == 0, old.stderr[-3000:]
+def built_now(tmp_path_factory):
+    """A warehouse this release builds from scratch."""
+    tmp = tmp_path_factory.mktemp("migrate-new")
     new = subprocess.run([sys.executable, "-c", BUILD], env=_env(tmp, "new"), capture_output=True, text=True,
                          timeout=600, cwd=str(tmp))
     assert new.returncode == 0, new.stderr[-3000:]
-    return tmp
+    return Path(_env(tmp, "new")["KAIROS_DUCKDB_PATH"])
 
 
-def test_the_last_release_warehouse_is_refused_then_migrated_in_place(warehouses):
-    tmp = warehouses
+@pytest.fixture(scope="module", params=RELEASES, ids=[f"v{v}" for _, v in RELEASES])
+def warehouses(request, tmp_path_factory, built_now):
+    commit, version = request.param
+    tmp = tmp_path_factory.mktemp(f"migrate-v{version}")
+    code = _release(tmp, commit)
+    old = subprocess.run([sys.executable, "-c", BUILD], env=_env(tmp, "old", code), capture_output=True, text=True,
+                         timeout=600, cwd=str(tmp))
+    assert old.returncode == 0, old.stderr[-3000:]
+    return tmp, version, built_now
+
+
+def test_an_earlier_release_warehouse_is_refused_then_migrated_in_place(warehouses):
+    tmp, version, _ = warehouses
     env = _env(tmp, "old")
     path = Path(env["KAIROS_DUCKDB_PATH"])
     old_levels = _read(path, "SELECT * FROM feat_trend ORDER BY ticker, date")
@@ -89,22 +101,24 @@ def test_the_last_release_warehouse_is_refused_then_migrated_in_place(warehouses
     before = path.stat().st_mtime_ns, _read(path, "SELECT * FROM sep_base ORDER BY ALL")
     check = _kairos(env, "migrate", "--check")
     assert check.returncode == 0, check.stderr
-    assert "schema version 1 -> 2" in check.stdout and "Nothing was written" in check.stdout
+    assert f"schema version {version} -> 3" in check.stdout and "Nothing was written" in check.stdout
+    assert "would re-key every table" in check.stdout
     assert _read(path, "SELECT * FROM sep_base ORDER BY ALL").equals(before[1])
     assert _read(path, "SELECT * FROM feat_trend ORDER BY ticker, date").equals(old_levels)
     done = _kairos(env, "migrate")
     assert done.returncode == 0, done.stderr
-    assert "Migrated to schema version 2" in done.stdout and "sep_base:" in done.stdout
+    assert "Migrated to schema version 3" in done.stdout and "sep_base:" in done.stdout
+    assert f"{RENAMED[0]}->{RENAMED[1]}" in done.stdout
     again = _kairos(env, "migrate")
     assert "up to date" in again.stdout  # idempotent
 
 
 def test_the_migrated_warehouse_equals_one_built_by_this_release(warehouses):
-    tmp = warehouses
-    old, new = (Path(_env(tmp, n)["KAIROS_DUCKDB_PATH"]) for n in ("old", "new"))
-    if _read(old, "SELECT value FROM kairos_meta WHERE key = 'schema_version'").height == 0:
-        pytest.fail("run after test_the_last_release_warehouse_is_refused_then_migrated_in_place")
-    for table in ("sep_base", "daily", "sf1"):
+    tmp, version, new = warehouses
+    old = Path(_env(tmp, "old")["KAIROS_DUCKDB_PATH"])
+    if _read(old, "SELECT value FROM kairos_meta WHERE key = 'schema_version'").item() != "3":
+        pytest.fail("run after test_an_earlier_release_warehouse_is_refused_then_migrated_in_place")
+    for table in ("tickers", "sep_base", "daily", "sf1", "sf2", "sf3"):
         a = _read(old, f"SELECT * FROM {table} ORDER BY ALL")
         b = _read(new, f"SELECT * FROM {table} ORDER BY ALL")
         assert a.equals(b), table
@@ -117,6 +131,13 @@ def test_the_migrated_warehouse_equals_one_built_by_this_release(warehouses):
         assert (x.is_null() == y.is_null()).all(), c
         rel = ((x - y).abs() / y.abs().clip(lower_bound=1e-12)).drop_nulls()
         assert rel.max() is None or rel.max() < 1e-9, (c, rel.max())
-    log = _read(old, "SELECT * FROM sync_restatements WHERE kind = 'migrated'")
-    assert log.height > 0 and log.get_column("run_id").unique().to_list() == ["kairos-migrate"]
-    assert dt.date.fromisoformat(WEEKS[0]) <= log.get_column("first_date").min()
+    changes = _read(old, "SELECT * FROM ticker_changes")
+    assert set(changes.select("old_ticker", "new_ticker").unique().rows()) == {RENAMED}
+    assert {"sep_base", "feat_trend", "universe"} <= set(changes.get_column("table_name"))
+    with store.connect(old, read_only=True) as con:
+        log = (con.execute("SELECT * FROM sync_restatements WHERE kind = 'migrated'").pl()
+               if store.table_exists(con, "sync_restatements") else pl.DataFrame({"run_id": [], "first_date": []}))
+    if version == 1:  # version 1 never restated anything: the reconcile rewrites the split histories
+        assert log.height > 0
+    assert log.get_column("run_id").unique().to_list() in ([], ["kairos-migrate"])
+    assert log.height == 0 or dt.date.fromisoformat(WEEKS[0]) <= log.get_column("first_date").min()

@@ -75,7 +75,7 @@ def synthetic_report() -> pl.DataFrame:
     m = synthetic.SyntheticMarket(seed=11, n_tickers=300)
     s, e = dt.date(2018, 1, 1), dt.date(2022, 3, 31)
     sep, daily = m.table("SEP", s, e), m.table("DAILY", s, e)
-    sf1, sf2, tk = m.table("SF1", s, e), m.table("SF2", s, e), m.table("TICKERS")
+    sf1, sf2, tk = m.table("SF1", s, e), m.table("SF2", s, e), m.table("TICKERS", as_of=e)
     sep = sep.sort("ticker", "date").with_columns(
         ret_5d_f=(pl.col("closeadj").shift(-5) / pl.col("closeadj") - 1).over("ticker")
     )

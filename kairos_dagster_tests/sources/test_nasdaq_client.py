@@ -38,7 +38,7 @@ def provider() -> Callable[[str], pl.DataFrame]:
     def cached(name: str) -> pl.DataFrame:
         if name not in tables:
             dated = schemas.schema(name).pit_column is not None
-            tables[name] = market.table(name, START, END) if dated else market.table(name)
+            tables[name] = market.table(name, START, END) if dated else market.table(name, as_of=END)
         return tables[name]
 
     # Generate up front: a first request that waits for generation would time out in the client.

@@ -87,13 +87,13 @@ def test_later_end_leaves_earlier_rows_unchanged() -> None:
     m = SyntheticMarket(*SMALL)
     served = D(2019, 6, 30)  # one feed snapshot (SEP's adjustment depends on the serving day)
     early = {n: m.table(n, lo, cut, as_of=served) for n in RANGED}
-    early_oracle = m.oracle(lo, cut)
+    early_oracle = m.oracle(lo, cut, as_of=served)  # keyed by the symbols of the serving day
     _fresh()  # the next call builds a panel three years longer from scratch
     late = {n: m.table(n, lo, served, as_of=served) for n in RANGED}
     for n in RANGED:
         pit = TABLES[n].pit_column
         assert_frame_equal(late[n].filter(pl.col(pit) <= cut), early[n])
-    assert_frame_equal(m.oracle(lo, D(2019, 6, 30)).filter(pl.col("date") <= cut), early_oracle)
+    assert_frame_equal(m.oracle(lo, served, as_of=served).filter(pl.col("date") <= cut), early_oracle)
 
 
 @pytest.mark.parametrize("name", [*RANGED, "TICKERS"])
@@ -355,3 +355,38 @@ def test_updated_is_exactly_the_rows_with_lastupdated_since(big: SyntheticMarket
     key = ["ticker", "dimension", "datekey", "reportperiod"]
     sf1 = big.table("SF1", D(2010, 1, 1), as_of, as_of=as_of).filter(pl.col("lastupdated") >= since).sort(key)
     assert_frame_equal(big.updated("SF1", since, as_of, not_before=D(2010, 1, 1)).sort(key), sf1)
+
+
+def test_a_ticker_change_rekeys_the_whole_history_under_the_new_symbol() -> None:
+    """Seed 7, 150 tickers: MAFI (permaticker 100,072) trades as VCPDZ from 2020-11-23."""
+    m = SyntheticMarket(7, 150)
+    rn = sp.renames(7, 150)
+    k = int(np.flatnonzero(sp.static(7, 150).ticker == "MAFI")[0])
+    (t,) = rn.t[rn.i == k]
+    assert sp.all_sessions()[t] == np.datetime64("2020-11-23") and rn.symbol[rn.i == k][0] == "VCPDZ"
+    lo, hi = D(2020, 10, 1), D(2020, 11, 20)
+    before = m.table("SEP", lo, hi, as_of=D(2020, 11, 20))
+    after = m.table("SEP", lo, hi, as_of=D(2020, 11, 24))
+    assert "MAFI" in before["ticker"] and "VCPDZ" not in before["ticker"]
+    assert "MAFI" not in after["ticker"] and "VCPDZ" in after["ticker"]
+    old = before.filter(pl.col("ticker") == "MAFI").drop("ticker", "lastupdated")
+    new = after.filter(pl.col("ticker") == "VCPDZ")
+    assert_frame_equal(new.drop("ticker", "lastupdated"), old)  # the same rows, re-keyed
+    assert (new["lastupdated"] == D(2020, 11, 23)).all()  # rewritten on the change day
+    assert after.select("ticker", "date").rows() == sorted(after.select("ticker", "date").rows())  # key order
+    # Every table keys history by the symbol of the serving day.
+    for name in ("DAILY", "SF1", "SF2", "SF3"):
+        served = m.table(name, D(2019, 1, 1), D(2020, 11, 24), as_of=D(2020, 11, 24))
+        assert "MAFI" not in served["ticker"] and "VCPDZ" in served["ticker"], name
+    # TICKERS: the permaticker stays, the old symbol is a related ticker; ACTIONS records the change.
+    tick = m.table("TICKERS", as_of=D(2020, 11, 24)).filter(pl.col("permaticker") == 100_000 + k)
+    assert set(tick["ticker"]) == {"VCPDZ"} and set(tick["relatedtickers"]) == {"MAFI"}
+    assert set(m.table("TICKERS", as_of=D(2020, 11, 20)).filter(pl.col("permaticker") == 100_000 + k)["ticker"]) == {
+        "MAFI"}
+    acts = m.table("ACTIONS", D(2020, 11, 23), D(2020, 11, 23), as_of=D(2020, 11, 24)).filter(
+        pl.col("action").str.starts_with("tickerchange"))
+    assert sorted(acts.select("action", "ticker", "contraticker").rows()) == [
+        ("tickerchangefrom", "VCPDZ", "MAFI"), ("tickerchangeto", "MAFI", "VCPDZ")]
+    # What `lastupdated.gte` returns after the change: the whole re-keyed history.
+    got = m.updated("SEP", D(2020, 11, 23), D(2020, 11, 24), not_before=lo)
+    assert got.filter((pl.col("ticker") == "VCPDZ") & (pl.col("date") <= hi)).height == new.height

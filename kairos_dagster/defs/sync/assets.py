@@ -31,6 +31,8 @@ from kairos_dagster.sources.sync import (
     SourceBehindWarehouse,
     SyncTable,
     apply_restated,
+    apply_ticker_changes,
+    detect_ticker_changes,
     fetch_restated,
     fetch_tickers,
     record_rejects,
@@ -50,18 +52,46 @@ GROUP = "sync"
     pool="duckdb",
     io_manager_key="warehouse_io",
     kinds={"duckdb", "polars"},
-    check_specs=[AssetCheckSpec("unique_table_ticker", asset="tickers")],
+    check_specs=[AssetCheckSpec("unique_table_ticker", asset="tickers",
+                                description="One row per (table, ticker) and one symbol per permaticker and table, "
+                                            "as stored.")],
 )
 def tickers(context: AssetExecutionContext, source: SharadarSource, warehouse: DuckDBWarehouse) -> Iterator:
-    """SHARADAR TICKERS: one row per (table, ticker) with sector, industry, category and listing dates."""
+    """SHARADAR TICKERS: one row per (table, ticker) with sector, industry, category and listing dates.
+
+    A company whose symbol changed (same permaticker, new ticker) is re-keyed in every warehouse table
+    keyed by `ticker`, in the transaction that stores the new TICKERS, and logged in `ticker_changes`."""
     ident = bind_source(warehouse, source)
-    df = fetch_tickers(_build(source))
+    feed = _build(source)
+    try:
+        df = fetch_tickers(feed)
+    except ValueError as exc:
+        raise Failure(description=f"tickers: {exc}; nothing was written") from None
+    with warehouse.connect() as con:
+        held = (con.execute('SELECT "table", permaticker, ticker FROM tickers').pl()
+                if store.table_exists(con, "tickers") else None)
+        changes = detect_ticker_changes(held, df)
+        try:
+            log = apply_ticker_changes(con, changes, df, as_of=feed.as_of, run_id=context.run.run_id)
+        except ValueError as exc:
+            raise Failure(description=str(exc)) from None
     md = frame_metadata(df, None, nulls=False)
     md["source"] = MetadataValue.text(ident)
     md["sep_tickers"] = MetadataValue.int(df.filter(pl.col("table") == "SEP").height)
     md["delisted"] = MetadataValue.int(df.filter((pl.col("table") == "SEP") & (pl.col("isdelisted") == "Y")).height)
+    md["ticker_changes"] = MetadataValue.int(changes.height)
+    if changes.height:
+        md["ticker_changes_applied"] = MetadataValue.md(markdown_table(
+            log.group_by("permaticker", "old_ticker", "new_ticker").agg(
+                pl.len().alias("tables"), pl.col("rows").sum()).sort("permaticker")))
     yield Output(df, metadata=md)
-    yield AssetCheckResult(check_name="unique_table_ticker", passed=True, metadata={"rows": df.height})
+    with warehouse.connect() as con:
+        stored = con.execute('SELECT count(*) - count(DISTINCT ("table", ticker)), '
+                             'count(*) - count(DISTINCT ("table", permaticker)) FROM tickers').fetchone() \
+            if store.table_exists(con, "tickers") else (0, 0)
+    yield AssetCheckResult(check_name="unique_table_ticker", passed=stored == (0, 0),
+                           metadata={"rows": df.height, "duplicate_table_ticker": int(stored[0]),
+                                     "duplicate_table_permaticker": int(stored[1])})
 
 
 def bind_source(warehouse: DuckDBWarehouse, source: SharadarSource) -> str:

@@ -55,9 +55,10 @@ slowly). The realized cross-sectional rank IC against forward 5-session closeadj
 
 _IDENTITY = re.compile(rf"{SOURCE} seed=(?P<seed>\d+) tickers=(?P<tickers>\d+) signal=(?P<signal>[0-9.eE+-]+)")
 
-ORACLE_COLUMNS = ("ticker", "date", "expected_ret_5d", "alpha_5d", "mom_12_1", "quality_roe", "value_bp",
+ORACLE_COLUMNS = ("ticker", "permaticker", "date", "expected_ret_5d", "alpha_5d", "mom_12_1", "quality_roe", "value_bp",
                   "insider_buys_63d", "beta", "sigma_idio", "regime_trend", "regime_vol")
 
+PERMATICKER_BASE = 100_000  # ticker index k has permaticker 100,000 + k, whatever its symbol
 SF1_MAX_FILING_LAG_DAYS = 100  # panel.fundamentals files 20-75 calendar days after the quarter, plus slack
 _INDUSTRIES = ("Products", "Services", "Equipment")
 _SCALES = ((50e6, "1 - Nano"), (300e6, "2 - Micro"), (2e9, "3 - Small"), (10e9, "4 - Mid"),
@@ -79,13 +80,9 @@ def _d(x: np.ndarray) -> pl.Series:
     return pl.Series(x.astype("datetime64[D]")).cast(pl.Date)
 
 
-def _tick(st: sp.Static, i: np.ndarray) -> pl.Series:
+def _tick(symbols: pl.Series, i: np.ndarray) -> pl.Series:
     """Ticker column for index array `i` (a polars gather: far cheaper than numpy unicode arrays)."""
-    return _ticker_series(st).gather(i)
-
-
-def _ticker_series(st: sp.Static) -> pl.Series:
-    return pl.Series("ticker", st.ticker.tolist(), dtype=pl.String)
+    return symbols.gather(i)
 
 
 def _nan_to_null(df: pl.DataFrame) -> pl.DataFrame:
@@ -142,6 +139,18 @@ class SyntheticMarket:
         return (int(np.searchsorted(sess, np.datetime64(lo, "D"), "left")),
                 int(np.searchsorted(sess, np.datetime64(hi, "D"), "right")))
 
+    def _asof_session(self, day: dt.date | None) -> int:
+        """The session index the feed is served as of: the last session on or before `day` (None: the horizon)."""
+        return self._idx(sp.EPOCH, day or sp.HORIZON)[1] - 1
+
+    def _symbols(self, a: int) -> pl.Series:
+        """Every ticker's symbol as served on session `a`: history is keyed by the current symbol."""
+        return pl.Series("ticker", sp.symbols_as_of(self.seed, self.n_tickers, a).tolist(), dtype=pl.String)
+
+    def _symbol_order(self, a: int) -> np.ndarray:
+        """Ticker indexes in the alphabetical order of their symbols on session `a` (key order of tables)."""
+        return np.argsort(sp.symbols_as_of(self.seed, self.n_tickers, a).astype(str), kind="stable")
+
     # ------------------------------------------------------------------ public API
     def table(self, name: str, start: dt.date | None = None, end: dt.date | None = None, *,
               as_of: dt.date | None = None) -> pl.DataFrame:
@@ -149,9 +158,9 @@ class SyntheticMarket:
         the feed serves them on the evening of `as_of` (default: `end`): SEP split-adjusted as of that day,
         and only rows known by then (`lastupdated` <= as_of)."""
         spec = schema(name)
-        if spec.name == "TICKERS":
-            return conform(self._tickers(), spec, source=SOURCE)
         as_of = _check_date("as_of", as_of)
+        if spec.name == "TICKERS":
+            return conform(self._tickers(self._asof_session(as_of)), spec, source=SOURCE)
         rng = self._range(start, min(end, as_of) if end is not None and as_of is not None else end or as_of)
         if rng is None:
             return spec.empty()
@@ -160,30 +169,34 @@ class SyntheticMarket:
         else:
             builder = {"DAILY": self._daily, "SF1": self._sf1, "SF2": self._sf2, "SF3": self._sf3,
                        "ACTIONS": self._actions}[spec.name]
-            df = builder(*rng)
+            df = builder(*rng, self._asof_session(as_of or rng[1]))
             if as_of is not None and "lastupdated" in df.columns:
                 df = df.filter(pl.col("lastupdated") <= as_of)
         out = conform(df, spec, source=SOURCE)
         # SEP and DAILY are built in key order already; sorting 10M+ string keys would dominate.
         return out if spec.name in {"SEP", "DAILY"} else out.sort(list(spec.key))
 
-    def oracle(self, start: dt.date, end: dt.date) -> pl.DataFrame:
-        """Planted truth per (ticker, session) in [start, end]: expected_ret_5d and its drivers."""
+    def oracle(self, start: dt.date, end: dt.date, *, as_of: dt.date | None = None) -> pl.DataFrame:
+        """Planted truth per (ticker, session) in [start, end]: expected_ret_5d and its drivers, keyed by
+        the symbols as served on `as_of` (default `end`) and by permaticker."""
         if start is None or end is None:
             raise ValueError(f"{SOURCE}: oracle needs both start and end dates")
         rng = self._range(start, end)
         if rng is None:
             return pl.DataFrame(schema={c: (pl.String if c == "ticker" else pl.Date if c == "date" else
+                                            pl.Int64 if c == "permaticker" else
                                             pl.Int8 if c.startswith("regime") else pl.Float64)
                                         for c in ORACLE_COLUMNS})
         p = self._panel_for(rng[1])
         st = sp.static(self.seed, self.n_tickers)
         s, e = self._idx(*rng)
-        t, i = self._cells(s, e, st)
-        trend, vol = (a[t] for a in sp.regimes(self.seed))
+        a = self._asof_session(as_of or rng[1])
+        t, i = self._cells(s, e, st, order=self._symbol_order(a))
+        trend, vol = (r[t] for r in sp.regimes(self.seed))
         alpha = p.alpha_5d[t, i]
         return _nan_to_null(pl.DataFrame({
-            "ticker": _tick(st, i),
+            "ticker": _tick(self._symbols(a), i),
+            "permaticker": PERMATICKER_BASE + i.astype(np.int64),
             "date": _d(sp.all_sessions()[t]),
             "expected_ret_5d": alpha + 5 * st.beta[i] * np.asarray(sp.MARKET_MU)[trend],
             "alpha_5d": alpha,
@@ -199,14 +212,13 @@ class SyntheticMarket:
 
     # ------------------------------------------------------------------ builders
     @staticmethod
-    def _cells(s: int, e: int, st: sp.Static, only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(session, ticker) index pairs of listed tickers for sessions s..e-1, ticker-major; `only`
-        (sorted ticker indexes) restricts the tickers.
-
-        Tickers are alphabetical by index, so the cells come out in (ticker, date) order: no sort needed.
-        """
+    def _cells(s: int, e: int, st: sp.Static, only: np.ndarray | None = None, *,
+               order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(session, ticker) index pairs of listed tickers for sessions s..e-1, ticker-major in `order`
+        (ticker indexes in their symbols' alphabetical order); `only` (ticker indexes) restricts the
+        tickers. The cells come out in (symbol, date) order: no sort of string keys needed."""
         rows = np.arange(s, e)
-        tick = np.arange(st.n) if only is None else only
+        tick = order if only is None else order[np.isin(order, only)]
         alive = (rows[None, :] >= st.first_idx[tick, None]) & (rows[None, :] <= st.last_idx[tick, None])
         ii, tt = np.nonzero(alive)
         return rows[tt], tick[ii]
@@ -226,11 +238,11 @@ class SyntheticMarket:
     def _sep(self, lo: dt.date, hi: dt.date, as_of: dt.date | None = None,
              only: np.ndarray | None = None) -> pl.DataFrame:
         """SEP rows dated lo..hi as served on the evening of `as_of` (default `hi`): see `_as_served`."""
-        a = self._idx(sp.EPOCH, max(as_of or hi, hi))[1] - 1  # the as-of session
+        a = self._asof_session(max(as_of or hi, hi))
         p = self._panel_for(sp.all_sessions()[a].item())
         st = sp.static(self.seed, self.n_tickers)
         s, e = self._idx(lo, hi)
-        t, i = self._cells(s, e, st, only)
+        t, i = self._cells(s, e, st, only, order=self._symbol_order(a))
         px = self._prices(p, st, t, i)
         prev = np.maximum(t - 1, 0)
         prev_close = self._prices(p, st, prev, i)["close"]
@@ -258,10 +270,11 @@ class SyntheticMarket:
     def _as_served(self, p: sp.Panel, st: sp.Static, t: np.ndarray, i: np.ndarray, a: int,
                    bar: dict[str, np.ndarray], px: dict[str, np.ndarray], raw_volume: np.ndarray) -> pl.DataFrame:
         """SEP cells as the feed serves them on the evening of session `a`, the way SHARADAR does:
+        - rows are keyed by the ticker's symbol on `a` (a ticker change re-keys the whole history);
         - open/high/low/close are split-adjusted as of `a` (as of the delisting for a delisted ticker):
           close == closeunadj on that day; volume is the raw share count times the later splits' ratios;
         - closeadj is the total-return index equal to closeunadj on that day;
-        - `lastupdated` is the row's date, moved to the day of each later split or dividend that rewrote
+        - `lastupdated` is the row's date, moved to the day of each later split, dividend or ticker change that rewrote
           it (<= a) and to the day a bad print was corrected;
         - a bad print (panel.bad_prints) is served at its wrong price level until its correction day.
         The adjustment factors change only on events, so a row no event touched is bit-identical
@@ -278,7 +291,7 @@ class SyntheticMarket:
         lu = np.where(last_event > t, np.maximum(lu, last_event), lu)
         sess = sp.all_sessions()
         return pl.DataFrame({
-            "ticker": _tick(st, i), "date": _d(sess[t]),
+            "ticker": _tick(self._symbols(a), i), "date": _d(sess[t]),
             **{c: v * k * factor for c, v in bar.items()},
             "volume": raw_volume * np.exp(to_asof - split_since),
             "closeadj": st.p0[i] * np.exp(p.cum[t, i] - p.cum[first, i]) * k_adj * factor,
@@ -302,13 +315,13 @@ class SyntheticMarket:
         corrected_at = np.where(hit & (fixed <= a), fixed, -1)
         return factor, corrected_at
 
-    @staticmethod
-    def _last_events(p: sp.Panel, st: sp.Static, a: int) -> np.ndarray:
-        """Per ticker, the session of its latest split or ex-dividend on or before its as-of session
-        (-1: none): the day the feed last rewrote its earlier rows."""
+    def _last_events(self, p: sp.Panel, st: sp.Static, a: int) -> np.ndarray:
+        """Per ticker, the session of its latest split, ex-dividend or ticker change on or before its as-of
+        session (-1: none): the day the feed last rewrote its earlier rows."""
         ai = np.minimum(a, st.last_idx)
-        idx = np.concatenate([p.split_idx, p.ex_idx]).astype(np.int64)
-        tick = np.concatenate([p.split_tick, p.ex_tick]).astype(np.int64)
+        rn = sp.renames(self.seed, self.n_tickers)
+        idx = np.concatenate([p.split_idx, p.ex_idx, rn.t]).astype(np.int64)
+        tick = np.concatenate([p.split_tick, p.ex_tick, rn.i]).astype(np.int64)
         m = idx <= ai[tick]
         idx, tick = idx[m], tick[m]
         last = np.full(st.n, -1, np.int64)
@@ -376,11 +389,11 @@ class SyntheticMarket:
                 "debtnc": 0.8 * debt, "cashneq": 0.1 * assets, "capex": capex, "ncfo": ncfo,
                 "fcf": ncfo + capex, "divs": np.where(st.div_q > 0, 0.4 * np.maximum(ni, 0), 0.0)}
 
-    def _daily(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+    def _daily(self, lo: dt.date, hi: dt.date, a: int) -> pl.DataFrame:
         p = self._panel_for(hi)
         st = sp.static(self.seed, self.n_tickers)
         s, e = self._idx(lo, hi)
-        t, i = self._cells(s, e, st)
+        t, i = self._cells(s, e, st, order=self._symbol_order(a))
         mcap = self._prices(p, st, t, i)["mcap"]
         q = self._quarterly()
         k = p.k_latest[t, i]
@@ -397,13 +410,13 @@ class SyntheticMarket:
         ev = np.where(has, ev, mcap)
         with np.errstate(divide="ignore", invalid="ignore"):
             out = pl.DataFrame({
-                "ticker": _tick(st, i), "date": _d(sp.all_sessions()[t]), "ev": ev / 1e6,
+                "ticker": _tick(self._symbols(a), i), "date": _d(sp.all_sessions()[t]), "ev": ev / 1e6,
                 "evebit": ev / ttm_at("ebit"), "evebitda": ev / ttm_at("ebitda"), "marketcap": mcap / 1e6,
                 "pb": mcap / bs_at("equity"), "pe": mcap / ttm_at("netinc"), "ps": mcap / ttm_at("revenue"),
             })
         return _nan_to_null(out.with_columns(pl.col("date").alias("lastupdated")))
 
-    def _sf1(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+    def _sf1(self, lo: dt.date, hi: dt.date, a: int) -> pl.DataFrame:
         p = self._panel_for(hi)
         st = sp.static(self.seed, self.n_tickers)
         fu = sp.fundamentals(self.seed, self.n_tickers)
@@ -455,7 +468,7 @@ class SyntheticMarket:
                 })
             ar_dk = fu.datekey[kq, ii]
             frames.append(pl.DataFrame({
-                "ticker": st.ticker[ii], "dimension": np.full(len(kq), dim),
+                "ticker": _tick(self._symbols(a), ii), "dimension": np.full(len(kq), dim),
                 "calendardate": _d(rpd), "datekey": _d(datekey[kq, ii]), "reportperiod": _d(rpd),
                 "fiscalperiod": pl.Series([f"{y}-Q{qq}" for y, qq in zip(year.tolist(), qtr.tolist(), strict=True)],
                                           dtype=pl.String),
@@ -463,7 +476,7 @@ class SyntheticMarket:
             }))
         return _nan_to_null(pl.concat(frames, how="diagonal"))
 
-    def _sf2(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+    def _sf2(self, lo: dt.date, hi: dt.date, a: int) -> pl.DataFrame:
         p = self._panel_for(hi)
         st = sp.static(self.seed, self.n_tickers)
         ev = p.insiders
@@ -479,7 +492,8 @@ class SyntheticMarket:
         sess = sp.all_sessions()
         is_dir = owner >= 4
         df = pl.DataFrame({
-            "ticker": st.ticker[i], "filingdate": _d(sess[ev.filing_idx[m]]), "formtype": np.full(len(i), "4"),
+            "ticker": _tick(self._symbols(a), i), "filingdate": _d(sess[ev.filing_idx[m]]),
+            "formtype": np.full(len(i), "4"),
             "issuername": np.char.add(st.ticker[i].astype(str), " Corp"),
             "ownername": np.char.add(np.char.add(st.ticker[i].astype(str), " Insider "), owner.astype(str)),
             "officertitle": _OFFICERS[owner], "isdirector": np.where(is_dir, "Y", "N"),
@@ -498,7 +512,7 @@ class SyntheticMarket:
                        "transactionshares").with_columns(
             (pl.int_range(pl.len()).over("ticker", "filingdate", "ownername") + 1).cast(pl.Int64).alias("rownum"))
 
-    def _sf3(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+    def _sf3(self, lo: dt.date, hi: dt.date, a: int) -> pl.DataFrame:
         p = self._panel_for(hi)
         st = sp.static(self.seed, self.n_tickers)
         sess = sp.all_sessions()
@@ -522,7 +536,8 @@ class SyntheticMarket:
             shares_out = px["mcap"] / px["closeunadj"]
             units = np.round(frac[ii, jj] * shares_out)
             frames.append(pl.DataFrame({
-                "ticker": st.ticker[ii], "investorname": _INVESTORS[jj], "securitytype": np.full(len(ii), "SHR"),
+                "ticker": _tick(self._symbols(a), ii), "investorname": _INVESTORS[jj],
+                "securitytype": np.full(len(ii), "SHR"),
                 "calendardate": _d(np.full(len(ii), qe[k])), "value": units * px["closeunadj"],
                 "units": units, "price": px["closeunadj"],
             }))
@@ -530,11 +545,12 @@ class SyntheticMarket:
             return TABLES["SF3"].empty()
         return pl.concat(frames)
 
-    def _actions(self, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+    def _actions(self, lo: dt.date, hi: dt.date, a: int) -> pl.DataFrame:
         p = self._panel_for(hi)
         st = sp.static(self.seed, self.n_tickers)
         s, e = self._idx(lo, hi)
         sess = sp.all_sessions()
+        symbols = self._symbols(a)
         parts = []
         m = (p.ex_idx >= s) & (p.ex_idx < e)
         t, i = p.ex_idx[m], p.ex_tick[m]
@@ -548,15 +564,29 @@ class SyntheticMarket:
         m = st.delisted & (st.last_idx >= s) & (st.last_idx < e)
         parts.append(("delisted", st.last_idx[m], np.flatnonzero(m), np.full(int(m.sum()), np.nan)))
         names = _names(st)
-        df = pl.concat([pl.DataFrame({
-            "date": _d(sess[t]), "action": np.full(len(t), a, dtype=object).astype(str), "ticker": st.ticker[i],
-            "name": names[i], "value": v,
-        }, schema={"date": pl.Date, "action": pl.String, "ticker": pl.String, "name": pl.String,
-                   "value": pl.Float64}) for a, t, i, v in parts])
-        return _nan_to_null(df).with_columns(pl.lit(None, pl.String).alias("contraticker"),
-                                             pl.lit(None, pl.String).alias("contraname"))
+        schema_ = {"date": pl.Date, "action": pl.String, "ticker": pl.String, "name": pl.String,
+                   "value": pl.Float64, "contraticker": pl.String}
+        frames = [pl.DataFrame({
+            "date": _d(sess[t]), "action": np.full(len(t), act, dtype=object).astype(str), "ticker": _tick(symbols, i),
+            "name": names[i], "value": v, "contraticker": [None] * len(t)}, schema=schema_)
+            for act, t, i, v in parts]
+        # A ticker change: `tickerchangefrom` under the new symbol, `tickerchangeto` under the old one.
+        rn = sp.renames(self.seed, self.n_tickers)
+        before = np.where(np.r_[False, rn.i[1:] == rn.i[:-1]], np.r_[rn.symbol[:1], rn.symbol[:-1]],
+                          st.ticker[rn.i].astype(object))
+        m = (rn.t >= s) & (rn.t < e) & (rn.t <= a)
+        for act, sym, contra in (("tickerchangefrom", rn.symbol[m], before[m]),
+                                 ("tickerchangeto", before[m], rn.symbol[m])):
+            frames.append(pl.DataFrame({
+                "date": _d(sess[rn.t[m]]), "action": [act] * int(m.sum()), "ticker": sym.tolist(),
+                "name": names[rn.i[m]], "value": np.full(int(m.sum()), np.nan), "contraticker": contra.tolist()},
+                schema=schema_))
+        return _nan_to_null(pl.concat(frames)).with_columns(
+            pl.when(pl.col("contraticker").is_not_null()).then(pl.col("name")).alias("contraname"))
 
-    def _tickers(self) -> pl.DataFrame:
+    def _tickers(self, a: int) -> pl.DataFrame:
+        """One row per (table, ticker) keyed by the symbols of session `a`; `relatedtickers` lists a
+        changed ticker's earlier symbols (space-separated, oldest first); permaticker never changes."""
         st = sp.static(self.seed, self.n_tickers)
         fu = sp.fundamentals(self.seed, self.n_tickers)
         sess = sp.all_sessions()
@@ -572,13 +602,13 @@ class SyntheticMarket:
         first_q = fu.reportperiod[np.argmax(valid, axis=0)]
         last_q = fu.reportperiod[len(fu.reportperiod) - 1 - np.argmax(valid[::-1], axis=0)]
         base = pl.DataFrame({
-            "permaticker": 100_000 + np.arange(st.n), "ticker": st.ticker, "name": _names(st),
+            "permaticker": PERMATICKER_BASE + np.arange(st.n), "ticker": self._symbols(a), "name": _names(st),
             "exchange": st.exchange, "isdelisted": np.where(st.delisted, "Y", "N"), "category": st.category,
             "cusips": [f"{x:09d}" for x in (12_345_000 + np.arange(st.n) * 7).tolist()],
             "siccode": 1000 + st.sector_idx * 700 + st.industry_idx * 10,
             "sicsector": sector_s, "sicindustry": industry, "famasector": sector_s, "famaindustry": industry,
             "sector": sector_s, "industry": industry, "scalemarketcap": scale, "scalerevenue": scale,
-            "relatedtickers": [None] * st.n, "currency": np.full(st.n, "USD"),
+            "relatedtickers": self._earlier_symbols(a), "currency": np.full(st.n, "USD"),
             "location": np.where(st.category == "ADR Common Stock", "United Kingdom",
                                  np.where(st.category == "Canadian Common Stock", "Canada", "U.S.A")),
             "lastupdated": _d(np.full(st.n, np.datetime64(sp.HORIZON, "D"))),
@@ -587,7 +617,7 @@ class SyntheticMarket:
             "firstquarter": _d(first_q), "lastquarter": _d(last_q),
             "secfilings": [f"https://www.sec.gov/cgi-bin/browse-edgar?action=getcompany&CIK={100_000 + k}"
                            for k in range(st.n)],
-            "companysite": [f"https://www.{t.lower()}.example.com" for t in st.ticker.tolist()],
+            "companysite": [f"https://www.{t.lower()}.example.com" for t in st.ticker.tolist()],  # as listed
         }).with_columns(pl.Series("_any_q", any_q))
         sep = base.with_columns(pl.lit("SEP").alias("table"))
         sf1 = base.filter(pl.Series(st.has_fundamentals) & pl.col("_any_q")).with_columns(pl.lit("SF1").alias("table"))
@@ -596,6 +626,16 @@ class SyntheticMarket:
             pl.when(pl.col("_any_q")).then(pl.col("lastquarter")).alias("lastquarter"),
         )
         return out.sort("table", "ticker")
+
+    def _earlier_symbols(self, a: int) -> pl.Series:
+        st, rn = sp.static(self.seed, self.n_tickers), sp.renames(self.seed, self.n_tickers)
+        m = rn.t <= a
+        changed = (pl.DataFrame({"i": rn.i[m], "sym": rn.symbol[m].tolist()}, schema={"i": pl.Int64, "sym": pl.String})
+                   .group_by("i").agg(pl.col("sym").head(pl.len() - 1)))  # sorted by session within a ticker
+        out = pl.DataFrame({"i": np.arange(st.n), "first": st.ticker.tolist()}).join(changed, on="i", how="left")
+        return out.sort("i").select(
+            pl.when(pl.col("sym").is_not_null()).then(pl.concat_list("first", "sym").list.join(" "))
+        ).to_series().alias("relatedtickers")
 
 
 _BALANCE = {"assets", "assetsc", "liabilities", "equity", "debt", "debtc", "debtnc", "cashneq"}

@@ -25,7 +25,7 @@ EPOCH = dt.date(2005, 1, 3)
 HORIZON = dt.date(2040, 12, 31)
 
 # Random streams: one integer per kind of draw, so adding a stream never shifts another one.
-_S_STATIC, _S_RETURNS, _S_REGIME, _S_OHLCV, _S_FUND, _S_SF2, _S_SF3, _S_CORR = range(8)
+_S_STATIC, _S_RETURNS, _S_REGIME, _S_OHLCV, _S_FUND, _S_SF2, _S_SF3, _S_CORR, _S_RENAME = range(9)
 
 MOM_SKIP, MOM_LOOKBACK = 21, 252  # 12-1 momentum: closeadj 21 sessions ago over 252 sessions ago
 VALUE_LAG = 21  # value uses the market cap of the skip month (Fama-French style lagged ME)
@@ -485,6 +485,53 @@ def bad_prints_between(seed: int, n: int, first_year: int, last_year: int) -> Ba
         z = np.zeros(0, np.int64)
         return BadPrints(z, z, z, z, np.zeros(0))
     return BadPrints(*(np.concatenate([getattr(b, f) for b in parts]) for f in ("key", "t", "i", "lag", "factor")))
+
+
+# Ticker changes: a company keeps its permaticker and takes a new symbol; the feed re-keys its whole
+# history to the new symbol (the live feed: a few hundred changes a year among ~6,000 listed names).
+RENAME_RATE = 0.02  # ticker changes per listed ticker-year
+RENAME_MIN_AGE = 60  # sessions after listing before a change can happen
+
+
+@dataclass(frozen=True)
+class Renames:
+    """Ticker changes, sorted by (ticker index, session): from session `t` on, ticker `i` trades as
+    `symbol` (five letters, so never an original four-letter symbol nor another change's)."""
+
+    t: np.ndarray
+    i: np.ndarray
+    symbol: np.ndarray
+
+
+@lru_cache(maxsize=8)
+def renames(seed: int, n: int) -> Renames:
+    """Deterministic in (seed, n) alone: a Poisson number of changes over each ticker's listed life, on
+    sessions drawn uniformly in it."""
+    st = static(seed, n)
+    rng = _rng(seed, _S_RENAME, n)
+    lo = st.first_idx + RENAME_MIN_AGE
+    span = np.maximum(st.last_idx - lo, 0)
+    count = rng.poisson(RENAME_RATE * span / 252.0)
+    i = np.repeat(np.arange(n), count)
+    t = lo[i] + np.floor(rng.random(len(i)) * span[i]).astype(np.int64)
+    codes = rng.choice(26**5, size=len(i), replace=False)
+    order = np.lexsort((t, i))
+    i, t, codes = i[order], t[order], codes[order]
+    keep = np.r_[True, (i[1:] != i[:-1]) | (t[1:] != t[:-1])]  # one change per (ticker, session)
+    return Renames(t[keep].astype(np.int64), i[keep].astype(np.int64),
+                   np.array(_letters(codes[keep], width=5), dtype=object))
+
+
+def symbols_as_of(seed: int, n: int, a: int) -> np.ndarray:
+    """Each ticker's symbol on session `a`: its latest change on or before `a`, else its listing symbol."""
+    st, rn = static(seed, n), renames(seed, n)
+    out = st.ticker.astype(object)
+    m = rn.t <= a
+    i, sym = rn.i[m], rn.symbol[m]
+    if len(i):  # sorted by (ticker, session): each ticker's last change wins
+        last = np.r_[i[1:] != i[:-1], True]
+        out[i[last]] = sym[last]
+    return out
 
 
 _SPLIT_RATIOS = np.array([2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0, 50.0])

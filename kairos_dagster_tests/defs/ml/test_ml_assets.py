@@ -194,7 +194,8 @@ def test_signal_quality_out_of_sample(world):
     m = read_table(s, "feat_matrix_v2").filter(pl.col("date").is_in(dates))
     t = read_table(s, "feat_targets").select("ticker", "date", "ret_5d_f")
     oracle = SyntheticMarket(seed=s.synthetic_seed, n_tickers=N_TICKERS, signal=s.synthetic_signal).oracle(
-        dates[0], dates[-1])
+        dates[0], dates[-1]).drop("ticker").join(  # by company: the warehouse names it by its synced symbol
+        read_table(s, "tickers").filter(pl.col("table") == "SEP").select("permaticker", "ticker"), on="permaticker")
     frame = m.join(t, on=["ticker", "date"]).join(oracle.select("ticker", "date", "expected_ret_5d"),
                                                     on=["ticker", "date"], how="left")
     stats = {c: ic_stats(rank_ic_by_date(frame, c, "ret_5d_f")["rank_ic"])

@@ -3,8 +3,8 @@ restatement sensor: a warehouse synced week by week, each week as the feed serve
 evening, ends equal to a fresh sync as of the last Friday, and so do its features.
 
 The 150-ticker market (seed 7) has, in these weeks: a bad print of WQAE on 2021-08-27 (served that
-evening) corrected on 2021-09-01; a 3:1 split of HWUY on 2021-08-27, MAFI 3:1 and SQRF 1:10 on
-2021-09-20; and dividends."""
+evening) corrected on 2021-09-01; a 3:1 split of AAMEG (HWUY until 2008) on 2021-08-27, VCPDZ (MAFI until
+2020-11) 3:1 and SQRF 1:10 on 2021-09-20; and dividends."""
 
 import datetime as dt
 
@@ -127,9 +127,9 @@ def test_each_sync_reports_and_rewrites_exactly_the_restated_rows(warehouses):
     with store.connect(inc, read_only=True) as con:
         log = con.execute("SELECT * FROM sync_restatements WHERE table_name = 'sep_base'").pl()
     splits = log.filter(pl.col("kind") == "split")
-    assert set(splits.get_column("ticker")) >= {"MAFI", "SQRF"}
+    assert set(splits.get_column("ticker")) >= {"VCPDZ", "SQRF"}
     factors = dict(splits.select("ticker", "factor").iter_rows())
-    assert factors["MAFI"] == pytest.approx(3.0) and factors["SQRF"] == pytest.approx(0.1)
+    assert factors["VCPDZ"] == pytest.approx(3.0) and factors["SQRF"] == pytest.approx(0.1)
     assert log.filter(pl.col("kind") == "correction").select("ticker", "first_date").rows() == [
         ("WQAE", dt.date(2021, 8, 27))]
     # Outside the synced week, only the rows of restated tickers changed, and only those the log names.
@@ -146,13 +146,13 @@ def test_each_sync_reports_and_rewrites_exactly_the_restated_rows(warehouses):
 
 def test_a_split_day_return_is_the_true_adjusted_return(warehouses):
     inc, _, _ = warehouses
-    sep = _read(inc, "sep_base").filter(pl.col("ticker").is_in(["MAFI", "SQRF"]))
+    sep = _read(inc, "sep_base").filter(pl.col("ticker").is_in(["VCPDZ", "SQRF"]))
     day = sep.filter(pl.col("date").is_between(dt.date(2021, 9, 17), dt.date(2021, 9, 20)))
     for ticker, rows in day.group_by("ticker"):
         close = rows.sort("date").get_column("close").to_list()
         assert abs(close[1] / close[0] - 1) < 0.3, ticker  # split-adjusted: no -67% (3:1) or +900% (1:10)
     feats = _read(inc, "feat_price_action").filter(
-        pl.col("ticker").is_in(["MAFI", "SQRF"]) & (pl.col("date") == dt.date(2021, 9, 20)))
+        pl.col("ticker").is_in(["VCPDZ", "SQRF"]) & (pl.col("date") == dt.date(2021, 9, 20)))
     assert feats.height and (feats.get_column("ret_1d").abs() < 0.3).all()
 
 

@@ -82,6 +82,13 @@ class _Corrupting:
     def latest_date(self, table):
         return self.inner.latest_date(table)
 
+    @property
+    def as_of(self):
+        return self.inner.as_of
+
+    def fetch_updated(self, table, since, not_before=None):
+        return self.inner.fetch_updated(table, since, not_before)
+
 
 class CorruptSource(SharadarSource):
     def build(self):

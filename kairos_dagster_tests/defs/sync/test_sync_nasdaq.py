@@ -33,7 +33,8 @@ def published(as_of: dt.date):
     """The synthetic market's tables as the feed serves them on the evening of `as_of`."""
     market = SyntheticMarket(seed=7, n_tickers=N_TICKERS)
     tables = {
-        name: market.table(name, None, as_of, as_of=as_of) if schemas.schema(name).pit_column else market.table(name)
+        name: market.table(name, None, as_of, as_of=as_of) if schemas.schema(name).pit_column
+        else market.table(name, as_of=as_of)  # TICKERS: the symbols of that day
         for name in ("TICKERS", "SEP", "DAILY", "SF1", "SF2", "SF3")
     }
     return tables.__getitem__
