@@ -140,18 +140,20 @@ def apply_ticker_changes(con: duckdb.DuckDBPyConnection, changes: pl.DataFrame, 
     try:
         con.execute("BEGIN TRANSACTION")
         try:
+            olds = set(changes.get_column("old_ticker"))
             for table in rekeyed_tables(con):
                 t = store.ident(table)
-                taken = con.execute(
-                    f"SELECT DISTINCT ticker FROM {t} WHERE ticker IN (SELECT new_ticker FROM _kairos_changes) "
-                    "AND ticker NOT IN (SELECT old_ticker FROM _kairos_changes) ORDER BY 1 LIMIT 5").fetchall()
+                # one scan: rows under an old symbol (to re-key) and under a new one that is not also old
+                held = dict(con.execute(
+                    f"SELECT ticker, count(*) FROM {t} WHERE ticker IN (SELECT old_ticker FROM _kairos_changes "
+                    "UNION SELECT new_ticker FROM _kairos_changes) GROUP BY ticker").fetchall())
+                taken = sorted(k for k in held if k not in olds)
                 if taken:
                     raise ValueError(
-                        f"ticker change: {table} already holds rows under the new symbol(s) {[r[0] for r in taken]}; "
+                        f"ticker change: {table} already holds rows under the new symbol(s) {taken[:5]}; "
                         "re-keying would mix two companies' rows (refresh `tickers` before syncing the tables "
                         "after a ticker change); nothing was written")
-                n = con.execute(f"SELECT ticker, count(*) FROM {t} WHERE ticker IN (SELECT old_ticker FROM "
-                                "_kairos_changes) GROUP BY ticker").fetchall()
+                n = [(k, v) for k, v in held.items() if k in olds]
                 if not n:
                     continue
                 con.execute(f"UPDATE {t} SET ticker = c.new_ticker FROM _kairos_changes c "

@@ -1,16 +1,20 @@
-"""The execution verification job and its sensor (rebalance days, 09:45-16:00 New York)."""
+"""The gated execution job and its sensor (the rebalance day: live before 09:28 New York, paper until
+the close), and the verification job and its sensor (rebalance days, 09:45-16:00 New York)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from dagster import AssetSelection, RunRequest, SensorEvaluationContext, SkipReason, define_asset_job, sensor
 
 from kairos_dagster import calendar
-from kairos_dagster.broker.tracking import unverified_rebalance_dates
+from kairos_dagster.broker import reports
+from kairos_dagster.broker.release import execution_release
+from kairos_dagster.broker.tracking import approval_for, unverified_rebalance_dates
 from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs.partitions import week_key
-from kairos_dagster.defs.tags import SERIAL_TAG
+from kairos_dagster.defs.tags import EXECUTION_OP, SERIAL_TAG
 from kairos_dagster.warehouse import store
 
 VERIFY_WINDOW = (dt.time(9, 45), dt.time(16, 0))  # New York, on rebalance days: after the open, until the close
@@ -66,3 +70,65 @@ def execution_verify_sensor(context: SensorEvaluationContext):
     hour = _now().astimezone(NEW_YORK).strftime("%Y%m%d%H")
     return [RunRequest(run_key=f"execution-verify-{d.isoformat()}-{hour}", partition_key=week_key(d),
                        tags={"kairos/trigger": "execution_verify_sensor", **SERIAL_TAG}) for d in dates]
+
+
+# ---------------------------------------------------------------------------------- execution
+EXECUTION_PRIORITY = "10"  # dagster/priority: ahead of backfills (priority 0) in the run queue and the duckdb pool
+
+execution_job = define_asset_job(
+    "execution_job",
+    selection=AssetSelection.assets("execution"),
+    config={"ops": {EXECUTION_OP: {"config": {"mode": "execute"}}}},
+    tags={"dagster/priority": EXECUTION_PRIORITY},
+    description=("The gated execution of one week's picks: the approval bound to the picks' hash, the rebalance's "
+                 "blocking gates and the risk checks, then submission (each order once, by client_order_id). Held "
+                 "back by any of them, it writes the preview and fails naming why; nothing is sent."),
+)
+
+
+def week_state(path: str, rebalance_date: dt.date, picks_file: Path) -> tuple[bool, dict | None, str]:
+    """(picks built, the recorded approval or rejection, why unreadable), read-only without waiting on a writer."""
+    found, why = store.peek(path, lambda con: (reports.table_picks_hash(con, rebalance_date)[0] is not None,
+                                               approval_for(con, rebalance_date)))
+    table_picks, approval = found if found is not None else (False, None)
+    return table_picks or picks_file.exists(), approval, why
+
+
+@sensor(
+    name="execution_sensor",
+    job=execution_job,
+    minimum_interval_seconds=60,
+    required_resource_keys={"warehouse", "broker", "rebalance_outputs"},
+    description=(
+        "On the rebalance day, launch execution_job for the week exactly once: live before 09:28 New York once the "
+        "approval is recorded (market-on-open); paper after the approval, or once the picks exist with "
+        "KAIROS_AUTO_PAPER=1, until the close. Otherwise the skip reason says what it waits for."
+    ),
+)
+def execution_sensor(context: SensorEvaluationContext):
+    now = _now()
+    today = now.astimezone(NEW_YORK).date()
+    picks_built, approval = False, None
+    if calendar.rebalance_date_for_week(today) == today:
+        picks_file = reports.default_picks_path(context.resources.rebalance_outputs.path, today)
+        picks_built, approval, why = week_state(context.resources.warehouse.path, today, picks_file)
+        if why:
+            return SkipReason(f"rebalance day {today}: {why}")
+    broker = context.resources.broker
+    try:
+        is_live = broker.is_live
+    except ValueError as exc:
+        return SkipReason(f"broker: {exc}")
+    decision = execution_release(now, is_live=is_live, auto_paper=broker.auto_paper, picks_built=picks_built,
+                                 approval=approval)
+    if decision.missed:  # a deadline passed with the week's orders not sent
+        context.log.error(f"execution of {today} MISSED: {decision.reason}")
+    if decision.rebalance_date is None:
+        return SkipReason(decision.reason)
+    reb = decision.rebalance_date
+    if context.cursor == week_key(reb):  # once per week (the run key dedupes too, in the daemon)
+        return SkipReason(f"the execution of {reb} was already requested")
+    context.update_cursor(week_key(reb))
+    return RunRequest(run_key=f"execution-{reb.isoformat()}", partition_key=week_key(reb),
+                      tags={"kairos/trigger": "execution_sensor", "kairos/execution_mode": decision.mode,
+                            "dagster/priority": EXECUTION_PRIORITY})

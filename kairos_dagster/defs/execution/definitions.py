@@ -1,13 +1,18 @@
-"""The execution domain: approval, gated execution, verification, and the verification sensor."""
+"""The execution domain: approval, gated execution, verification, and their sensors."""
 
 from __future__ import annotations
 
 from dagster import Definitions, PartitionsDefinition
 
 from kairos_dagster.defs.execution.assets import build_execution_assets
-from kairos_dagster.defs.execution.automation import execution_verify_job, execution_verify_sensor
+from kairos_dagster.defs.execution.automation import (
+    execution_job,
+    execution_sensor,
+    execution_verify_job,
+    execution_verify_sensor,
+)
 
 
 def build_defs(weekly: PartitionsDefinition) -> Definitions:
-    return Definitions(assets=build_execution_assets(weekly), jobs=[execution_verify_job],
-                       sensors=[execution_verify_sensor])
+    return Definitions(assets=build_execution_assets(weekly), jobs=[execution_job, execution_verify_job],
+                       sensors=[execution_sensor, execution_verify_sensor])
