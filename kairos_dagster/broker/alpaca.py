@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.data.enums import DataFeed
+from alpaca.data.historical.corporate_actions import CorporateActionsClient
 from alpaca.data.historical.stock import StockHistoricalDataClient
-from alpaca.data.requests import StockLatestTradeRequest
+from alpaca.data.requests import CorporateActionsRequest, StockLatestTradeRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
@@ -180,7 +181,10 @@ class AlpacaBroker:
                                       url_override=credentials.base_url)
         self._data = StockHistoricalDataClient(credentials.api_key, credentials.secret_key,
                                                url_override=credentials.data_url)
-        for client in (self._trading, self._data):
+        # raw data: the split fields we read (symbol, ex_date, old_rate, new_rate), not the SDK's models
+        self._actions = CorporateActionsClient(credentials.api_key, credentials.secret_key, raw_data=True,
+                                               url_override=credentials.data_url)
+        for client in (self._trading, self._data, self._actions):
             # alpaca-py sends requests without a timeout: a hung connection would hang the run.
             client._session.request = functools.partial(client._session.request, timeout=timeout_s)
             if retry_wait_seconds is not None:  # the SDK's own 429/504 wait (3 s); tests shorten it
@@ -268,6 +272,23 @@ class AlpacaBroker:
 
     def latest_price(self, symbol: str) -> float | None:
         return self.latest_prices([symbol]).get(symbol)
+
+    def split_ratios(self, symbols: list[str], after: dt.date, through: dt.date) -> dict[str, float]:
+        """Alpaca's corporate-actions announcements (forward and reverse splits) with an ex-date in
+        (after, through]: new_rate / old_rate, multiplied over several splits of one symbol."""
+        if not symbols or through <= after:
+            return {}
+        req = CorporateActionsRequest(symbols=list(symbols), types=["forward_split", "reverse_split"],
+                                      start=after + dt.timedelta(days=1), end=through)
+        raw = self._call("corporate_actions", lambda: self._actions.get_corporate_actions(req)) or {}
+        out: dict[str, float] = {}
+        for kind in ("forward_splits", "reverse_splits"):
+            for a in raw.get(kind, []) or []:
+                ex = dt.date.fromisoformat(str(a["ex_date"])[:10])
+                old, new = float(a["old_rate"]), float(a["new_rate"])
+                if after < ex <= through and old > 0 and new > 0 and a.get("symbol") in symbols:
+                    out[a["symbol"]] = out.get(a["symbol"], 1.0) * new / old
+        return out
 
     def submit(self, order: OrderRequest) -> OrderState:
         if order.type != "market":

@@ -141,6 +141,11 @@ class Broker(Protocol):
         """Symbols without a price are absent from the result."""
         ...
 
+    def split_ratios(self, symbols: list[str], after: dt.date, through: dt.date) -> dict[str, float]:
+        """New shares per old share of the splits with an ex-date in (after, through] that the broker knows
+        of now (forward > 1, reverse < 1); symbols without one are absent."""
+        ...
+
     def submit(self, order: OrderRequest) -> OrderState:
         """Raises DuplicateClientOrderIdError when the client id was used before."""
         ...

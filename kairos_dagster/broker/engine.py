@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from kairos_dagster import calendar as cal
 from kairos_dagster.broker.approval import (
     ApprovalDecision,
     ApprovalRecord,
@@ -104,13 +105,30 @@ class ExecutionResult:
     csv_path: Path
 
 
+def adjust_for_splits(picks: pl.DataFrame, ratios: Mapping[str, float]) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Picks re-expressed in shares of the fill day: a split of ratio r (new shares per old) between the
+    signal and the fill multiplies the target shares by r (whole shares, rounded down) and divides the
+    picks price by r, so the target value is unchanged. Returns the picks and the ratios applied."""
+    applied = {t: float(r) for t, r in ratios.items() if r > 0 and abs(r - 1.0) > 1e-9}
+    if not applied or picks.height == 0:
+        return picks, {}
+    shares_col = "shares" if "shares" in picks.columns else "target_shares"
+    r = pl.col("ticker").replace_strict(applied, default=1.0, return_dtype=pl.Float64)
+    out = picks.with_columns(
+        (pl.col(shares_col).cast(pl.Float64) * r + 1e-9).floor().cast(picks.schema[shares_col]).alias(shares_col),
+        (pl.col("price").cast(pl.Float64) / r).alias("price"))
+    return out, {t: v for t, v in applied.items() if t in set(picks["ticker"].to_list())}
+
+
 def preview(broker: Broker, picks: pl.DataFrame, rebalance_date: dt.date, *,
             approval: ApprovalRecord | Mapping[str, Any] | None = None, failed_gates: Sequence[str] = (),
             config: ExecutionConfig = ExecutionConfig()) -> ExecutionPlan:
     """Plan orders, skips and checks against the broker's current state. Submits nothing."""
-    picks_hash = picks_content_hash(picks)
+    picks_hash = picks_content_hash(picks)  # the approval is bound to the picks as built, before any split
     account = broker.account()
     clock = broker.clock()
+    picks, splits = adjust_for_splits(picks, broker.split_ratios(
+        picks["ticker"].to_list(), cal.previous_session(rebalance_date), rebalance_date))
     plan = plan_orders(picks, positions_frame(broker.positions()),
                        portfolio_value_override=config.portfolio_value_override)
     tickers = plan["ticker"].to_list()
@@ -131,6 +149,11 @@ def preview(broker: Broker, picks: pl.DataFrame, rebalance_date: dt.date, *,
     checks = risk_checks(plan, account, failed_gates=failed_gates, approval_note=decision.note,
                          limits=config.limits, portfolio_value_override=config.portfolio_value_override)
     refusals.extend(blocking_failures(checks))
+    if splits:
+        checks = pl.concat([checks, pl.DataFrame([(
+            "splits_since_signal", True, False,
+            "target shares and prices re-expressed for splits between the signal and the fill: "
+            + ", ".join(f"{t} x{r:g}" for t, r in sorted(splits.items())))], orient="row", schema=checks.schema)])
     acct = account.account_id
     cids = [client_order_id(acct, rebalance_date, t, s) for t, s in zip(plan["ticker"], plan["side"], strict=True)]
     plan = plan.with_columns(client_order_id=pl.Series(cids, dtype=pl.String), type=pl.lit("market"),

@@ -189,11 +189,16 @@ def apply_skips(plan: pl.DataFrame, *, assets: Mapping[str, AssetInfo | None],
         "known": [assets.get(t) is not None for t in tickers],
         "tradable": [bool(a.tradable and a.status == "active") if (a := assets.get(t)) else False
                      for t in tickers],
+        "inactive": [bool(a.status != "active") if (a := assets.get(t)) else False for t in tickers],
         "latest_price": [latest_prices.get(t) for t in tickers],
-    }, schema={"ticker": pl.String, "known": pl.Boolean, "tradable": pl.Boolean, "latest_price": pl.Float64})
+    }, schema={"ticker": pl.String, "known": pl.Boolean, "tradable": pl.Boolean, "inactive": pl.Boolean,
+               "latest_price": pl.Float64})
     out = plan.join(info, on="ticker", how="left", maintain_order="left")
     gap = (pl.col("latest_price") / pl.col("price") - 1.0)
     skip = (pl.when(~pl.col("known")).then(pl.lit("unknown_asset: broker does not list this symbol"))
+            .when(pl.col("inactive")).then(pl.lit(
+                "delisted: the asset is inactive at the broker (delisted or suspended); left out of the orders, "
+                "a holding stays until the broker settles it"))
             .when(~pl.col("tradable")).then(pl.lit("not_tradable: asset is not tradable/active at the broker")))
     if max_gap is not None:
         skip = (skip.when(pl.col("latest_price").is_null())
@@ -201,7 +206,8 @@ def apply_skips(plan: pl.DataFrame, *, assets: Mapping[str, AssetInfo | None],
                 .when(gap.abs() > max_gap)
                 .then(pl.format("max_gap: latest {} vs picks {} moved {}% > {}%", pl.col("latest_price").round(4),
                                 pl.col("price").round(4), (gap * 100).round(2), pl.lit(round(max_gap * 100, 2)))))
-    return out.with_columns(gap=gap, skip_reason=skip.otherwise(pl.lit(None, pl.String))).drop("known", "tradable")
+    return out.with_columns(gap=gap, skip_reason=skip.otherwise(pl.lit(None, pl.String))).drop(
+        "known", "tradable", "inactive")
 
 
 @dataclass(frozen=True)

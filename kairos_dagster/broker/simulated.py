@@ -8,6 +8,12 @@ prices) with slippage: buys pay open * (1 + bps), sells receive open * (1 - bps)
 session's price is in sep_base the order stays open. The clock is injected (tests control time);
 every read first fills what has become fillable, so state is always "as of now".
 
+Splits: like a real broker, the account holds shares of the company as it is now. A position's quantity
+is expressed as of a session (`basis_date`); when sep_base shows a split after it (the unadjusted over
+the split-adjusted close changes by the ratio), the quantity is multiplied by the ratio and the average
+price divided by it. An order's quantity is in shares of its submission day: one that fills after a
+split fills the adjusted whole number of shares at the unadjusted open.
+
 Ticker changes: like a real broker on the exchange's notice, the account re-keys a held position to the
 company's new symbol once the warehouse has recorded the change (`ticker_changes`), and cancels open
 orders under the old symbol (they could never fill: prices are now under the new one).
@@ -49,7 +55,10 @@ CREATE TABLE IF NOT EXISTS sim_orders (id VARCHAR PRIMARY KEY, account_id VARCHA
     fill_session DATE, filled_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, reason VARCHAR,
     UNIQUE (account_id, client_order_id));
 CREATE TABLE IF NOT EXISTS sim_ticker_changes (account_id VARCHAR, recorded_at TIMESTAMP);
+ALTER TABLE sim_positions ADD COLUMN IF NOT EXISTS basis_date DATE;
+ALTER TABLE sim_orders ADD COLUMN IF NOT EXISTS basis_date DATE;
 """
+SPLIT_TOLERANCE = 1e-6  # a ratio within this of 1 is rounding of the adjustment factors, not a split
 
 _ORDER_COLS = ("id, client_order_id, symbol, side, qty, type, time_in_force, status, filled_qty, filled_avg_price, "
                "submitted_at, filled_at, updated_at, reason")
@@ -140,15 +149,19 @@ class SimulatedBroker:
         self._apply_ticker_changes(now)
         last_open_session = now.date() if (cal.is_session(now.date()) and now.time() >= OPEN) \
             else cal.previous_session(now.date())
+        self._apply_splits()
         due = self.con.execute(
-            """SELECT o.id, o.symbol, o.side, o.qty, (s.open * s.closeunadj / s.close)::DOUBLE, o.fill_session
+            """SELECT o.id, o.symbol, o.side, o.qty, (s.open * s.closeunadj / s.close)::DOUBLE, o.fill_session,
+                      o.basis_date
                FROM sim_orders o
                JOIN sep_base s ON s.ticker = o.symbol AND s.date = o.fill_session
                WHERE o.account_id = ? AND o.status IN ('new', 'accepted') AND o.fill_session <= ?
                ORDER BY o.side = 'buy', o.submitted_at, o.client_order_id""",
             [self.account_id, last_open_session]).fetchall()
         bps = self.slippage_bps / 1e4
-        for oid, sym, side, qty, open_px, session in due:  # a handful of orders: state machine, not a hot path
+        for oid, sym, side, qty, open_px, session, basis in due:  # a handful of orders: a state machine
+            ratio = self._split_ratio(sym, basis, session) if basis is not None else 1.0
+            qty = float(int(qty * ratio + 1e-9)) if ratio != 1.0 else qty  # whole shares of the company now
             filled_at = dt.datetime.combine(session, OPEN, tzinfo=NY)
             if open_px is None or not open_px > 0:
                 self._set(oid, "rejected", reason=f"sep_base has no valid open for {sym} on {session}", at=now)
@@ -169,11 +182,48 @@ class SimulatedBroker:
             new_avg = (avg * held + px * qty) / new_qty if side == "buy" else avg
             self.con.execute("DELETE FROM sim_positions WHERE account_id = ? AND symbol = ?", [self.account_id, sym])
             if new_qty > 0:
-                self.con.execute("INSERT INTO sim_positions VALUES (?, ?, ?, ?)", [self.account_id, sym, new_qty, new_avg])
+                self.con.execute("INSERT INTO sim_positions (account_id, symbol, qty, avg_entry_price, basis_date) "
+                                 "VALUES (?, ?, ?, ?, ?)", [self.account_id, sym, new_qty, new_avg, session])
             self.con.execute("UPDATE sim_account SET cash = cash + ? WHERE account_id = ?",
                              [-qty * px if side == "buy" else qty * px, self.account_id])
-            self.con.execute("UPDATE sim_orders SET status = 'filled', filled_qty = qty, filled_avg_price = ?, "
-                             "filled_at = ?, updated_at = ? WHERE id = ?", [px, filled_at, filled_at, oid])
+            self.con.execute("UPDATE sim_orders SET status = 'filled', qty = ?, filled_qty = ?, filled_avg_price = ?, "
+                             "filled_at = ?, updated_at = ?, basis_date = ? WHERE id = ?",
+                             [qty, qty, px, filled_at, filled_at, session, oid])
+
+    def _split_ratio(self, symbol: str, after: dt.date, through: dt.date) -> float:
+        """Splits between two sessions of sep_base: the unadjusted/adjusted close ratio of `after` over that of
+        the last session on or before `through` (1.0 when there is none or no data)."""
+        row = self.con.execute(
+            """SELECT arg_max(closeunadj / close, date) FILTER (WHERE date <= ?)::DOUBLE,
+                      arg_max(closeunadj / close, date) FILTER (WHERE date <= ?)::DOUBLE
+               FROM sep_base WHERE ticker = ? AND date <= ? AND close > 0""", [after, through, symbol, through]).fetchone()
+        if row is None or row[0] is None or row[1] is None or not row[1] > 0:
+            return 1.0
+        ratio = row[0] / row[1]
+        return 1.0 if abs(ratio - 1.0) <= SPLIT_TOLERANCE else round(ratio, 6)
+
+    def _apply_splits(self) -> None:
+        """Positions whose shares split since their basis session take the ratio (qty x r, average / r)."""
+        cutoff = self._price_cutoff()
+        rows = self.con.execute(
+            """SELECT p.symbol, p.basis_date, max(s.date) FROM sim_positions p JOIN sep_base s ON s.ticker = p.symbol
+               WHERE p.account_id = ? AND s.date <= ? GROUP BY ALL""", [self.account_id, cutoff]).fetchall()
+        for sym, basis, latest in rows:  # the held names (~75): a state update, not a hot path
+            if basis is not None and latest > basis:
+                r = self._split_ratio(sym, basis, latest)
+                self.con.execute("UPDATE sim_positions SET qty = qty * ?, avg_entry_price = avg_entry_price / ?, "
+                                 "basis_date = ? WHERE account_id = ? AND symbol = ?", [r, r, latest, self.account_id, sym])
+            elif basis is None:  # a position of an earlier release: its quantity is as of now
+                self.con.execute("UPDATE sim_positions SET basis_date = ? WHERE account_id = ? AND symbol = ?",
+                                 [latest, self.account_id, sym])
+
+    def split_ratios(self, symbols: list[str], after: dt.date, through: dt.date) -> dict[str, float]:
+        out = {}
+        for sym in symbols:  # the picks (~75 names): one indexed lookup each
+            r = self._split_ratio(sym, after, min(through, self._price_cutoff()))
+            if r != 1.0:
+                out[sym] = r
+        return out
 
     def _set(self, oid: str, status: str, *, reason: str, at: dt.datetime) -> None:
         self.con.execute("UPDATE sim_orders SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
@@ -250,11 +300,14 @@ class SimulatedBroker:
         status, reason, session = "accepted", None, fill_session_for(now)
         if not known:
             status, reason, session = "rejected", f"unknown ticker {order.symbol!r}: not in sep_base", None
+        # the order's shares are those of the latest session priced now: a later split adjusts them at the fill
+        basis = self.con.execute("SELECT max(date) FROM sep_base WHERE ticker = ? AND date <= ?",
+                                 [order.symbol, self._price_cutoff()]).fetchone()[0]
         self.con.execute(
             "INSERT INTO sim_orders (id, account_id, client_order_id, symbol, side, qty, type, time_in_force, status, "
-            "submitted_at, fill_session, updated_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "submitted_at, fill_session, updated_at, reason, basis_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [str(uuid.uuid4()), self.account_id, order.client_order_id, order.symbol, order.side, order.qty,
-             order.type, order.time_in_force, status, now, session, now, reason])
+             order.type, order.time_in_force, status, now, session, now, reason, basis])
         self._process()
         state = self.order_by_client_id(order.client_order_id)
         assert state is not None

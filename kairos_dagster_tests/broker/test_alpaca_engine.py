@@ -281,3 +281,31 @@ def test_secrets_never_in_logs_or_files(fake, con, tmp_path, caplog):
     assert res.csv_path in files and db_path in files
     for p in files:
         assert SECRET.encode() not in Path(p).read_bytes(), p
+
+
+def test_a_split_between_signal_and_fill_re_expresses_the_targets_and_a_delisted_holding_is_left_out(fake, con,
+                                                                                                     tmp_path):
+    """AAPL splits 2:1 with ex-date the fill day: the account already holds post-split shares (40 = 20 held
+    before), the picks (30 shares at $100, signal-day basis) become 60 at $50, so the order buys 20, not 10
+    or a sale. META is held and delisted: reported, not sold."""
+    fake.splits.append(("AAPL", REB, 1.0, 2.0))
+    fake.set_price("AAPL", 50.0)
+    fake.positions["AAPL"] = {"qty": 40.0, "avg_entry_price": 50.0}
+    fake.positions["META"] = {"qty": 5.0, "avg_entry_price": 400.0}
+    fake.inactive.add("META")
+    plan = preview(make_broker(fake), PICKS, REB, config=FAST)
+    orders = {r["ticker"]: r for r in plan.orders.iter_rows(named=True)}
+    assert (orders["AAPL"]["side"], orders["AAPL"]["qty"], orders["AAPL"]["target_shares"]) == ("buy", 20, 60)
+    assert orders["AAPL"]["price"] == pytest.approx(50.0)
+    assert orders["META"]["skip_reason"].startswith("delisted")
+    splits = plan.checks.filter(pl.col("check") == "splits_since_signal")
+    assert splits.height == 1 and "AAPL x2" in splits["detail"][0] and not splits["blocking"][0]
+    assert plan.picks_hash == picks_content_hash(PICKS)  # the approval binds the picks as built
+    res = execute(make_broker(fake), PICKS, REB, con=con, output_dir=tmp_path, config=FAST)
+    sent = {o["symbol"]: o for o in fake.orders}
+    assert set(sent) == {"AAPL", "MSFT", "NVDA"} and sent["AAPL"]["_qty"] == 20
+    assert dict(zip(res.orders["ticker"], res.orders["status"], strict=True))["META"] == "skipped"
+    # without an announced split the same picks would sell AAPL down to 30
+    fake.splits.clear()
+    assert {r["ticker"]: r["side"] for r in preview(make_broker(fake), PICKS, REB, config=FAST).orders.iter_rows(
+        named=True)}["AAPL"] == "sell"

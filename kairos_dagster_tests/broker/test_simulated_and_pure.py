@@ -154,3 +154,31 @@ def test_picks_hash_and_approval_rules(tmp_path):
     stale = validate_approval(appr, "0" * 64, live=False, auto_paper=True)
     assert not stale.ok and "picks changed after approval" in stale.reasons[0]
     assert "missing field" in validate_approval({"picks_hash": h}, h, live=True, auto_paper=False).reasons[0]
+
+
+def test_simulated_account_follows_a_split_in_positions_and_pending_orders(tmp_path):
+    """AAA trades at $100 until 2026-01-15 and splits 2:1 with ex-date 01-16 (sep_base as served after the
+    split: close is split-adjusted, closeunadj what it traded at)."""
+    db = tmp_path / "k.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("""CREATE TABLE sep_base AS SELECT * FROM (VALUES
+        ('AAA', DATE '2026-01-14', 50.0, 50.0, 100.0), ('AAA', DATE '2026-01-15', 50.0, 50.0, 100.0),
+        ('AAA', DATE '2026-01-16', 50.0, 50.0, 50.0), ('AAA', DATE '2026-01-20', 50.0, 50.0, 50.0)
+        ) t(ticker, date, open, close, closeunadj)""")
+    con.close()
+    clock = Clock(dt.datetime(2026, 1, 14, 8, 0, tzinfo=NY))
+    with SimulatedBroker(db, clock=clock, slippage_bps=0.0) as b:
+        b.submit(OrderRequest("AAA", 10, "buy", "day", "before"))  # fills at 01-14's open, $100 raw
+        clock.t = dt.datetime(2026, 1, 15, 17, 0, tzinfo=NY)
+        assert [(p.symbol, p.qty, p.avg_entry_price) for p in b.positions()] == [("AAA", 10, 100.0)]
+        assert b.split_ratios(["AAA"], dt.date(2026, 1, 14), dt.date(2026, 1, 16)) == {}  # not known yet
+        b.submit(OrderRequest("AAA", 4, "buy", "day", "pending"))  # 4 pre-split shares, fills at 01-16's open
+        clock.t = dt.datetime(2026, 1, 16, 17, 0, tzinfo=NY)
+        assert b.split_ratios(["AAA"], dt.date(2026, 1, 15), dt.date(2026, 1, 16)) == {"AAA": 2.0}
+        (pos,) = b.positions()
+        assert (pos.qty, pos.avg_entry_price) == (28.0, pytest.approx((1000 + 8 * 50) / 28))  # 10 -> 20, then + 8
+        filled = b.order_by_client_id("pending")
+        assert (filled.filled_qty, filled.filled_avg_price) == (8.0, 50.0)
+        assert b.account().cash == pytest.approx(100_000 - 1000 - 400)
+        clock.t = dt.datetime(2026, 1, 20, 17, 0, tzinfo=NY)
+        assert b.positions()[0].qty == 28.0  # applied once
