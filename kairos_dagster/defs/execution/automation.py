@@ -6,11 +6,21 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from dagster import AssetSelection, RunRequest, SensorEvaluationContext, SkipReason, define_asset_job, sensor
+from dagster import (
+    AssetSelection,
+    DagsterRunStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SkipReason,
+    define_asset_job,
+    sensor,
+)
 
 from kairos_dagster import calendar
 from kairos_dagster.broker import reports
-from kairos_dagster.broker.release import execution_release
+from kairos_dagster.broker.orders import OPG_CUTOFF
+from kairos_dagster.broker.release import PAPER_UNTIL, execution_release
 from kairos_dagster.broker.tracking import approval_for, unverified_rebalance_dates
 from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs.partitions import week_key
@@ -108,6 +118,8 @@ def week_state(path: str, rebalance_date: dt.date, picks_file: Path) -> tuple[bo
 def execution_sensor(context: SensorEvaluationContext):
     now = _now()
     today = now.astimezone(NEW_YORK).date()
+    if context.cursor == week_key(today) and calendar.rebalance_date_for_week(today) == today:
+        return SkipReason(_requested_status(context, today, now))
     picks_built, approval = False, None
     if calendar.rebalance_date_for_week(today) == today:
         picks_file = reports.default_picks_path(context.resources.rebalance_outputs.path, today)
@@ -126,9 +138,25 @@ def execution_sensor(context: SensorEvaluationContext):
     if decision.rebalance_date is None:
         return SkipReason(decision.reason)
     reb = decision.rebalance_date
-    if context.cursor == week_key(reb):  # once per week (the run key dedupes too, in the daemon)
-        return SkipReason(f"the execution of {reb} was already requested")
-    context.update_cursor(week_key(reb))
+    context.update_cursor(week_key(reb))  # once per week (the run key dedupes too, in the daemon)
     return RunRequest(run_key=f"execution-{reb.isoformat()}", partition_key=week_key(reb),
                       tags={"kairos/trigger": "execution_sensor", "kairos/execution_mode": decision.mode,
                             "dagster/priority": EXECUTION_PRIORITY})
+
+
+def _requested_status(context: SensorEvaluationContext, reb: dt.date, now: dt.datetime) -> str:
+    """What became of the week's requested execution run; a run still waiting past its deadline (09:28 New
+    York live, the close on paper) is logged as an error: the orders will not go out as planned."""
+    runs = context.instance.get_runs(filters=RunsFilter(tags={"dagster/run_key": f"execution-{reb.isoformat()}"}),
+                                     limit=1)
+    if not runs:
+        return f"the execution of {reb} was already requested (no run recorded yet)"
+    run = runs[0]
+    started = run.status not in (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING)
+    mode = run.tags.get("kairos/execution_mode", "paper")
+    deadline = OPG_CUTOFF if mode == "live" else PAPER_UNTIL
+    text = f"the execution of {reb} was already requested: run {run.run_id[:8]} is {run.status.value.lower()}"
+    if not started and now.astimezone(NEW_YORK).time() >= deadline:
+        text += f"; it did not start by its deadline ({deadline:%H:%M} New York, {mode})"
+        context.log.error(f"execution of {reb} MISSED: {text}")
+    return text

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, build_sensor_context
+from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 from typer.testing import CliRunner
 
 from kairos_dagster.broker.release import execution_release
@@ -119,8 +119,10 @@ def test_the_sensor_through_the_rebalance_day_then_the_run_submits_once(warehous
         job = defs.resolve_job_def("execution_job")
         cfg = {"ops": {"execution": {"config": {"mode": "execute", "as_of": "2026-01-16T10:00"}}}}
         result = job.execute_in_process(run_config=cfg, partition_key=req.partition_key, instance=instance,
-                                        tags=req.tags)
+                                        tags={**req.tags, "dagster/run_key": req.run_key})
         assert result.success
+        after = _tick(db, outputs, at(REB, 10, 5), monkeypatch, cursor=tick.cursor, instance=instance)[1]
+        assert not after.run_requests and f"run {result.run_id[:8]} is success" in after.skip_message
         con = duckdb.connect(str(db), read_only=True)
         try:
             sent = con.execute("SELECT ticker, qty, status FROM execution_orders ORDER BY ticker").fetchall()
@@ -137,8 +139,16 @@ def test_the_sensor_for_live_picks_and_a_rejection(warehouse, monkeypatch):
                           base_url="https://api.alpaca.markets")
     with DagsterInstance.ephemeral() as instance:
         assert CliRunner().invoke(app, ["approve", "--date", REB.isoformat(), "--by", "alice"]).exit_code == 0
-        _, tick = _tick(db, outputs, at(REB, 9, 0), monkeypatch, broker=live, instance=instance)
-        assert tick.run_requests[0].tags["kairos/execution_mode"] == "live"
+        defs, tick = _tick(db, outputs, at(REB, 9, 0), monkeypatch, broker=live, instance=instance)
+        (req,) = tick.run_requests
+        assert req.tags["kairos/execution_mode"] == "live"
+        # the run has not started (queued behind others) and still waits at 09:28: its deadline is reported
+        instance.create_run_for_job(defs.resolve_job_def("execution_job"), status=DagsterRunStatus.NOT_STARTED,
+                                    tags={**req.tags, "dagster/run_key": req.run_key})
+        _, queued = _tick(db, outputs, at(REB, 9, 20), monkeypatch, broker=live, cursor=tick.cursor, instance=instance)
+        assert "is not_started" in queued.skip_message and "deadline" not in queued.skip_message
+        _, stuck = _tick(db, outputs, at(REB, 9, 29), monkeypatch, broker=live, cursor=tick.cursor, instance=instance)
+        assert "did not start by its deadline (09:28 New York, live)" in stuck.skip_message
         _, late = _tick(db, outputs, at(REB, 9, 30), monkeypatch, broker=live, instance=instance)
         assert not late.run_requests and "market-on-open window closed" in late.skip_message
         r = CliRunner().invoke(app, ["approve", "--date", REB.isoformat(), "--by", "bob", "--reject", "--note", "no"])
