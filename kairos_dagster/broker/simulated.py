@@ -218,11 +218,19 @@ class SimulatedBroker:
                                  [latest, self.account_id, sym])
 
     def split_ratios(self, symbols: list[str], after: dt.date, through: dt.date) -> dict[str, float]:
+        if not symbols:
+            return {}
+        through = min(through, self._price_cutoff())
+        rows = self.con.execute(
+            """SELECT ticker, arg_max(closeunadj / close, date) FILTER (WHERE date <= $after)::DOUBLE,
+                      arg_max(closeunadj / close, date)::DOUBLE
+               FROM sep_base WHERE ticker IN (SELECT unnest($symbols)) AND date <= $through
+                    AND date >= $after - INTERVAL 14 DAY AND close > 0 GROUP BY ticker""",
+            {"symbols": list(symbols), "after": after, "through": through}).fetchall()
         out = {}
-        for sym in symbols:  # the picks (~75 names): one indexed lookup each
-            r = self._split_ratio(sym, after, min(through, self._price_cutoff()))
-            if r != 1.0:
-                out[sym] = r
+        for sym, before, now in rows:  # one row per pick
+            if before is not None and now and abs(before / now - 1.0) > SPLIT_TOLERANCE:
+                out[sym] = round(before / now, 6)
         return out
 
     def _set(self, oid: str, status: str, *, reason: str, at: dt.datetime) -> None:
