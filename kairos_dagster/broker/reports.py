@@ -24,6 +24,14 @@ def default_picks_path(rebalance_dir: str | Path, rebalance_date: dt.date) -> Pa
     """<rebalance_dir>/DATE/picks.csv: where the rebalance wrote the week's picks."""
     return Path(rebalance_dir) / rebalance_date.isoformat() / "picks.csv"
 
+def table_picks(con: duckdb.DuckDBPyConnection, rebalance_date: dt.date) -> pl.DataFrame | None:
+    """The rebalance_picks rows of the date (None: no rows)."""
+    if not store.table_exists(con, "rebalance_picks"):
+        return None
+    rows = store.read_window(con, "rebalance_picks", "date", rebalance_date, rebalance_date + dt.timedelta(days=1))
+    return rows if rows.height else None
+
+
 def table_picks_hash(con: duckdb.DuckDBPyConnection, rebalance_date: dt.date) -> tuple[str | None, int]:
     """Hash of the rebalance_picks rows of the date over the picks.csv columns (None: no rows)."""
     if not store.table_exists(con, "rebalance_picks"):

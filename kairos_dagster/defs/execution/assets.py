@@ -23,6 +23,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
@@ -32,6 +33,7 @@ from dagster import (
     MetadataValue,
     Output,
     PartitionsDefinition,
+    TimeWindowPartitionMapping,
     asset,
     multi_asset,
 )
@@ -39,6 +41,7 @@ from pydantic import Field
 
 from kairos_dagster import calendar as cal
 from kairos_dagster.broker import engine, reports
+from kairos_dagster.broker import performance as perf
 from kairos_dagster.broker.approval import ApprovalError, make_approval, picks_content_hash
 from kairos_dagster.broker.base import BrokerError
 from kairos_dagster.broker.orders import ExecutionRefusedError, PlanInputError
@@ -60,6 +63,7 @@ from kairos_dagster.portfolio.outputs import (
 from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
+from kairos_dagster.warehouse import store
 from kairos_dagster.warehouse.summary import markdown_table, significant
 
 GROUP = "execution"
@@ -340,6 +344,102 @@ def _verify(context: AssetExecutionContext, reb: dt.date, warehouse: DuckDBWareh
         "report_text": MetadataValue.text(reports.format_report(s, table))})
 
 
+# -------------------------------------------------------------------------------- performance
+def _week_benchmarks(con, reb: dt.date, nxt: dt.date) -> dict[str, float | None]:
+    """universe_ew, market and the ml backtest over the same week, from the stored backtest's equity at
+    the two signal sessions (its marks are closes: the week the picks were held); None where not stored."""
+    out: dict[str, float | None] = {"universe_ew": None, "market": None, "backtest": None}
+    if not store.table_exists(con, "backtest_daily"):
+        return out
+    s0, s1 = cal.previous_session(reb), cal.previous_session(nxt)
+    rows = con.execute(
+        "SELECT strategy, max(equity) FILTER (WHERE date = ?), max(equity) FILTER (WHERE date = ?) FROM backtest_daily "
+        "WHERE config_id = 'default' AND strategy IN ('universe_ew', 'market', 'ml') GROUP BY strategy",
+        [s0, s1]).fetchall()
+    for strategy, e0, e1 in rows:
+        key = "backtest" if strategy == "ml" else strategy
+        out[key] = (e1 / e0 - 1.0) if e0 and e1 else None
+    return out
+
+
+def _performance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
+    @asset(
+        name="rebalance_performance",
+        group_name=GROUP,
+        # measured to the next rebalance's open: the next week's sep_base
+        deps=["execution", AssetDep("sep_base", partition_mapping=TimeWindowPartitionMapping(
+            start_offset=0, end_offset=1, allow_nonexistent_upstream_partitions=True))],
+        partitions_def=partitions,
+        pool="duckdb",
+        io_manager_key="warehouse_io",
+        kinds={"duckdb", "polars"},
+        metadata={"partition_expr": "date"},
+        check_specs=[AssetCheckSpec("portfolio_matches_picks", asset="rebalance_performance",
+                                    description="After the fills, every held weight is within the tolerance of its "
+                                                "picks weight (the runbook's post-trade check).")],
+        description=("Each executed rebalance measured from the broker's own records (execution_orders): the held "
+                     "portfolio's return from its fills to the next rebalance's fills, the picks' return at their "
+                     "target weights, universe_ew, market and the backtest over the same week, the implementation "
+                     "shortfall, the drift from the picks and each position's contribution. Built once the next "
+                     "rebalance date's open is in sep_base; weeks with no execution are marked."),
+    )
+    def rebalance_performance(context: AssetExecutionContext, warehouse: DuckDBWarehouse,
+                              rebalance_outputs: RebalanceOutputs) -> Iterator:
+        key, reb = week_rebalance_date(context)
+        nxt = cal.next_rebalance_after(reb)
+        with warehouse.connect() as con:
+            held_next = con.execute("SELECT count(*) FROM sep_base WHERE date = ?", [nxt]).fetchone()[0] \
+                if store.table_exists(con, "sep_base") else 0
+            if not held_next:
+                raise Failure(description=f"the week of {reb} is measured to the next rebalance's open ({nxt}), which "
+                              "sep_base does not hold yet: materialize this week after that week's sync")
+            fills = (con.execute("SELECT rebalance_date, ticker, side, filled_qty, filled_avg_price, status "
+                                 "FROM execution_orders WHERE rebalance_date <= ?", [reb]).pl()
+                     if store.table_exists(con, "execution_orders") else None)
+            executed = fills is not None and fills.filter(
+                (pl.col("rebalance_date") == reb) & pl.col("status").is_in(perf.FILLED)).height > 0
+            if not executed:
+                result = perf.not_executed(reb, nxt, "no order of this rebalance was filled at the broker"
+                                           if fills is not None else "nothing was ever executed (no execution_orders)")
+            else:
+                picks = reports.table_picks(con, reb)
+                if picks is None:
+                    picks = load_picks(reports.default_picks_path(rebalance_outputs.path, reb))
+                tickers = sorted(set(fills["ticker"]) | set(picks["ticker"]))
+                days = sorted(set(fills["rebalance_date"]) | {reb, nxt})
+                prices = con.execute(
+                    "SELECT ticker, date, open, close, closeadj, closeunadj FROM sep_base WHERE ticker IN "
+                    "(SELECT unnest(?)) AND date IN (SELECT unnest(?::DATE[]))", [tickers, days]).pl()
+                try:
+                    result = perf.measure(reb, nxt, fills=fills, picks=picks, prices=prices,
+                                          benchmarks=_week_benchmarks(con, reb, nxt))
+                except ValueError as exc:
+                    raise Failure(description=f"performance of {reb}: {exc}") from None
+        row = result.summary.row(0, named=True)
+        md = {"status": MetadataValue.text(row["status"]), "rebalance_date": MetadataValue.text(reb.isoformat()),
+              "to": MetadataValue.text(nxt.isoformat()), "note": MetadataValue.text(row["note"] or "")}
+        for k in ("held_return", "picks_return", "universe_ew_return", "market_return", "backtest_return",
+                  "excess_vs_market", "shortfall_bps", "max_drift"):
+            if row[k] is not None:
+                md[k] = MetadataValue.float(significant(float(row[k])))
+        if result.positions.height:
+            by = result.positions.sort("contribution", descending=True)
+            md["best_five"] = MetadataValue.md(markdown_table(by.head(5).drop("date")))
+            md["worst_five"] = MetadataValue.md(markdown_table(by.tail(5).reverse().drop("date")))
+            md["orders"] = MetadataValue.md(markdown_table(result.orders.drop("date"), max_rows=100))
+        yield Output(result.summary, metadata=md)
+        drift = row["max_drift"]
+        yield AssetCheckResult(
+            check_name="portfolio_matches_picks", passed=drift is None or drift <= row["drift_tolerance"],
+            severity=AssetCheckSeverity.WARN,
+            description=("not executed: nothing to compare" if drift is None else
+                         f"largest drift {drift:.2%} (tolerance {row['drift_tolerance']:.2%})"),
+            metadata={"partition": MetadataValue.text(key)})
+
+    return rebalance_performance
+
+
 def build_execution_assets(weekly_partitions: PartitionsDefinition) -> list[AssetsDefinition]:
-    """The approval and the execution multi-asset (execution, execution_report)."""
-    return [_approval_asset(weekly_partitions), _execution_asset(weekly_partitions)]
+    """The approval, the execution multi-asset (execution, execution_report) and the performance tracking."""
+    return [_approval_asset(weekly_partitions), _execution_asset(weekly_partitions),
+            _performance_asset(weekly_partitions)]

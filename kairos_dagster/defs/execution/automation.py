@@ -160,3 +160,45 @@ def _requested_status(context: SensorEvaluationContext, reb: dt.date, now: dt.da
         text += f"; it did not start by its deadline ({deadline:%H:%M} New York, {mode})"
         context.log.error(f"execution of {reb} MISSED: {text}")
     return text
+
+
+# -------------------------------------------------------------------------------- performance
+performance_job = define_asset_job(
+    "performance_job",
+    selection=AssetSelection.assets("rebalance_performance"),
+    description="Measure one executed rebalance to the next rebalance's open (rebalance_performance).",
+)
+
+
+def performance_due(con) -> list[dt.date]:
+    """Executed rebalance dates (an order filled) not measured yet whose next rebalance date's open is in
+    sep_base."""
+    if not (store.table_exists(con, "execution_orders") and store.table_exists(con, "sep_base")):
+        return []
+    executed = [r[0] for r in con.execute(
+        "SELECT DISTINCT rebalance_date FROM execution_orders WHERE filled_qty > 0 ORDER BY 1").fetchall()]
+    measured = set()
+    if store.table_exists(con, "rebalance_performance"):
+        measured = {r[0] for r in con.execute(
+            "SELECT date FROM rebalance_performance WHERE status = 'executed'").fetchall()}
+    latest = con.execute("SELECT max(date) FROM sep_base").fetchone()[0]
+    return [d for d in executed if d not in measured and latest is not None
+            and calendar.next_rebalance_after(d) <= latest]
+
+
+@sensor(
+    name="performance_sensor",
+    job=performance_job,
+    minimum_interval_seconds=3600,
+    required_resource_keys={"warehouse"},
+    description=("Once the next rebalance date's open is in sep_base (after that week's sync), measure each executed "
+                 "rebalance not measured yet: one run per rebalance date."),
+)
+def performance_sensor(context: SensorEvaluationContext):
+    dates, why = store.peek(context.resources.warehouse.path, performance_due)
+    if why:
+        return SkipReason(why)
+    if not dates:
+        return SkipReason("every executed rebalance whose next rebalance date is synced is measured")
+    return [RunRequest(run_key=f"performance-{d.isoformat()}", partition_key=week_key(d),
+                       tags={"kairos/trigger": "performance_sensor", **SERIAL_TAG}) for d in dates]

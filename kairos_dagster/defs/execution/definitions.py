@@ -10,9 +10,11 @@ from kairos_dagster.defs.execution.automation import (
     execution_sensor,
     execution_verify_job,
     execution_verify_sensor,
+    performance_job,
+    performance_sensor,
 )
 
 
 def build_defs(weekly: PartitionsDefinition) -> Definitions:
-    return Definitions(assets=build_execution_assets(weekly), jobs=[execution_job, execution_verify_job],
-                       sensors=[execution_sensor, execution_verify_sensor])
+    return Definitions(assets=build_execution_assets(weekly), jobs=[execution_job, execution_verify_job, performance_job],
+                       sensors=[execution_sensor, execution_verify_sensor, performance_sensor])

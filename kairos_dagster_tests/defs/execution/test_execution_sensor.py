@@ -14,6 +14,7 @@ from kairos_dagster.broker.release import execution_release
 from kairos_dagster.cli.main import app
 from kairos_dagster.definitions import build_definitions
 from kairos_dagster.defs.execution import automation
+from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
@@ -108,20 +109,20 @@ def test_the_sensor_through_the_rebalance_day_then_the_run_submits_once(warehous
         assert not tick.run_requests and "waiting for the approval" in tick.skip_message
         r = CliRunner().invoke(app, ["approve", "--date", REB.isoformat(), "--by", "alice"])
         assert r.exit_code == 0, r.output
-        defs, tick = _tick(db, outputs, at(REB, 10, 0), monkeypatch, instance=instance)
+        defs, tick = _tick(db, outputs, at(REB, 9, 0), monkeypatch, instance=instance)
         (req,) = tick.run_requests
         assert (req.run_key, req.partition_key) == (f"execution-{REB}", WEEK)
         assert req.tags["dagster/priority"] == automation.EXECUTION_PRIORITY and req.tags["kairos/execution_mode"] == "paper"
         assert tick.cursor == WEEK
-        again = _tick(db, outputs, at(REB, 10, 1), monkeypatch, cursor=tick.cursor, instance=instance)[1]
+        again = _tick(db, outputs, at(REB, 9, 1), monkeypatch, cursor=tick.cursor, instance=instance)[1]
         assert not again.run_requests and "already requested" in again.skip_message
         # The requested run, on the simulated broker's clock of that tick: every order once.
         job = defs.resolve_job_def("execution_job")
-        cfg = {"ops": {"execution": {"config": {"mode": "execute", "as_of": "2026-01-16T10:00"}}}}
+        cfg = {"ops": {"execution": {"config": {"mode": "execute", "as_of": "2026-01-16T09:00"}}}}
         result = job.execute_in_process(run_config=cfg, partition_key=req.partition_key, instance=instance,
                                         tags={**req.tags, "dagster/run_key": req.run_key})
         assert result.success
-        after = _tick(db, outputs, at(REB, 10, 5), monkeypatch, cursor=tick.cursor, instance=instance)[1]
+        after = _tick(db, outputs, at(REB, 9, 5), monkeypatch, cursor=tick.cursor, instance=instance)[1]
         assert not after.run_requests and f"run {result.run_id[:8]} is success" in after.skip_message
         con = duckdb.connect(str(db), read_only=True)
         try:
@@ -129,6 +130,32 @@ def test_the_sensor_through_the_rebalance_day_then_the_run_submits_once(warehous
         finally:
             con.close()
         assert [(t, q) for t, q, _ in sent] == sorted(SHARES.items())
+        # Verified after the close (filled at the 01-16 open, 5 bps slippage), the week is measured to the
+        # next rebalance's open (01-23): flat prices, so the book and the picks earn 0 and the cost is 5 bps.
+        r = CliRunner().invoke(app, ["execute", "--verify", "--date", REB.isoformat(), "--as-of", "2026-01-16T16:30"])
+        assert r.exit_code == 0, r.output
+        due = automation.performance_sensor.evaluate_tick(build_sensor_context(
+            instance=instance, repository_def=defs.get_repository_def(),
+            resources={"warehouse": DuckDBWarehouse(path=str(db))}))
+        assert [(r.run_key, r.partition_key) for r in due.run_requests] == [(f"performance-{REB}", WEEK)]
+        perf = run_selection(defs, ["rebalance_performance"], partition_key=WEEK, instance=instance)
+        assert perf.success
+        md = perf.asset_materializations_for_node("rebalance_performance")[0].metadata
+        assert md["status"].value == "executed" and md["to"].value == "2026-01-23"
+        assert md["held_return"].value == pytest.approx(0.0, abs=1e-12) and md["shortfall_bps"].value == pytest.approx(5.0)
+        assert md["max_drift"].value == pytest.approx(0.0, abs=1e-9)
+        (check,) = perf.get_asset_check_evaluations()
+        assert check.check_name == "portfolio_matches_picks" and check.passed
+        done = automation.performance_sensor.evaluate_tick(build_sensor_context(
+            instance=instance, repository_def=defs.get_repository_def(),
+            resources={"warehouse": DuckDBWarehouse(path=str(db))}))
+        assert not done.run_requests and "measured" in done.skip_message
+        earlier = run_selection(defs, ["rebalance_performance"], partition_key="2026-01-05", instance=instance)
+        assert earlier.asset_materializations_for_node("rebalance_performance")[0].metadata[
+            "status"].value == "not executed"
+        nothing_yet = run_selection(defs, ["rebalance_performance"], partition_key="2026-01-19", instance=instance,
+                                    raise_on_error=False)
+        assert not nothing_yet.success  # 01-30's open is not in sep_base yet: not measured, not invented
 
 
 def test_the_sensor_for_live_picks_and_a_rejection(warehouse, monkeypatch):
