@@ -141,3 +141,12 @@ def measure(rebalance_date: dt.date, next_date: dt.date, *, fills: pl.DataFrame,
                    note=("" if max_drift <= drift_tolerance else
                          f"held weights drift up to {max_drift:.2%} from the picks (tolerance {drift_tolerance:.2%})"))
     return RebalancePerformance(summary, positions, orders)
+
+
+def track_record(rows: pl.DataFrame) -> pl.DataFrame:
+    """`rebalance_performance` rows in date order with the compounded held and market returns since the
+    first executed week (weeks not executed carry the running totals unchanged)."""
+    out = rows.sort("date")
+    growth = (1.0 + pl.col("held_return").fill_null(0.0)).cum_prod() - 1.0
+    market = (1.0 + pl.col("market_return").fill_null(0.0)).cum_prod() - 1.0
+    return out.with_columns(growth.alias("cumulative"), market.alias("cumulative_market"))

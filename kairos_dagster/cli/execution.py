@@ -11,6 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 
 from kairos_dagster import calendar
@@ -248,7 +249,56 @@ def liquidate_cmd(
     typer.echo(f"Closing {len(symbols)} position(s)" + (f": {', '.join(symbols[:100])}" if symbols else ""))
 
 
+def track_cmd(
+    from_date: Annotated[str | None, typer.Option("--from-date", help="first rebalance date (YYYY-MM-DD)")] = None,
+    to_date: Annotated[str | None, typer.Option("--to-date", help="last rebalance date (YYYY-MM-DD)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per rebalance instead of the table")] = False,
+) -> None:
+    """The track record of executed rebalances (rebalance_performance): one line per rebalance with its
+    return, the market's, the excess, the shortfall and the compounded return since the first one."""
+    import json
+
+    from kairos_dagster.broker.performance import track_record
+    from kairos_dagster.cli.common import parse_date
+    from kairos_dagster.warehouse import store
+
+    require_warehouse()
+    lo, hi = parse_date(from_date, "--from-date"), parse_date(to_date, "--to-date")
+    if lo and hi and lo > hi:
+        raise fail(f"--from-date {lo} is after --to-date {hi}")
+    s = settings()
+    with store.connect(s.duckdb_path, read_only=True) as con:
+        if not store.table_exists(con, "rebalance_performance"):
+            typer.echo("No rebalance measured yet: rebalance_performance is built once a rebalance was executed and "
+                       "the next rebalance date is synced (performance_sensor, or materialize it in the UI).")
+            return
+        rows = con.execute("SELECT * FROM rebalance_performance ORDER BY date").pl()
+    record = track_record(rows)
+    if lo:
+        record = record.filter(pl.col("date") >= lo)
+    if hi:
+        record = record.filter(pl.col("date") <= hi)
+    if as_json:
+        for r in record.iter_rows(named=True):
+            typer.echo(json.dumps({k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in r.items()}))
+        return
+    if not record.height:
+        typer.echo("No measured rebalance in that range.")
+        return
+
+    def p(x: float | None) -> str:
+        return f"{x:+8.2%}" if x is not None else "     n/a"
+
+    typer.echo(f"{'rebalance':<11} {'to':<11} {'status':<13} {'return':>8} {'market':>8} {'excess':>8} "
+               f"{'shortfall':>10} {'cumulative':>10}")
+    for r in record.iter_rows(named=True):
+        fall = f"{r['shortfall_bps']:+8.1f}bp" if r["shortfall_bps"] is not None else "       n/a"
+        typer.echo(f"{r['date']!s:<11} {r['next_date']!s:<11} {r['status']:<13} {p(r['held_return'])} "
+                   f"{p(r['market_return'])} {p(r['excess_vs_market'])} {fall:>10} {p(r['cumulative']):>10}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("track")(track_cmd)
     app.command("approve")(approve_cmd)
     app.command("execute")(execute_cmd)
     app.command("override")(override_cmd)

@@ -3,6 +3,7 @@ DuckDB, approvals recorded by `kairos approve`), paper and live, a holiday week 
 the run it requests submits the week's orders once on the simulated broker."""
 
 import datetime as dt
+import json
 from zoneinfo import ZoneInfo
 
 import duckdb
@@ -153,6 +154,17 @@ def test_the_sensor_through_the_rebalance_day_then_the_run_submits_once(warehous
         earlier = run_selection(defs, ["rebalance_performance"], partition_key="2026-01-05", instance=instance)
         assert earlier.asset_materializations_for_node("rebalance_performance")[0].metadata[
             "status"].value == "not executed"
+        # `kairos track`: one line per measured rebalance, compounded; --json for scripts.
+        out = CliRunner().invoke(app, ["track"])
+        assert out.exit_code == 0, out.output
+        lines = {ln.split()[0]: ln for ln in out.output.splitlines()[1:]}
+        assert "executed" in lines[REB.isoformat()] and "+5.0bp" in lines[REB.isoformat()]
+        assert "not executed" in lines["2026-01-09"]
+        js = CliRunner().invoke(app, ["track", "--json", "--from-date", REB.isoformat()])
+        (record,) = [json.loads(ln) for ln in js.output.splitlines()]
+        assert record["date"] == REB.isoformat() and record["cumulative"] == pytest.approx(0.0, abs=1e-12)
+        bad = CliRunner().invoke(app, ["track", "--from-date", "2026-01-20", "--to-date", "2026-01-10"])
+        assert bad.exit_code == 2 and "after --to-date" in bad.output
         nothing_yet = run_selection(defs, ["rebalance_performance"], partition_key="2026-01-19", instance=instance,
                                     raise_on_error=False)
         assert not nothing_yet.success  # 01-30's open is not in sep_base yet: not measured, not invented
