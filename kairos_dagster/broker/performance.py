@@ -1,4 +1,5 @@
-"""Performance of executed rebalances, from the broker's own records (no dagster import).
+"""Performance of executed rebalances, from the broker's own records (no dagster import): the pure
+`measure` and the warehouse reads that feed it.
 
 For the rebalance of date R, executed (orders filled at the broker, `execution_orders`), and the next
 rebalance date N:
@@ -20,8 +21,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+import duckdb
 import polars as pl
+
+from kairos_dagster import calendar as cal
+from kairos_dagster.broker import reports
+from kairos_dagster.portfolio.outputs import read_picks_csv
+from kairos_dagster.warehouse import store
 
 DRIFT_TOLERANCE = 0.01  # a held weight more than 1 percentage point from its picks weight fails the check
 FILLED = ("filled", "partially_filled", "partial")
@@ -150,3 +158,69 @@ def track_record(rows: pl.DataFrame) -> pl.DataFrame:
     growth = (1.0 + pl.col("held_return").fill_null(0.0)).cum_prod() - 1.0
     market = (1.0 + pl.col("market_return").fill_null(0.0)).cum_prod() - 1.0
     return out.with_columns(growth.alias("cumulative"), market.alias("cumulative_market"))
+
+
+# ------------------------------------------------------------------------------ warehouse reads
+def week_benchmarks(con: duckdb.DuckDBPyConnection, rebalance_date: dt.date, next_date: dt.date
+                    ) -> dict[str, float | None]:
+    """universe_ew, market and the ml backtest over the same week, from the stored backtest's equity at
+    the two signal sessions (its marks are closes: the week the picks were held); None where not stored."""
+    out: dict[str, float | None] = {"universe_ew": None, "market": None, "backtest": None}
+    if not store.table_exists(con, "backtest_daily"):
+        return out
+    s0, s1 = cal.previous_session(rebalance_date), cal.previous_session(next_date)
+    rows = con.execute(
+        "SELECT strategy, max(equity) FILTER (WHERE date = ?), max(equity) FILTER (WHERE date = ?) FROM backtest_daily "
+        "WHERE config_id = 'default' AND strategy IN ('universe_ew', 'market', 'ml') GROUP BY strategy",
+        [s0, s1]).fetchall()
+    for strategy, e0, e1 in rows:
+        out["backtest" if strategy == "ml" else strategy] = (e1 / e0 - 1.0) if e0 and e1 else None
+    return out
+
+
+def measure_week(con: duckdb.DuckDBPyConnection, rebalance_date: dt.date, picks_file: Path) -> RebalancePerformance:
+    """Read what `measure` needs for one rebalance from the warehouse and measure it. The picks are the
+    rebalance_picks rows of the date, else `picks_file`. A ValueError names what is missing (the next
+    rebalance date's prices not synced yet, a fill day without prices)."""
+    nxt = cal.next_rebalance_after(rebalance_date)
+    held_next = con.execute("SELECT count(*) FROM sep_base WHERE date = ?", [nxt]).fetchone()[0] \
+        if store.table_exists(con, "sep_base") else 0
+    if not held_next:
+        raise ValueError(f"the week of {rebalance_date} is measured to the next rebalance's open ({nxt}), which "
+                         "sep_base does not hold yet: materialize this week after that week's sync")
+    if not store.table_exists(con, "execution_orders"):
+        return not_executed(rebalance_date, nxt, "nothing was ever executed (no execution_orders)")
+    fills = con.execute("SELECT rebalance_date, ticker, side, filled_qty, filled_avg_price, status "
+                        "FROM execution_orders WHERE rebalance_date <= ?", [rebalance_date]).pl()
+    if rebalance_date not in measurable_dates(con, executed_only=True):
+        return not_executed(rebalance_date, nxt, "no order of this rebalance was filled at the broker")
+    picks = reports.table_picks(con, rebalance_date)
+    if picks is None:
+        picks = read_picks_csv(picks_file)
+    tickers = sorted(set(fills["ticker"]) | set(picks["ticker"]))
+    days = sorted(set(fills["rebalance_date"]) | {rebalance_date, nxt})
+    prices = con.execute(
+        "SELECT ticker, date, open, close, closeadj, closeunadj FROM sep_base WHERE ticker IN "
+        "(SELECT unnest(?)) AND date IN (SELECT unnest(?::DATE[]))", [tickers, days]).pl()
+    return measure(rebalance_date, nxt, fills=fills, picks=picks, prices=prices,
+                   benchmarks=week_benchmarks(con, rebalance_date, nxt))
+
+
+def measurable_dates(con: duckdb.DuckDBPyConnection, *, executed_only: bool = False) -> list[dt.date]:
+    """Executed rebalance dates (an order filled) whose next rebalance date's open is in sep_base and that
+    rebalance_performance does not hold as executed yet (with `executed_only`: every executed date)."""
+    if not store.table_exists(con, "execution_orders"):
+        return []
+    executed = [r[0] for r in con.execute(
+        "SELECT DISTINCT rebalance_date FROM execution_orders WHERE filled_qty > 0 AND status IN "
+        "(SELECT unnest(?)) ORDER BY 1", [list(FILLED)]).fetchall()]
+    if executed_only:
+        return executed
+    measured = set()
+    if store.table_exists(con, "rebalance_performance"):
+        measured = {r[0] for r in con.execute(
+            "SELECT date FROM rebalance_performance WHERE status = 'executed'").fetchall()}
+    latest = con.execute("SELECT max(date) FROM sep_base").fetchone()[0] if store.table_exists(con, "sep_base") \
+        else None
+    return [d for d in executed if d not in measured and latest is not None
+            and cal.next_rebalance_after(d) <= latest]

@@ -63,7 +63,6 @@ from kairos_dagster.portfolio.outputs import (
 from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.warehouse import store
 from kairos_dagster.warehouse.summary import markdown_table, significant
 
 GROUP = "execution"
@@ -345,23 +344,6 @@ def _verify(context: AssetExecutionContext, reb: dt.date, warehouse: DuckDBWareh
 
 
 # -------------------------------------------------------------------------------- performance
-def _week_benchmarks(con, reb: dt.date, nxt: dt.date) -> dict[str, float | None]:
-    """universe_ew, market and the ml backtest over the same week, from the stored backtest's equity at
-    the two signal sessions (its marks are closes: the week the picks were held); None where not stored."""
-    out: dict[str, float | None] = {"universe_ew": None, "market": None, "backtest": None}
-    if not store.table_exists(con, "backtest_daily"):
-        return out
-    s0, s1 = cal.previous_session(reb), cal.previous_session(nxt)
-    rows = con.execute(
-        "SELECT strategy, max(equity) FILTER (WHERE date = ?), max(equity) FILTER (WHERE date = ?) FROM backtest_daily "
-        "WHERE config_id = 'default' AND strategy IN ('universe_ew', 'market', 'ml') GROUP BY strategy",
-        [s0, s1]).fetchall()
-    for strategy, e0, e1 in rows:
-        key = "backtest" if strategy == "ml" else strategy
-        out[key] = (e1 / e0 - 1.0) if e0 and e1 else None
-    return out
-
-
 def _performance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
     @asset(
         name="rebalance_performance",
@@ -387,34 +369,12 @@ def _performance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                               rebalance_outputs: RebalanceOutputs) -> Iterator:
         key, reb = week_rebalance_date(context)
         nxt = cal.next_rebalance_after(reb)
+        picks_file = reports.default_picks_path(rebalance_outputs.path, reb)
         with warehouse.connect() as con:
-            held_next = con.execute("SELECT count(*) FROM sep_base WHERE date = ?", [nxt]).fetchone()[0] \
-                if store.table_exists(con, "sep_base") else 0
-            if not held_next:
-                raise Failure(description=f"the week of {reb} is measured to the next rebalance's open ({nxt}), which "
-                              "sep_base does not hold yet: materialize this week after that week's sync")
-            fills = (con.execute("SELECT rebalance_date, ticker, side, filled_qty, filled_avg_price, status "
-                                 "FROM execution_orders WHERE rebalance_date <= ?", [reb]).pl()
-                     if store.table_exists(con, "execution_orders") else None)
-            executed = fills is not None and fills.filter(
-                (pl.col("rebalance_date") == reb) & pl.col("status").is_in(perf.FILLED)).height > 0
-            if not executed:
-                result = perf.not_executed(reb, nxt, "no order of this rebalance was filled at the broker"
-                                           if fills is not None else "nothing was ever executed (no execution_orders)")
-            else:
-                picks = reports.table_picks(con, reb)
-                if picks is None:
-                    picks = load_picks(reports.default_picks_path(rebalance_outputs.path, reb))
-                tickers = sorted(set(fills["ticker"]) | set(picks["ticker"]))
-                days = sorted(set(fills["rebalance_date"]) | {reb, nxt})
-                prices = con.execute(
-                    "SELECT ticker, date, open, close, closeadj, closeunadj FROM sep_base WHERE ticker IN "
-                    "(SELECT unnest(?)) AND date IN (SELECT unnest(?::DATE[]))", [tickers, days]).pl()
-                try:
-                    result = perf.measure(reb, nxt, fills=fills, picks=picks, prices=prices,
-                                          benchmarks=_week_benchmarks(con, reb, nxt))
-                except ValueError as exc:
-                    raise Failure(description=f"performance of {reb}: {exc}") from None
+            try:
+                result = perf.measure_week(con, reb, picks_file)
+            except (ValueError, OutputFileError) as exc:
+                raise Failure(description=f"performance of {reb}: {exc}") from None
         row = result.summary.row(0, named=True)
         md = {"status": MetadataValue.text(row["status"]), "rebalance_date": MetadataValue.text(reb.isoformat()),
               "to": MetadataValue.text(nxt.isoformat()), "note": MetadataValue.text(row["note"] or "")}

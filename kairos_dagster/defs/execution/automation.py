@@ -20,6 +20,7 @@ from dagster import (
 from kairos_dagster import calendar
 from kairos_dagster.broker import reports
 from kairos_dagster.broker.orders import OPG_CUTOFF
+from kairos_dagster.broker.performance import measurable_dates
 from kairos_dagster.broker.release import PAPER_UNTIL, execution_release
 from kairos_dagster.broker.tracking import approval_for, unverified_rebalance_dates
 from kairos_dagster.constants import NEW_YORK
@@ -170,22 +171,6 @@ performance_job = define_asset_job(
 )
 
 
-def performance_due(con) -> list[dt.date]:
-    """Executed rebalance dates (an order filled) not measured yet whose next rebalance date's open is in
-    sep_base."""
-    if not (store.table_exists(con, "execution_orders") and store.table_exists(con, "sep_base")):
-        return []
-    executed = [r[0] for r in con.execute(
-        "SELECT DISTINCT rebalance_date FROM execution_orders WHERE filled_qty > 0 ORDER BY 1").fetchall()]
-    measured = set()
-    if store.table_exists(con, "rebalance_performance"):
-        measured = {r[0] for r in con.execute(
-            "SELECT date FROM rebalance_performance WHERE status = 'executed'").fetchall()}
-    latest = con.execute("SELECT max(date) FROM sep_base").fetchone()[0]
-    return [d for d in executed if d not in measured and latest is not None
-            and calendar.next_rebalance_after(d) <= latest]
-
-
 @sensor(
     name="performance_sensor",
     job=performance_job,
@@ -195,7 +180,7 @@ def performance_due(con) -> list[dt.date]:
                  "rebalance not measured yet: one run per rebalance date."),
 )
 def performance_sensor(context: SensorEvaluationContext):
-    dates, why = store.peek(context.resources.warehouse.path, performance_due)
+    dates, why = store.peek(context.resources.warehouse.path, measurable_dates)
     if why:
         return SkipReason(why)
     if not dates:
