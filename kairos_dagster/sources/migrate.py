@@ -112,8 +112,7 @@ def _rescale_levels(con: duckdb.DuckDBPyConnection) -> str:
     if store.read_meta(con, LEVELS_DONE_KEY) == "done":  # an interrupted migration, run again
         return "feature levels: already re-expressed"
     done = []
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with store.transaction(con, "migration: re-expressing feature levels failed"):
         for table in sorted(set(V1_PRICE_LEVELS) | set(V1_SHARE_LEVELS)):
             if not store.table_exists(con, table):
                 continue
@@ -132,10 +131,6 @@ def _rescale_levels(con: duckdb.DuckDBPyConnection) -> str:
         con.execute(f"CREATE TABLE IF NOT EXISTS {store.META_TABLE} (key VARCHAR, value VARCHAR)")
         con.execute(f"DELETE FROM {store.META_TABLE} WHERE key = ?", [LEVELS_DONE_KEY])
         con.execute(f"INSERT INTO {store.META_TABLE} VALUES (?, 'done')", [LEVELS_DONE_KEY])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return "feature levels in prices as known on their own date: " + ("; ".join(done) or "no feature table yet")
 
 

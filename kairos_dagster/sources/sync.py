@@ -3,7 +3,6 @@ read back what the warehouse stored (no dagster import)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
@@ -134,50 +133,42 @@ def apply_ticker_changes(con: duckdb.DuckDBPyConnection, changes: pl.DataFrame, 
     if not changes.height:
         return pl.DataFrame(schema=log_schema)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    con.register("_kairos_changes", changes)
-    con.register("_kairos_tickers", tickers)
     counts = []
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with store.transaction(con, "ticker change: re-keying failed",
+                           {"_kairos_changes": changes, "_kairos_tickers": tickers}):
+        olds = set(changes.get_column("old_ticker"))
+        for table in rekeyed_tables(con):
+            t = store.ident(table)
+            # one scan: rows under an old symbol (to re-key) and under a new one that is not also old
+            held = dict(con.execute(
+                f"SELECT ticker, count(*) FROM {t} WHERE ticker IN (SELECT old_ticker FROM _kairos_changes "
+                "UNION SELECT new_ticker FROM _kairos_changes) GROUP BY ticker").fetchall())
+            taken = sorted(k for k in held if k not in olds)
+            if taken:
+                raise ValueError(
+                    f"ticker change: {table} already holds rows under the new symbol(s) {taken[:5]}; "
+                    "re-keying would mix two companies' rows (refresh `tickers` before syncing the tables "
+                    "after a ticker change); nothing was written")
+            n = [(k, v) for k, v in held.items() if k in olds]
+            if not n:
+                continue
+            con.execute(f"UPDATE {t} SET ticker = c.new_ticker FROM _kairos_changes c "
+                        f"WHERE {t}.ticker = c.old_ticker")
+            counts += [(table, old, int(k)) for old, k in n]
+        log = (changes.join(pl.DataFrame(counts, schema={"table_name": pl.String, "old_ticker": pl.String,
+                                                         "rows": pl.Int64}, orient="row"),
+                            on="old_ticker", how="inner")
+               .with_columns(pl.lit(as_of).cast(pl.Date).alias("as_of"), pl.lit(run_id).alias("run_id"),
+                             pl.lit(now).alias("recorded_at"))
+               .select(list(log_schema)).sort("permaticker", "table_name"))
+        con.register("_kairos_change_log", log)
         try:
-            olds = set(changes.get_column("old_ticker"))
-            for table in rekeyed_tables(con):
-                t = store.ident(table)
-                # one scan: rows under an old symbol (to re-key) and under a new one that is not also old
-                held = dict(con.execute(
-                    f"SELECT ticker, count(*) FROM {t} WHERE ticker IN (SELECT old_ticker FROM _kairos_changes "
-                    "UNION SELECT new_ticker FROM _kairos_changes) GROUP BY ticker").fetchall())
-                taken = sorted(k for k in held if k not in olds)
-                if taken:
-                    raise ValueError(
-                        f"ticker change: {table} already holds rows under the new symbol(s) {taken[:5]}; "
-                        "re-keying would mix two companies' rows (refresh `tickers` before syncing the tables "
-                        "after a ticker change); nothing was written")
-                n = [(k, v) for k, v in held.items() if k in olds]
-                if not n:
-                    continue
-                con.execute(f"UPDATE {t} SET ticker = c.new_ticker FROM _kairos_changes c "
-                            f"WHERE {t}.ticker = c.old_ticker")
-                counts += [(table, old, int(k)) for old, k in n]
-            log = (changes.join(pl.DataFrame(counts, schema={"table_name": pl.String, "old_ticker": pl.String,
-                                                             "rows": pl.Int64}, orient="row"),
-                                on="old_ticker", how="inner")
-                   .with_columns(pl.lit(as_of).cast(pl.Date).alias("as_of"), pl.lit(run_id).alias("run_id"),
-                                 pl.lit(now).alias("recorded_at"))
-                   .select(list(log_schema)).sort("permaticker", "table_name"))
-            con.register("_kairos_change_log", log)
             con.execute(f"CREATE TABLE IF NOT EXISTS {TICKER_CHANGES_TABLE} AS SELECT * FROM _kairos_change_log "
                         "LIMIT 0")
             con.execute(f"INSERT INTO {TICKER_CHANGES_TABLE} BY NAME SELECT * FROM _kairos_change_log")
-            con.execute("CREATE OR REPLACE TABLE tickers AS SELECT * FROM _kairos_tickers")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        for name in ("_kairos_changes", "_kairos_tickers", "_kairos_change_log"):
-            with contextlib.suppress(duckdb.Error):
-                con.unregister(name)
+        finally:
+            con.unregister("_kairos_change_log")
+        con.execute("CREATE OR REPLACE TABLE tickers AS SELECT * FROM _kairos_tickers")
     return log
 
 

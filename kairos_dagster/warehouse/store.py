@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,9 +97,13 @@ def _sync_schema(con: duckdb.DuckDBPyConnection, table: str, staging: str = _STA
 
 
 @contextmanager
-def _staged_transaction(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, failure: str) -> Iterator[None]:
-    """Register `df` as the staging view and run the body in one transaction (rolled back on any error)."""
-    con.register(_STAGING, df)
+def transaction(con: duckdb.DuckDBPyConnection, failure: str,
+                frames: Mapping[str, pl.DataFrame] | None = None) -> Iterator[None]:
+    """Run the body in one transaction, with `frames` registered as views under their names: committed
+    when it returns, rolled back on any error (a DuckDB error re-raised as WarehouseError(`failure`))."""
+    frames = dict(frames or {})
+    for name, df in frames.items():
+        con.register(name, df)
     try:
         con.execute("BEGIN TRANSACTION")
         try:
@@ -111,7 +115,13 @@ def _staged_transaction(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, failur
     except duckdb.Error as exc:
         raise WarehouseError(f"{failure}: {exc}") from exc
     finally:
-        con.unregister(_STAGING)
+        for name in frames:
+            con.unregister(name)
+
+
+def _staged_transaction(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, failure: str):
+    """Register `df` as the staging view and run the body in one transaction (rolled back on any error)."""
+    return transaction(con, failure, {_STAGING: df})
 
 
 def replace_window(
@@ -185,27 +195,14 @@ def upsert_many(
             if k not in df.columns:
                 raise WarehouseError(f"{table}: key column {k!r} is missing from the rows")
     names = [f"{_STAGING}_{i}" for i in range(len(writes))]
-    for name, (_, df, _) in zip(names, writes, strict=True):
-        con.register(name, df)
     tables = ", ".join(t for t, _, _ in writes)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for name, (table, _, key) in zip(names, writes, strict=True):
-                _sync_schema(con, table, name)
-                # null-safe: a key part may be null (e.g. the date of a per-model metric)
-                cond = " AND ".join(f"t.{ident(k)} IS NOT DISTINCT FROM s.{ident(k)}" for k in key)
-                con.execute(f"DELETE FROM {ident(table)} t USING {name} s WHERE {cond}")
-                con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {name}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    except duckdb.Error as exc:
-        raise WarehouseError(f"{tables}: upsert failed: {exc}") from exc
-    finally:
-        for name in names:
-            con.unregister(name)
+    with transaction(con, f"{tables}: upsert failed", {n: df for n, (_, df, _) in zip(names, writes, strict=True)}):
+        for name, (table, _, key) in zip(names, writes, strict=True):
+            _sync_schema(con, table, name)
+            # null-safe: a key part may be null (e.g. the date of a per-model metric)
+            cond = " AND ".join(f"t.{ident(k)} IS NOT DISTINCT FROM s.{ident(k)}" for k in key)
+            con.execute(f"DELETE FROM {ident(table)} t USING {name} s WHERE {cond}")
+            con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {name}")
     return [df.height for _, df, _ in writes]
 
 
