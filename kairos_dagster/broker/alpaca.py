@@ -284,8 +284,11 @@ class AlpacaBroker:
         out: dict[str, float] = {}
         for kind in ("forward_splits", "reverse_splits"):
             for a in raw.get(kind, []) or []:
-                ex = dt.date.fromisoformat(str(a["ex_date"])[:10])
-                old, new = float(a["old_rate"]), float(a["new_rate"])
+                try:
+                    ex = dt.date.fromisoformat(str(a["ex_date"])[:10])
+                    old, new = float(a["old_rate"]), float(a["new_rate"])
+                except (KeyError, TypeError, ValueError) as exc:  # never size orders on a split we cannot read
+                    raise BrokerError(f"alpaca corporate_actions: unreadable {kind[:-1]} {a!r}: {exc!r}") from None
                 if after < ex <= through and old > 0 and new > 0 and a.get("symbol") in symbols:
                     out[a["symbol"]] = out.get(a["symbol"], 1.0) * new / old
         return out

@@ -20,6 +20,7 @@ from kairos_dagster.broker.alpaca import (
     alpaca_credentials_from_env,
 )
 from kairos_dagster.broker.approval import make_approval, picks_content_hash
+from kairos_dagster.broker.base import BrokerError
 from kairos_dagster.broker.engine import (
     ExecutionConfig,
     emergency_cancel_all,
@@ -309,3 +310,9 @@ def test_a_split_between_signal_and_fill_re_expresses_the_targets_and_a_delisted
     fake.splits.clear()
     assert {r["ticker"]: r["side"] for r in preview(make_broker(fake), PICKS, REB, config=FAST).orders.iter_rows(
         named=True)}["AAPL"] == "sell"
+
+
+def test_an_unreadable_split_announcement_stops_the_plan(fake):
+    fake.splits.append(("AAPL", REB, None, 2.0))  # old_rate missing
+    with pytest.raises(BrokerError, match="unreadable forward_split"):
+        preview(make_broker(fake), PICKS, REB, config=FAST)
