@@ -15,11 +15,15 @@ from kairos_dagster.definitions import build_definitions
 from kairos_dagster.defs.execution import automation
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.settings import load_settings
-from kairos_dagster_tests.fixtures.execution_setup import PRICES, REB, SHARES, build_sep, write_picks
+from kairos_dagster_tests.fixtures.execution_setup import (
+    PRICES,
+    REB,
+    SHARES,
+    simulated_env,
+    write_picks,
+)
 
 runner = CliRunner()
-ALPACA_VARS = ["APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "APCA_API_BASE_URL", "ALPACA_API_KEY", "ALPACA_SECRET_KEY",
-               "ALPACA_BASE_URL", "APCA_API_DATA_URL", "ALPACA_DATA_URL"]
 PRE_OPEN = "2026-01-16T09:00"  # New York: fills at this day's open
 AFTER_CLOSE = "2026-01-16T16:30"
 NY = automation.NEW_YORK
@@ -27,14 +31,7 @@ NY = automation.NEW_YORK
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    for v in ALPACA_VARS:
-        monkeypatch.delenv(v, raising=False)
-    db = tmp_path / "k.duckdb"
-    build_sep(db)
-    monkeypatch.setenv("KAIROS_DUCKDB_PATH", str(db))
-    monkeypatch.setenv("KAIROS_OUTPUT_DIR", str(tmp_path / "outputs"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    monkeypatch.setenv("KAIROS_AUTO_PAPER", "0")
+    db = simulated_env(tmp_path, monkeypatch)
     picks = write_picks(tmp_path / "outputs")
     return db, picks, tmp_path
 

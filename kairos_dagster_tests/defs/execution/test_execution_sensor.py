@@ -20,11 +20,9 @@ from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.settings import load_settings
-from kairos_dagster_tests.fixtures.execution_setup import REB, SHARES, WEEK, build_sep, write_picks
+from kairos_dagster_tests.fixtures.execution_setup import REB, SHARES, WEEK, simulated_env, write_picks
 
 NY = ZoneInfo("America/New_York")
-ALPACA_VARS = ["APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "APCA_API_BASE_URL", "ALPACA_API_KEY", "ALPACA_SECRET_KEY",
-               "ALPACA_BASE_URL", "APCA_API_DATA_URL", "ALPACA_DATA_URL"]
 APPROVED = {"status": "approved", "approved_by": "alice", "approved_at": dt.datetime(2026, 1, 16, 13, 5, tzinfo=dt.UTC)}
 
 
@@ -77,13 +75,7 @@ def test_a_rejected_approval_and_a_holiday_week():
 
 @pytest.fixture
 def warehouse(tmp_path, monkeypatch):
-    for v in ALPACA_VARS:
-        monkeypatch.delenv(v, raising=False)
-    db = tmp_path / "k.duckdb"
-    build_sep(db)
-    for k, v in {"KAIROS_DUCKDB_PATH": str(db), "KAIROS_OUTPUT_DIR": str(tmp_path / "outputs"),
-                 "DAGSTER_HOME": str(tmp_path / "dagster_home"), "KAIROS_AUTO_PAPER": "0"}.items():
-        monkeypatch.setenv(k, v)
+    db = simulated_env(tmp_path, monkeypatch)
     (tmp_path / "dagster_home").mkdir()
     return db, tmp_path
 

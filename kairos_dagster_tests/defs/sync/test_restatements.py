@@ -12,13 +12,12 @@ import polars as pl
 import pytest
 from dagster import AssetSelection, DagsterInstance, build_sensor_context
 
-from kairos_dagster.definitions import build_definitions
 from kairos_dagster.defs.features.automation import REBUILD_GROUPS
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.settings import load_settings
 from kairos_dagster.warehouse import store
+from kairos_dagster_tests.fixtures.helpers import defs_as_of, saturday_after
 
 SYNC = AssetSelection.groups("sync")
 FEATURES = AssetSelection.assets("universe", "market_returns", "feat_price_action", "feat_trend",
@@ -31,13 +30,7 @@ LAST_FRIDAY_MORNING_AFTER = "2021-09-25"
 
 
 def _defs(path, as_of: str):
-    settings = load_settings({"KAIROS_DUCKDB_PATH": str(path), "KAIROS_SYNTHETIC_TICKERS": "150",
-                              "KAIROS_START_DATE": HISTORY[0], "KAIROS_AS_OF": as_of})
-    return build_definitions(settings)
-
-
-def _saturday(week: str) -> str:
-    return (dt.date.fromisoformat(week) + dt.timedelta(days=5)).isoformat()
+    return defs_as_of(path, as_of, start=HISTORY[0])
 
 
 def _read(path, table: str) -> pl.DataFrame:
@@ -86,7 +79,7 @@ def warehouses(tmp_path_factory):
         assert not tick.run_requests and "no corrected source rows" in tick.skip_message  # nothing restated yet
         cursor = None
         for week in LATER_WEEKS:
-            defs = _defs(inc, _saturday(week))
+            defs = _defs(inc, saturday_after(week))
             before = _read(inc, "sep_base")
             result = run_selection(defs, SYNC, partition_key=week, instance=instance)
             assert result.success

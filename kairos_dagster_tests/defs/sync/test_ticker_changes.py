@@ -14,12 +14,11 @@ from dagster import AssetSelection, DagsterInstance, build_sensor_context
 from kairos_dagster.broker.base import OrderRequest
 from kairos_dagster.broker.simulated import SimulatedBroker
 from kairos_dagster.constants import NEW_YORK as NY
-from kairos_dagster.definitions import build_definitions
 from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.portfolio.weekly import load_prior
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.settings import load_settings
 from kairos_dagster.warehouse import store
+from kairos_dagster_tests.fixtures.helpers import defs_as_of, saturday_after
 
 SYNC = AssetSelection.groups("sync")
 FEATURES = AssetSelection.assets("universe", "market_returns", "feat_price_action", "feat_trend")
@@ -32,13 +31,7 @@ OLD, NEW, PERMATICKER = "DIWB", "BUQWU", 100_019
 
 
 def _defs(path, as_of: str):
-    settings = load_settings({"KAIROS_DUCKDB_PATH": str(path), "KAIROS_SYNTHETIC_TICKERS": "150",
-                              "KAIROS_START_DATE": HISTORY[0], "KAIROS_AS_OF": as_of})
-    return build_definitions(settings)
-
-
-def _saturday(week: str) -> str:
-    return (dt.date.fromisoformat(week) + dt.timedelta(days=5)).isoformat()
+    return defs_as_of(path, as_of, start=HISTORY[0])
 
 
 def _all(path, table: str) -> pl.DataFrame:
@@ -78,7 +71,7 @@ def built(tmp_path_factory):
         seen["before"] = {t: _all(inc, t) for t in (*SYNCED, *FEATURE_TABLES)}
         sensor_cursor = None
         for week in LATER_WEEKS:
-            defs = _defs(inc, _saturday(week))
+            defs = _defs(inc, saturday_after(week))
             result = run_selection(defs, SYNC, partition_key=week, instance=instance)
             assert result.success
             seen.setdefault("tickers_md", {})[week] = result.asset_materializations_for_node("tickers")[0].metadata
@@ -96,7 +89,7 @@ def built(tmp_path_factory):
             seen["open_order"] = broker.order_by_client_id("open")
         with store.connect(inc) as con:
             seen["prior"] = load_prior(con, dt.date(2021, 12, 31), str(picks), False)[0]
-        defs = _defs(fresh, _saturday(LATER_WEEKS[-1]))
+        defs = _defs(fresh, saturday_after(LATER_WEEKS[-1]))
         assert run_selection(defs, SYNC, partition_range=(HISTORY[0], LATER_WEEKS[-1]), instance=instance).success
         assert run_selection(defs, FEATURES, partition_range=(FEATURE_WEEKS[0], LATER_WEEKS[-1]),
                              instance=instance).success
