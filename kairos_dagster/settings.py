@@ -95,6 +95,13 @@ class Settings:
     as_of: dt.date | None = None  # KAIROS_AS_OF: replay the synthetic market as if this day were today
     nasdaq_base_url: str = DEFAULT_NASDAQ_BASE_URL  # KAIROS_NASDAQ_BASE_URL (a proxy, a local server)
     pool_wait_s: float = 600.0  # KAIROS_POOL_WAIT_S: how long a command waits for the warehouse slot
+    # kill switches (the seed's ops.kill_switch): KAIROS_KILL_SWITCHES, KAIROS_MAX_DAILY_LOSS_PCT,
+    # KAIROS_MIN_LIVE_SHARPE, KAIROS_LIVE_SHARPE_WEEKS, KAIROS_MAX_BACKTEST_GAP
+    kill_switches: bool = True
+    max_daily_loss_pct: float = 0.03
+    min_live_sharpe: float = 0.5
+    live_sharpe_weeks: int = 26
+    max_backtest_gap: float = 0.05
 
     @property
     def nasdaq_key_present(self) -> bool:
@@ -137,6 +144,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         as_of=as_of,
         nasdaq_base_url=_url(env, "KAIROS_NASDAQ_BASE_URL", DEFAULT_NASDAQ_BASE_URL),
         pool_wait_s=_float(env, "KAIROS_POOL_WAIT_S", 600.0, minimum=0.0, maximum=86_400.0),
+        kill_switches=_bool(env, "KAIROS_KILL_SWITCHES", True),
+        max_daily_loss_pct=_float(env, "KAIROS_MAX_DAILY_LOSS_PCT", 0.03, minimum=0.0001, maximum=0.99),
+        min_live_sharpe=_float(env, "KAIROS_MIN_LIVE_SHARPE", 0.5, minimum=-10.0, maximum=10.0),
+        live_sharpe_weeks=_int(env, "KAIROS_LIVE_SHARPE_WEEKS", 26, minimum=2, maximum=520),
+        max_backtest_gap=_float(env, "KAIROS_MAX_BACKTEST_GAP", 0.05, minimum=0.0001, maximum=5.0),
     )
 
 

@@ -33,7 +33,7 @@ from alpaca.data.historical.stock import StockHistoricalDataClient
 from alpaca.data.requests import CorporateActionsRequest, StockLatestTradeRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
-from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
+from alpaca.trading.requests import GetOrdersRequest, GetPortfolioHistoryRequest, MarketOrderRequest
 
 from kairos_dagster.broker.base import (
     Account,
@@ -45,8 +45,10 @@ from kairos_dagster.broker.base import (
     OrderRequest,
     OrderState,
     Position,
+    SessionChange,
     TransientBrokerError,
 )
+from kairos_dagster.constants import NEW_YORK as NY
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,20 @@ class AlpacaBroker:
                 if after < ex <= through and old > 0 and new > 0 and a.get("symbol") in symbols:
                     out[a["symbol"]] = out.get(a["symbol"], 1.0) * new / old
         return out
+
+    def last_session_change(self) -> SessionChange | None:
+        """The account's daily portfolio history (the last week): the last two session closes. Today's
+        point counts only after 16:00 New York (before that it is the session in progress)."""
+        now = self.clock().timestamp.astimezone(NY)
+        req = GetPortfolioHistoryRequest(period="1W", timeframe="1D")
+        h = self._call("get_portfolio_history", lambda: self._trading.get_portfolio_history(req))
+        closes = [(dt.datetime.fromtimestamp(int(t), dt.UTC).astimezone(NY).date(), float(e))
+                  for t, e in zip(h.timestamp or [], h.equity or [], strict=False) if e is not None and float(e) > 0]
+        done = [(d, e) for d, e in closes if d < now.date() or (d == now.date() and now.time() >= dt.time(16, 0))]
+        if len(done) < 2:
+            return None
+        (_, before), (session, after) = done[-2], done[-1]
+        return SessionChange(session=session, equity_before=before, equity_after=after)
 
     def submit(self, order: OrderRequest) -> OrderState:
         if order.type != "market":

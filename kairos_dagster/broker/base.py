@@ -8,6 +8,7 @@ errors, so the engine never sees a vendor object.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -50,6 +51,19 @@ class Account:
     portfolio_value: float
     trading_blocked: bool
     account_blocked: bool
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    """The account's equity at the close of `session` and at the close of the session before it."""
+
+    session: dt.date
+    equity_before: float
+    equity_after: float
+
+    @property
+    def change(self) -> float:
+        return self.equity_after / self.equity_before - 1.0 if self.equity_before > 0 else math.nan
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,11 @@ class Broker(Protocol):
     def split_ratios(self, symbols: list[str], after: dt.date, through: dt.date) -> dict[str, float]:
         """New shares per old share of the splits with an ex-date in (after, through] that the broker knows
         of now (forward > 1, reverse < 1); symbols without one are absent."""
+        ...
+
+    def last_session_change(self) -> SessionChange | None:
+        """The account's equity at the last complete session's close and the close before it (the daily-loss
+        kill switch); None while the account has no two closes."""
         ...
 
     def submit(self, order: OrderRequest) -> OrderState:

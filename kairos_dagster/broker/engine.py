@@ -122,8 +122,12 @@ def adjust_for_splits(picks: pl.DataFrame, ratios: Mapping[str, float]) -> tuple
 
 def preview(broker: Broker, picks: pl.DataFrame, rebalance_date: dt.date, *,
             approval: ApprovalRecord | Mapping[str, Any] | None = None, failed_gates: Sequence[str] = (),
-            config: ExecutionConfig = ExecutionConfig()) -> ExecutionPlan:
-    """Plan orders, skips and checks against the broker's current state. Submits nothing."""
+            config: ExecutionConfig = ExecutionConfig(), kill_switches: pl.DataFrame | None = None,
+            overrides: Mapping[str, str] = {}) -> ExecutionPlan:
+    """Plan orders, skips and checks against the broker's current state. Submits nothing.
+
+    `kill_switches`: kill_switches.evaluate's rows (their tripped blocking switches refuse, unless
+    overridden); `overrides`: gate or check name -> who overrode it for these picks (`turnover`)."""
     picks_hash = picks_content_hash(picks)  # the approval is bound to the picks as built, before any split
     account = broker.account()
     clock = broker.clock()
@@ -146,8 +150,17 @@ def preview(broker: Broker, picks: pl.DataFrame, rebalance_date: dt.date, *,
                                  rebalance_date=rebalance_date)
     if not decision.ok:
         refusals.extend(decision.reasons)
-    checks = risk_checks(plan, account, failed_gates=failed_gates, approval_note=decision.note,
+    checks = risk_checks(plan, account, failed_gates=failed_gates, turnover_overridden_by=overrides.get("turnover"),
                          limits=config.limits, portfolio_value_override=config.portfolio_value_override)
+    if kill_switches is not None and kill_switches.height:
+        checks = pl.concat([checks, kill_switches.select(
+            pl.col("switch").alias("check"),
+            (~pl.col("tripped") | pl.col("overridden_by").is_not_null()).alias("passed"),
+            pl.col("blocking"),
+            (pl.lit("kill switch: ") + pl.col("detail")
+             + pl.when(pl.col("tripped") & pl.col("overridden_by").is_null() & pl.col("blocking"))
+             .then(pl.lit("; record `kairos override --gate ") + pl.col("switch") + pl.lit("` to trade anyway"))
+             .otherwise(pl.lit(""))).alias("detail"))])
     refusals.extend(blocking_failures(checks))
     if splits:
         checks = pl.concat([checks, pl.DataFrame([(
@@ -227,9 +240,11 @@ def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 def execute(broker: Broker, picks: pl.DataFrame, rebalance_date: dt.date, *, con: duckdb.DuckDBPyConnection,
             output_dir: Path, approval: ApprovalRecord | Mapping[str, Any] | None = None,
             failed_gates: Sequence[str] = (), config: ExecutionConfig = ExecutionConfig(),
-            now: dt.datetime | None = None) -> ExecutionResult:
+            now: dt.datetime | None = None, kill_switches: pl.DataFrame | None = None,
+            overrides: Mapping[str, str] = {}) -> ExecutionResult:
     """Preview, refuse if anything blocks, then submit each order exactly once (SELLs first)."""
-    plan = preview(broker, picks, rebalance_date, approval=approval, failed_gates=failed_gates, config=config)
+    plan = preview(broker, picks, rebalance_date, approval=approval, failed_gates=failed_gates, config=config,
+                   kill_switches=kill_switches, overrides=overrides)
     if plan.refusals:
         raise ExecutionRefusedError(f"execution of {rebalance_date} refused ({'live' if plan.is_live else 'paper'}): "
                                     + " | ".join(plan.refusals))

@@ -213,7 +213,7 @@ def apply_skips(plan: pl.DataFrame, *, assets: Mapping[str, AssetInfo | None],
 @dataclass(frozen=True)
 class RiskLimits:
     max_order_pct: float = 0.05  # one order's notional / equity
-    max_turnover: float = 0.50  # one-sided turnover / equity without an approval note
+    max_turnover: float = 0.50  # one-sided turnover / equity without a `turnover` override record
 
 
 def turnover(plan: pl.DataFrame, equity: float) -> float:
@@ -224,7 +224,7 @@ def turnover(plan: pl.DataFrame, equity: float) -> float:
 
 
 def risk_checks(plan: pl.DataFrame, account: Account, *, failed_gates: Sequence[str] = (),
-                approval_note: str | None = None, limits: RiskLimits = RiskLimits(),
+                turnover_overridden_by: str | None = None, limits: RiskLimits = RiskLimits(),
                 portfolio_value_override: float | None = None) -> pl.DataFrame:
     """Pre-trade checks over the orders that will be sent (skipped rows excluded). All block.
 
@@ -253,10 +253,11 @@ def risk_checks(plan: pl.DataFrame, account: Account, *, failed_gates: Sequence[
          + (f"; over limit: {big['ticker'].to_list()[:20]}" if big.height else "")),
         ("buying_power", buys <= account.buying_power + sells,
          f"buys {buys:,.2f} vs buying power {account.buying_power:,.2f} + planned sells {sells:,.2f}"),
-        ("turnover", to <= limits.max_turnover or bool(approval_note and approval_note.strip()),
+        ("turnover", to <= limits.max_turnover or bool(turnover_overridden_by),
          f"turnover {to:.1%} vs limit {limits.max_turnover:.0%}"
          + ("" if to <= limits.max_turnover else
-            (" (approved with note)" if approval_note and approval_note.strip() else " and no approval note"))),
+            (f" (overridden by {turnover_overridden_by})" if turnover_overridden_by else
+             "; record `kairos override --gate turnover` with a note to trade it"))),
     ]
     return pl.DataFrame(
         [(n, bool(ok), True, d) for n, ok, d in rows], orient="row",

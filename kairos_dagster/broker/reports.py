@@ -54,7 +54,8 @@ def plan_text(plan: engine.ExecutionPlan, broker_desc: str) -> str:
         lines.append(f"  {r['side'].upper():4} {r['ticker']:8} {r['qty']:>7} @ {r['price']:>10.2f} "
                      f"= {r['notional']:>12,.2f}  {r['reason']}{skip}")
     lines.append("Checks:")
-    lines += [f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['check']}: {c['detail']}" for c in plan.checks.iter_rows(named=True)]
+    lines += [f"  [{'PASS' if c['passed'] else 'FAIL' if c['blocking'] else 'WARN'}] {c['check']}: {c['detail']}"
+              for c in plan.checks.iter_rows(named=True)]
     lines.append("Approval: " + "; ".join(plan.approval.reasons))
     if plan.refusals:
         lines.append("REFUSED: " + " | ".join(plan.refusals))

@@ -38,6 +38,7 @@ from kairos_dagster.broker.base import (
     OrderRequest,
     OrderState,
     Position,
+    SessionChange,
 )
 from kairos_dagster.constants import NEW_YORK as NY
 
@@ -266,6 +267,30 @@ class SimulatedBroker:
         return Account(account_id=self.account_id, status="ACTIVE", currency="USD", cash=cash,
                        buying_power=max(0.0, cash - reserved), equity=equity, portfolio_value=equity,
                        trading_blocked=False, account_blocked=False)
+
+    def last_session_change(self) -> SessionChange | None:
+        """Equity at the last observable close against the close before, of the holdings and cash held now
+        (the account trades only at the open of a rebalance day, so these are the last session's holdings).
+        Each holding moves by its split-adjusted close ratio."""
+        self._process()
+        cutoff = self._price_cutoff()
+        last = self.con.execute("SELECT max(date) FROM sep_base WHERE date <= ?", [cutoff]).fetchone()[0]
+        if last is None:
+            return None
+        before = cal.previous_session(last)
+        cash = self.con.execute("SELECT cash FROM sim_account WHERE account_id = ?", [self.account_id]).fetchone()[0]
+        row = self.con.execute(
+            """SELECT count(*), count(s1.close) FILTER (WHERE s0.close > 0),
+                      coalesce(sum(p.qty * s1.closeunadj), 0)::DOUBLE,
+                      coalesce(sum(p.qty * s1.closeunadj * s0.close / s1.close), 0)::DOUBLE
+               FROM sim_positions p
+               LEFT JOIN sep_base s1 ON s1.ticker = p.symbol AND s1.date = ?
+               LEFT JOIN sep_base s0 ON s0.ticker = p.symbol AND s0.date = ?
+               WHERE p.account_id = ?""", [last, before, self.account_id]).fetchone()
+        held, priced, after_value, before_value = row
+        if priced < held:  # a holding without both closes: no honest figure
+            return None
+        return SessionChange(session=last, equity_before=cash + before_value, equity_after=cash + after_value)
 
     def positions(self) -> list[Position]:
         self._process()

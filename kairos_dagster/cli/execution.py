@@ -179,21 +179,25 @@ def execute_cmd(
 
 def override_cmd(
     date: Annotated[str, typer.Option("--date", help="the rebalance date (ISO) whose picks the override is for")],
-    gate: Annotated[str, typer.Option("--gate", help="the gate to excuse: a blocking gate's name, "
-                                                     "gates_not_evaluated or gates_evaluated_on_other_picks")],
+    gate: Annotated[str, typer.Option("--gate", help="what to excuse: a blocking gate's name, gates_not_evaluated, "
+                                                     "gates_evaluated_on_other_picks, a tripped kill switch "
+                                                     "(max_daily_loss, min_live_sharpe) or turnover (above 50%)")],
     by: Annotated[str, typer.Option("--by", help="who overrides (recorded with the OS user and the host)")],
     note: Annotated[str | None, typer.Option("--note", help="why (required)")] = None,
     picks: Annotated[str | None, typer.Option("--picks", help="picks.csv (default outputs/rebalance/DATE/picks.csv)")] = None,
 ) -> None:
-    """Record a typed override of one execution gate for these picks (bound to their content hash)."""
+    """Record a typed override of one execution gate, kill switch or the turnover limit for these picks (bound to
+    their content hash)."""
     from kairos_dagster.broker.approval import picks_content_hash
+    from kairos_dagster.broker.kill_switches import BLOCKING_SWITCHES
     from kairos_dagster.portfolio import gate_records
     from kairos_dagster.portfolio.gates import GATES
     from kairos_dagster.warehouse import store
 
     require_warehouse()
     d = _rebalance_day(date, picks)
-    allowed = {name for name, blocking, _ in GATES if blocking} | {gate_records.NOT_EVALUATED, gate_records.OTHER_PICKS}
+    allowed = ({name for name, blocking, _ in GATES if blocking} | {gate_records.NOT_EVALUATED, gate_records.OTHER_PICKS}
+               | set(BLOCKING_SWITCHES) | {"turnover"})
     if gate not in allowed:
         raise fail(f"--gate {gate!r} is not an execution gate; choose from {', '.join(sorted(allowed))}")
     if not note or not note.strip():

@@ -6,6 +6,7 @@ from typing import Any
 
 from kairos_dagster.resources.backtest_outputs import BacktestOutputs
 from kairos_dagster.resources.broker import BrokerResource
+from kairos_dagster.resources.kill_switches import KillSwitches
 from kairos_dagster.resources.ml import MLResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.source import source_resource
@@ -27,4 +28,5 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "backtest_outputs": BacktestOutputs.from_settings(settings),
         # Simulated unless Alpaca credentials are set; those arrive as EnvVar references, never values.
         "broker": BrokerResource.from_env(path, auto_paper=settings.auto_paper),
+        "kill_switches": KillSwitches.from_settings(settings),
     }

@@ -240,13 +240,19 @@ def test_risk_checks_block(fake, con, tmp_path):
         execute(make_broker(fake), PICKS, REB, con=con, output_dir=tmp_path, config=FAST)
     fake.trading_blocked = False
     tight = ExecutionConfig(auto_paper=True, limits=RiskLimits(max_turnover=0.05))  # plan turns over 5.4%
-    with pytest.raises(ExecutionRefusedError, match="turnover 5.4% vs limit 5% and no approval note"):
+    with pytest.raises(ExecutionRefusedError, match="turnover 5.4% vs limit 5%; record `kairos override --gate turnover`"):
         execute(make_broker(fake), PICKS, REB, con=con, output_dir=tmp_path, config=tight)
-    assert fake.calls[("POST", "/v2/orders")] == 0
+    # An approval note is not an override: only a typed override record (its who) lets the turnover through.
     noted = make_approval(picks_content_hash(PICKS), "ops", approved_at=dt.datetime(2026, 1, 16, 7, 0),
                           note="big week: sector rotation reviewed")
-    execute(make_broker(fake), PICKS, REB, con=con, output_dir=tmp_path, approval=noted, config=tight)
+    with pytest.raises(ExecutionRefusedError, match="turnover 5.4% vs limit 5%"):
+        execute(make_broker(fake), PICKS, REB, con=con, output_dir=tmp_path, approval=noted, config=tight)
+    assert fake.calls[("POST", "/v2/orders")] == 0
+    result = execute(make_broker(fake), PICKS, REB, con=con, output_dir=tmp_path, approval=noted, config=tight,
+                     overrides={"turnover": "ops"})
     assert len(fake.orders) == 4
+    assert "turnover 5.4% vs limit 5% (overridden by ops)" in result.plan.checks.filter(
+        pl.col("check") == "turnover")["detail"][0]
 
 
 def test_emergency_cancel_and_liquidate(fake):

@@ -34,6 +34,9 @@ def test_key_switches_default_to_nasdaq():
         ({"KAIROS_ML_RETRAIN_WEEKS": "0"}, "KAIROS_ML_RETRAIN_WEEKS"),
         ({"KAIROS_XGB_DEVICE": "tpu"}, "KAIROS_XGB_DEVICE"),
         ({"KAIROS_AUTO_PAPER": "maybe"}, "KAIROS_AUTO_PAPER"),
+        ({"KAIROS_MAX_DAILY_LOSS_PCT": "3"}, "KAIROS_MAX_DAILY_LOSS_PCT"),
+        ({"KAIROS_LIVE_SHARPE_WEEKS": "1"}, "KAIROS_LIVE_SHARPE_WEEKS"),
+        ({"KAIROS_KILL_SWITCHES": "sometimes"}, "KAIROS_KILL_SWITCHES"),
     ],
 )
 def test_bad_values_name_the_variable(env, name):

@@ -41,6 +41,7 @@ from pydantic import Field
 
 from kairos_dagster import calendar as cal
 from kairos_dagster.broker import engine, reports
+from kairos_dagster.broker import kill_switches as ks
 from kairos_dagster.broker import performance as perf
 from kairos_dagster.broker.approval import ApprovalError, make_approval, picks_content_hash
 from kairos_dagster.broker.base import BrokerError
@@ -61,6 +62,7 @@ from kairos_dagster.portfolio.outputs import (
     read_picks_csv,
 )
 from kairos_dagster.resources.broker import BrokerResource
+from kairos_dagster.resources.kill_switches import KillSwitches
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse.summary import markdown_table, significant
@@ -114,7 +116,8 @@ class ApprovalConfig(Config):
     """Run config of `rebalance_approval` (the UI's launchpad; `kairos approve` fills it)."""
 
     by: str = Field(description="who approves (or rejects) the week's picks")
-    note: str | None = Field(default=None, description="why; a note allows turnover above the 50% limit")
+    note: str | None = Field(default=None, description="why (turnover above the 50% limit needs an override record: "
+                                                       "`kairos override --gate turnover`)")
     decision: str = Field(default="approve", description="approve | reject")
     picks_path: str | None = Field(default=None, description="picks.csv (default $KAIROS_OUTPUT_DIR/rebalance/DATE/picks.csv)")
 
@@ -154,7 +157,7 @@ def _approval_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         row = pl.DataFrame([{
             "date": reb, "status": status, "approved_by": rec.approved_by, "approved_at": rec.approved_at,
             "note": config.note, "picks_hash": file_hash, "picks_path": str(path.resolve()), "picks_rows": picks.height,
-            "table_hash": table_hash, "run_id": context.run_id}], schema=APPROVAL_SCHEMA)
+            "table_hash": table_hash, "run_id": context.run.run_id}], schema=APPROVAL_SCHEMA)
         context.log.info(f"rebalance {reb} {status} by {rec.approved_by}: picks {path} hash {file_hash[:12]}")
         return Output(row, metadata={
             "rebalance_date": MetadataValue.text(reb.isoformat()), "status": MetadataValue.text(status),
@@ -199,6 +202,16 @@ def _plan_metadata(plan: engine.ExecutionPlan, text: str) -> dict:
     }
 
 
+def _switch_state(switches: pl.DataFrame) -> str:
+    tripped = switches.filter(pl.col("tripped"))
+    if not tripped.height:
+        armed = switches.filter(pl.col("armed"))["switch"].to_list()
+        return f"no kill switch tripped (armed: {', '.join(armed) or 'none'})"
+    return "; ".join(f"{r['switch']} TRIPPED" + (f" (overridden by {r['overridden_by']})" if r["overridden_by"] else
+                                                  "" if r["blocking"] else " (warn)")
+                     for r in tripped.iter_rows(named=True))
+
+
 REPORT_CHECKS: tuple[tuple[str, AssetCheckSeverity, str], ...] = (
     ("no_rejections", AssetCheckSeverity.ERROR, "no order rejected or failed to submit (HIGH)"),
     ("no_unfilled", AssetCheckSeverity.ERROR, "no order expired or canceled with nothing filled (HIGH)"),
@@ -228,7 +241,8 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         pool="duckdb",
     )
     def execution(context: AssetExecutionContext, config: ExecutionRunConfig, warehouse: DuckDBWarehouse,
-                  broker: BrokerResource, rebalance_outputs: RebalanceOutputs) -> Iterator:
+                  broker: BrokerResource, rebalance_outputs: RebalanceOutputs,
+                  kill_switches: KillSwitches) -> Iterator:
         """Preview / execute (asset `execution`) or verify (asset `execution_report`) one week's orders."""
         key, reb = week_rebalance_date(context)
         selected = {k.to_user_string() for k in context.selected_asset_keys}
@@ -252,9 +266,16 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
             raise Failure(description=str(exc)) from None
         path = Path(config.picks_path) if config.picks_path else reports.default_picks_path(rebalance_outputs.path, reb)
         picks = load_picks(path)
+        try:
+            switch_config = kill_switches.config()
+        except ValueError as exc:
+            raise Failure(description=f"kill switches: {exc}") from None
+        picks_hash = picks_content_hash(path)
         # The gates travel with the picks: enforced from the warehouse, bound to this file's content hash.
         with warehouse.connect() as con:
-            failed_gates, gate_source = gate_records.enforced_failures(con, reb, picks_content_hash(path))
+            failed_gates, gate_source = gate_records.enforced_failures(con, reb, picks_hash)
+            overridden = dict(gate_records.overrides(con, reb, picks_hash).select("gate", "overridden_by").iter_rows())
+            track = ks.tracked_before(con, reb)
         ecfg = engine.ExecutionConfig(max_gap=max_gap, intraday=config.intraday, force_moo=config.force_moo,
                                       portfolio_value_override=config.portfolio_value, auto_paper=broker.auto_paper)
         submit = config.mode == "execute" and not config.dry_run
@@ -264,7 +285,11 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         try:
             with warehouse.connect() as con, broker.open(con, as_of=as_of) as b:
                 approval = approval_for(con, reb)
-                plan = engine.preview(b, picks, reb, approval=approval, failed_gates=failed_gates, config=ecfg)
+                switches = ks.evaluate(switch_config, session=b.last_session_change(), track=track,
+                                       overrides=overridden)
+                ks.record(con, reb, switches, picks_hash, _now())
+                plan = engine.preview(b, picks, reb, approval=approval, failed_gates=failed_gates, config=ecfg,
+                                      kill_switches=switches, overrides=overridden)
                 text = reports.plan_text(plan, desc)
                 context.log.info(text)
                 if submit:
@@ -274,13 +299,17 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                                       + "\n".join(f"- {r}" for r in plan.refusals),
                                       metadata={"plan_text": MetadataValue.text(text)})
                     result = engine.execute(b, picks, reb, con=con, output_dir=out_parent, approval=approval,
-                                            failed_gates=failed_gates, config=ecfg, now=as_of)
+                                            failed_gates=failed_gates, config=ecfg, now=as_of,
+                                            kill_switches=switches, overrides=overridden)
         except (PlanInputError, ExecutionRefusedError, BrokerError, ValueError) as exc:
             raise Failure(description=f"execution of {reb}: {exc}") from None
         md = _plan_metadata(plan, text)
         md.update({"mode": MetadataValue.text(label), "broker": MetadataValue.text(desc),
                    "picks_path": MetadataValue.path(str(path.resolve())), "gates": MetadataValue.text(
-                       (", ".join(failed_gates) or "no blocking gate failed") + f" ({gate_source})")})
+                       (", ".join(failed_gates) or "no blocking gate failed") + f" ({gate_source})"),
+                   "kill_switches": MetadataValue.md(markdown_table(switches.select(
+                       "switch", "blocking", "armed", "tripped", "overridden_by", "detail"))),
+                   "kill_switch_state": MetadataValue.text(_switch_state(switches))})
         if config.trades_path:
             try:
                 diff = reports.compare_trades(plan.orders, Path(config.trades_path))

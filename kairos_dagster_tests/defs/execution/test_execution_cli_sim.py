@@ -260,3 +260,69 @@ def test_hand_made_or_changed_picks_are_refused_unless_an_override_is_recorded(e
     code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
     assert code == 0 and "overridden by ops" in out, out
     assert rows(db, "SELECT count(*) FROM execution_orders")[0][0] == 4
+
+
+def _losing_track(db, weeks):
+    """`weeks` measured rebalances before REB, each losing 1% (±0.2%): a negative live Sharpe."""
+    from kairos_dagster.broker.performance import SUMMARY_SCHEMA
+    from kairos_dagster.warehouse import store
+
+    dates = [REB - dt.timedelta(weeks=weeks - i) for i in range(weeks)]
+    frame = pl.DataFrame({"date": dates, "next_date": [d + dt.timedelta(weeks=1) for d in dates],
+                          "status": ["executed"] * weeks,
+                          "held_return": [-0.01 + 0.002 * (i % 2) for i in range(weeks)],
+                          "backtest_return": [0.004] * weeks}).with_columns(
+        *(pl.lit(None, dtype=t).alias(c) for c, t in SUMMARY_SCHEMA.items()
+          if c not in {"date", "next_date", "status", "held_return", "backtest_return"})).select(list(SUMMARY_SCHEMA))
+    with duckdb.connect(str(db)) as con:
+        store.replace_table(con, "rebalance_performance", frame.cast(SUMMARY_SCHEMA))
+
+
+def test_tripped_kill_switches_block_execute_until_each_is_overridden(env, monkeypatch):
+    """A 4% loss over the last session (max_daily_loss 3%) and a negative live Sharpe over the last 4 tracked
+    rebalances (KAIROS_LIVE_SHARPE_WEEKS=4) block `--execute`; a preview still shows the plan; each override is a
+    typed record and execution goes through once both are excused."""
+    db, picks, tmp = env
+    monkeypatch.setenv("KAIROS_LIVE_SHARPE_WEEKS", "4")
+    with duckdb.connect(str(db)) as con:  # the account holds AAA and BBB; both halve on the session before REB
+        from kairos_dagster.broker.simulated import SimulatedBroker
+
+        SimulatedBroker(con, clock=lambda: dt.datetime(2026, 1, 14, 12, tzinfo=NY), starting_cash=92_000.0)
+        con.execute("INSERT INTO sim_positions VALUES ('sim-paper', 'AAA', 80, 50, DATE '2026-01-14'), "
+                    "('sim-paper', 'BBB', 40, 100, DATE '2026-01-14')")
+        con.execute("UPDATE sep_base SET close = close / 2, closeunadj = closeunadj / 2, closeadj = closeadj / 2 "
+                    "WHERE ticker IN ('AAA', 'BBB') AND date = '2026-01-15'")
+    _losing_track(db, 3)  # 3 of 4 weeks: the Sharpe switch is not armed yet
+    code, out = kairos("approve", "--date", REB.isoformat(), "--by", "alice")
+    assert code == 0, out
+    code, out = kairos("execute", "--picks", str(picks), "--as-of", PRE_OPEN)
+    assert code == 0 and "Preview: nothing submitted" in out, out  # the preview still works
+    assert "[FAIL] max_daily_loss: kill switch: loss over the session of 2026-01-15 +4.00%" in out, out
+    assert "[PASS] min_live_sharpe: kill switch: not armed: 3 of 4 tracked rebalances" in out, out
+    _losing_track(db, 4)
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 1 and "REFUSED" in out, out
+    assert "kill switch: loss over the session of 2026-01-15 +4.00%" in out and "--gate max_daily_loss" in out
+    assert "min_live_sharpe: kill switch: live Sharpe -" in out and "over the last 4 rebalances" in out, out
+    assert rows(db, "SELECT count(*) FROM sim_orders")[0][0] == 0
+    state = dict(rows(db, "SELECT switch, tripped FROM kill_switch_evaluations WHERE rebalance_date = '2026-01-16'"))
+    assert state == {"max_daily_loss": True, "min_live_sharpe": True, "live_vs_backtest_gap": True}
+
+    code, out = kairos("override", "--date", REB.isoformat(), "--gate", "max_daily_loss", "--by", "carol",
+                       "--note", "the loss is the test's halving, not the market")
+    assert code == 0 and "recorded" in out, out
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 1 and "min_live_sharpe" in out and "kill switch: loss" not in out.split("REFUSED")[1], out
+    code, out = kairos("override", "--date", REB.isoformat(), "--gate", "min_live_sharpe", "--by", "carol",
+                       "--note", "four weeks is too short to judge")
+    assert code == 0, out
+    code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
+    assert code == 0, out
+    assert "(overridden by carol)" in out and rows(db, "SELECT count(*) FROM sim_orders")[0][0] > 0
+    recs = rows(db, "SELECT gate, overridden_by, os_user, host, note FROM gate_overrides ORDER BY gate")
+    assert [r[:2] for r in recs] == [("max_daily_loss", "carol"), ("min_live_sharpe", "carol")]
+    assert all(r[2] and r[3] and r[4] for r in recs)
+    assert dict(rows(db, "SELECT switch, overridden_by FROM kill_switch_evaluations")) == {
+        "max_daily_loss": "carol", "min_live_sharpe": "carol", "live_vs_backtest_gap": None}
+    code, out = kairos("override", "--date", REB.isoformat(), "--gate", "max_daily_los", "--by", "x", "--note", "y")
+    assert code == 2 and "is not an execution gate" in out and "min_live_sharpe" in out, out
