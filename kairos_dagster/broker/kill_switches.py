@@ -101,8 +101,8 @@ def evaluate(config: KillSwitchConfig, *, session: SessionChange | None, track: 
     else:
         loss = -session.change
         add("max_daily_loss", True, bool(loss > config.max_daily_loss_pct), loss, config.max_daily_loss_pct,
-            f"loss over the session of {session.session} {loss:+.2%} (equity {session.equity_before:,.2f} -> "
-            f"{session.equity_after:,.2f}) vs limit {config.max_daily_loss_pct:.2%}")
+            f"the account's change over the session of {session.session}: {-loss:+.2%} (equity "
+            f"{session.equity_before:,.2f} -> {session.equity_after:,.2f}), limit -{config.max_daily_loss_pct:.2%}")
     measured = track.filter(pl.col("held_return").is_not_null()).sort("date")
     n, need = measured.height, config.live_sharpe_weeks
     trailing = measured.tail(need)

@@ -86,7 +86,7 @@ def held_units(fills: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
 
 def measure(rebalance_date: dt.date, next_date: dt.date, *, fills: pl.DataFrame, picks: pl.DataFrame,
             prices: pl.DataFrame, benchmarks: dict[str, float | None],
-            drift_tolerance: float = DRIFT_TOLERANCE) -> RebalancePerformance:
+            drift_tolerance: float = DRIFT_TOLERANCE, notes: tuple[str, ...] = ()) -> RebalancePerformance:
     """The week from `rebalance_date`'s fills to `next_date`'s. `fills`: every filled order through the
     rebalance date (execution_orders rows); `picks`: the week's picks (ticker, weight); `prices`: sep_base
     rows (ticker, date, open, close, closeadj, closeunadj) of every fill day and of `next_date`;
@@ -146,8 +146,8 @@ def measure(rebalance_date: dt.date, next_date: dt.date, *, fills: pl.DataFrame,
                    backtest_return=benchmarks.get("backtest"),
                    excess_vs_market=held_return - market if market is not None and math.isfinite(market) else None,
                    shortfall_bps=shortfall, max_drift=max_drift, drift_tolerance=drift_tolerance,
-                   note=("" if max_drift <= drift_tolerance else
-                         f"held weights drift up to {max_drift:.2%} from the picks (tolerance {drift_tolerance:.2%})"))
+                   note="; ".join([*notes, *([] if max_drift <= drift_tolerance else [
+                       f"held weights drift up to {max_drift:.2%} from the picks (tolerance {drift_tolerance:.2%})"])]))
     return RebalancePerformance(summary, positions, orders)
 
 
@@ -202,8 +202,23 @@ def measure_week(con: duckdb.DuckDBPyConnection, rebalance_date: dt.date, picks_
     prices = con.execute(
         "SELECT ticker, date, open, close, closeadj, closeunadj FROM sep_base WHERE ticker IN "
         "(SELECT unnest(?)) AND date IN (SELECT unnest(?::DATE[]))", [tickers, days]).pl()
+    # A holding that stopped trading before the rebalance date (delisted; its sell could not fill) stays in
+    # the book at its last close, flat: the account still holds it.
+    priced = set(prices.filter(pl.col("date") == rebalance_date)["ticker"])
+    gone = sorted(set(fills.filter(pl.col("filled_qty") > 0)["ticker"]) - priced)
+    notes: tuple[str, ...] = ()
+    if gone:
+        last = con.execute(
+            "SELECT ticker, max(date), arg_max(close, date), arg_max(closeadj, date), arg_max(closeunadj, date) "
+            "FROM sep_base WHERE ticker IN (SELECT unnest(?)) AND date < ? AND close > 0 GROUP BY ticker",
+            [gone, rebalance_date]).fetchall()
+        stale = pl.DataFrame([{"ticker": t, "date": rebalance_date, "open": c, "close": c, "closeadj": ca,
+                               "closeunadj": cu} for t, _, c, ca, cu in last], schema=prices.schema)
+        prices = pl.concat([prices, stale])
+        notes = (f"{len(last)} holding(s) without a price on {rebalance_date} (delisted?) valued at their last close, "
+                 f"flat: " + ", ".join(f"{t} ({d})" for t, d, *_ in last[:10]),)
     return measure(rebalance_date, nxt, fills=fills, picks=picks, prices=prices,
-                   benchmarks=week_benchmarks(con, rebalance_date, nxt))
+                   benchmarks=week_benchmarks(con, rebalance_date, nxt), notes=notes)
 
 
 def measurable_dates(con: duckdb.DuckDBPyConnection, *, executed_only: bool = False) -> list[dt.date]:

@@ -279,16 +279,20 @@ class SimulatedBroker:
             return None
         before = cal.previous_session(last)
         cash = self.con.execute("SELECT cash FROM sim_account WHERE account_id = ?", [self.account_id]).fetchone()[0]
+        # Each holding at its last close on or before each of the two sessions (a delisted name: flat).
         row = self.con.execute(
-            """SELECT count(*), count(s1.close) FILTER (WHERE s0.close > 0),
-                      coalesce(sum(p.qty * s1.closeunadj), 0)::DOUBLE,
-                      coalesce(sum(p.qty * s1.closeunadj * s0.close / s1.close), 0)::DOUBLE
-               FROM sim_positions p
-               LEFT JOIN sep_base s1 ON s1.ticker = p.symbol AND s1.date = ?
-               LEFT JOIN sep_base s0 ON s0.ticker = p.symbol AND s0.date = ?
-               WHERE p.account_id = ?""", [last, before, self.account_id]).fetchone()
+            """WITH px AS (
+                   SELECT p.symbol, p.qty,
+                          arg_max(s.closeunadj, s.date) FILTER (WHERE s.date <= $last) AS u1,
+                          arg_max(s.close, s.date) FILTER (WHERE s.date <= $last) AS c1,
+                          arg_max(s.close, s.date) FILTER (WHERE s.date <= $before) AS c0
+                   FROM sim_positions p LEFT JOIN sep_base s ON s.ticker = p.symbol AND s.date <= $last
+                   WHERE p.account_id = $account GROUP BY p.symbol, p.qty)
+               SELECT count(*), count(*) FILTER (WHERE c0 > 0 AND c1 > 0),
+                      coalesce(sum(qty * u1), 0)::DOUBLE, coalesce(sum(qty * u1 * c0 / c1), 0)::DOUBLE FROM px""",
+            {"last": last, "before": before, "account": self.account_id}).fetchone()
         held, priced, after_value, before_value = row
-        if priced < held:  # a holding without both closes: no honest figure
+        if priced < held:  # a holding never priced by the session before: no honest figure
             return None
         return SessionChange(session=last, equity_before=cash + before_value, equity_after=cash + after_value)
 

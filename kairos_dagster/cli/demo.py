@@ -2,8 +2,10 @@
 
 For an as-of day (default today; demo_plan decides the dates): syncs three years plus one year of
 warm-up history up to the latest completed rebalance, builds the feature graph, the ML predictions
-and feat_matrix_v2 for the three years in single-run backfills, then runs that week's rebalance and
-an execution preview. Every step is a Dagster run, so the history shows up in the UI (`make ui`).
+and feat_matrix_v2 for the three years in single-run backfills, then the rebalances of the last eight
+completed weeks, the backtest, and paper-trades those eight weeks on the simulated broker (approve,
+execute, verify; cli/demo_trading.py) before printing their track record. Every step is a Dagster run,
+so the history shows up in the UI (`make ui`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dagster import AssetSelection, Definitions
 
 from kairos_dagster import calendar
 from kairos_dagster.cli.common import fail, num, parse_date, pct, settings, today
+from kairos_dagster.cli.demo_trading import paper_trade, traded_weeks
 from kairos_dagster.defs.features.automation import FEATURE_GROUPS
 from kairos_dagster.instance.runner import failure_messages, get_instance, run_selection
 from kairos_dagster.ml.demo_plan import DemoPlan
@@ -29,6 +32,8 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
     sync_start, feat_start, last = (plan.sync_start.isoformat(), plan.feature_start.isoformat(),
                                     plan.rebalance_week.isoformat())
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    traded = traded_weeks(plan.rebalance_week, plan.feature_start)
+    first_traded = traded[0].isoformat()
     steps: list[tuple[str, AssetSelection, tuple[str, str]]] = [
         ("sync SHARADAR tables (synthetic market)", AssetSelection.groups("sync"), (sync_start, last)),
         ("universe and market returns over the whole history",
@@ -38,8 +43,8 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
     ]
     if "rebalance_picks" in keys:
         # rebalance_picks and rebalance_trades are one multi-asset: select them together.
-        steps.append((f"the rebalance of {plan.rebalance_date}",
-                      AssetSelection.assets("rebalance_picks").required_multi_asset_neighbors(), (last, last)))
+        steps.append((f"the rebalances of the last {len(traded)} weeks, through {plan.rebalance_date}",
+                      AssetSelection.assets("rebalance_picks").required_multi_asset_neighbors(), (first_traded, last)))
     echo(f"Kairos demo: {settings.synthetic_tickers} synthetic tickers (seed {settings.synthetic_seed}), "
          f"weeks {sync_start} .. {last}; warehouse {settings.duckdb_path}")
     echo(f"Rebalance {plan.rebalance_date} (week {last}): {plan.why}.")
@@ -65,12 +70,59 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
                 echo(f"    {line[:2000]}")
             return False
     print_rebalance(settings, plan.rebalance_date, echo)
+    # The backtest first: the performance of the paper-traded weeks is compared with it.
+    if "strategy_stats" in keys and not demo_backtest(defs, settings, feat_start, last, echo):
+        return False
     if "execution" in keys:
-        import os
+        return demo_paper_trading(defs, settings, traded, echo)
+    return True
 
-        if not demo_execution(defs, settings, last, echo, execute=os.environ.get("KAIROS_DEMO_EXECUTE", "") == "1"):
-            return False
-    return demo_backtest(defs, settings, feat_start, last, echo) if "strategy_stats" in keys else True
+
+def demo_paper_trading(defs: Definitions, settings: Settings, weeks: list[dt.date],
+                       echo: Callable[[str], None]) -> bool:
+    """The last completed rebalances paper-traded on the simulated broker, then the track record."""
+    from kairos_dagster.broker.performance import track_record
+    from kairos_dagster.cli.execution import track_lines
+    from kairos_dagster.warehouse import store
+
+    if getattr(defs.resources.get("broker"), "kind", "simulated") != "simulated":
+        echo("\n==> paper trading: Alpaca credentials are set; the demo trades only on the simulated broker "
+             "(unset APCA_API_KEY_ID / ALPACA_API_KEY to see it); skipped")
+        return True
+    traded = paper_trade(defs, settings, weeks, echo)
+    if traded is None:
+        return False
+    with store.connect(settings.duckdb_path, read_only=True) as con:
+        rows = (con.execute("SELECT * FROM rebalance_performance ORDER BY date").pl()
+                if store.table_exists(con, "rebalance_performance") else None)
+    echo(f"\n==> track record ({len(traded.executed)} executed, {len(traded.held_back)} held back, "
+         f"{len(traded.measured)} measured; `kairos track` prints it again)")
+    if rows is None or rows.height == 0:
+        echo("    nothing measured yet: each week needs the next rebalance date's open")
+    else:
+        for line in track_lines(track_record(rows)):
+            echo("    " + line)
+    tripped = [f"{d}: {why}" for d, why in traded.held_back.items() if "KILL SWITCH" in why]
+    if tripped:
+        echo("    kill switches tripped (the demo goes on; live, execution waits for an override): "
+             + " | ".join(tripped))
+    return demo_ops_report(defs, settings, weeks[-1], echo)
+
+
+def demo_ops_report(defs: Definitions, settings: Settings, week: dt.date, echo: Callable[[str], None]) -> bool:
+    """The ops report of the demo's last week (what the Saturday schedule writes)."""
+    echo(f"\n==> ops report of the week of {week}")
+    result = run_selection(defs, ["ops_report"], partition_key=week.isoformat(), instance=get_instance(),
+                           tags={"kairos/trigger": "demo"}, raise_on_error=False)
+    echo(f"    run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+    if not result.success:
+        for line in failure_messages(result):
+            echo(f"    {line[:2000]}")
+        return False
+    for event in result.get_asset_materialization_events():
+        md = event.event_specific_data.materialization.metadata
+        echo(f"    ops report: {md['report'].value}")
+    return True
 
 
 def demo_backtest(defs: Definitions, settings: Settings, first: str, last: str, echo: Callable[[str], None]) -> bool:
@@ -139,65 +191,6 @@ def print_rebalance(settings: Settings, rebalance_date: dt.date, echo: Callable[
          f"turnover vs prior {_fmt(metrics.get('turnover_vs_prior'))}, regime {regime.get('regime')}")
     echo(f"    trades {latest / 'trades.csv'}; summary {latest / 'portfolio_summary.json'}; "
          f"schedule {latest / 'schedule.json'}")
-
-
-def demo_execution(defs: Definitions, settings: Settings, week: str, echo: Callable[[str], None], *,
-                   execute: bool = False) -> bool:
-    """The week's execution preview against the broker resource (the simulated one unless Alpaca is
-    configured); with `execute` (KAIROS_DEMO_EXECUTE=1): approve as the demo, execute, verify.
-
-    The simulated broker runs on the rebalance date's clock (09:00 New York, before the open it trades at;
-    verification at 16:30), so the demo fills from sep_base whatever today's date is."""
-    from kairos_dagster import calendar
-
-    reb = calendar.rebalance_date_for_week(dt.date.fromisoformat(week))
-    picks = settings.output_dir / "rebalance" / (reb.isoformat() if reb else "") / "picks.csv"
-    if reb is None or not picks.exists():
-        echo(f"\n==> execution preview: no picks for the week of {week} ({picks}); skipped")
-        return True
-    simulated = getattr(defs.resources.get("broker"), "kind", "simulated") == "simulated"
-    instance = get_instance()
-
-    def run(title: str, selection: list[str], op: str, cfg: dict) -> dict | None:
-        echo(f"\n==> {title} for rebalance {reb}")
-        result = run_selection(defs, selection, partition_key=week, run_config={"ops": {op: {"config": cfg}}},
-                               instance=instance, tags={"kairos/trigger": "demo"}, raise_on_error=False)
-        echo(f"    run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
-        if not result.success:
-            for event in result.all_events:
-                if event.is_step_failure:
-                    data = event.event_specific_data
-                    user = getattr(data, "user_failure_data", None)
-                    echo("    " + ((user.description if user and user.description else data.error.message).strip()[:2000]))
-            return None
-        for event in result.get_asset_materialization_events():
-            return dict(event.event_specific_data.materialization.metadata)
-        return {}
-
-    clock = {"as_of": f"{reb.isoformat()}T09:00"} if simulated else {}
-    md = run("execution preview (nothing is submitted)", ["execution"], "execution", {"mode": "preview", **clock})
-    if md is None:
-        return False
-    echo("    " + str(md["plan_text"].value).replace("\n", "\n    "))
-    if not execute:
-        echo("    (set KAIROS_DEMO_EXECUTE=1 to execute on the simulated broker and verify)")
-        return True
-    if not simulated:
-        echo("    KAIROS_DEMO_EXECUTE only executes on the simulated broker: Alpaca is configured; skipped")
-        return True
-    if run("approval by the demo", ["rebalance_approval"], "rebalance_approval",
-           {"by": "kairos demo", "note": "make demo (KAIROS_DEMO_EXECUTE=1)"}) is None:
-        return False
-    md = run("execution on the simulated broker", ["execution"], "execution", {"mode": "execute", **clock})
-    if md is None:
-        return False
-    echo(f"    orders: {md['orders_csv'].value}; statuses {md['statuses'].value}")
-    md = run("verification after the open", ["execution_report"], "execution",
-             {"mode": "verify", "as_of": f"{reb.isoformat()}T16:30"})
-    if md is None:
-        return False
-    echo("    " + str(md["report_text"].value).replace("\n", "\n    "))
-    return True
 
 
 def demo_cmd(

@@ -289,16 +289,23 @@ def track_cmd(
     if not record.height:
         typer.echo("No measured rebalance in that range.")
         return
+    for line in track_lines(record):
+        typer.echo(line)
+
+
+def track_lines(record: pl.DataFrame) -> list[str]:
+    """The track record as a table, one line per rebalance (performance.track_record's rows)."""
 
     def p(x: float | None) -> str:
         return f"{x:+8.2%}" if x is not None else "     n/a"
 
-    typer.echo(f"{'rebalance':<11} {'to':<11} {'status':<13} {'return':>8} {'market':>8} {'excess':>8} "
-               f"{'shortfall':>10} {'cumulative':>10}")
+    lines = [f"{'rebalance':<11} {'to':<11} {'status':<13} {'return':>8} {'market':>8} {'excess':>8} "
+             f"{'shortfall':>10} {'cumulative':>10}"]
     for r in record.iter_rows(named=True):
         fall = f"{r['shortfall_bps']:+8.1f}bp" if r["shortfall_bps"] is not None else "       n/a"
-        typer.echo(f"{r['date']!s:<11} {r['next_date']!s:<11} {r['status']:<13} {p(r['held_return'])} "
-                   f"{p(r['market_return'])} {p(r['excess_vs_market'])} {fall:>10} {p(r['cumulative']):>10}")
+        lines.append(f"{r['date']!s:<11} {r['next_date']!s:<11} {r['status']:<13} {p(r['held_return'])} "
+                     f"{p(r['market_return'])} {p(r['excess_vs_market'])} {fall:>10} {p(r['cumulative']):>10}")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -90,6 +90,8 @@ def summary_dict(result: PortfolioResult, rebalance_date: dt.date, generated_at:
             "vol_scale": _num(result.vol_scale),
             "caps_feasible": result.caps_feasible,
             "sector_weights": {k: _num(v) for k, v in result.sector_weights.items()},
+            # each sector's cap that week: min(max_sector_mult x its share of the eligible names, the hard cap)
+            "sector_caps": {r["sector"]: _num(r["cap"]) for r in result.universe_sector_weights.iter_rows(named=True)},
         },
         "parameters": {**cfg.to_dict(), "rebalance_rule": cal.REBALANCE_RULE},
         "metrics": {

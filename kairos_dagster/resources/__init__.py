@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kairos_dagster.resources.alerts import AlertNotifier
 from kairos_dagster.resources.backtest_outputs import BacktestOutputs
 from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.kill_switches import KillSwitches
@@ -29,4 +30,6 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         # Simulated unless Alpaca credentials are set; those arrive as EnvVar references, never values.
         "broker": BrokerResource.from_env(path, auto_paper=settings.auto_paper),
         "kill_switches": KillSwitches.from_settings(settings),
+        # Email / webhook alerts; the SMTP password and the webhook URL arrive as EnvVar references.
+        "alerts": AlertNotifier.from_env(settings.output_dir),
     }

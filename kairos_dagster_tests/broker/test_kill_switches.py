@@ -34,7 +34,7 @@ def test_daily_loss_trips_beyond_the_limit_and_is_not_armed_without_two_closes()
     day = dt.date(2026, 1, 15)
     s = by_switch(evaluate(CFG, session=SessionChange(day, 100_000.0, 96_900.0), track=track([])))["max_daily_loss"]
     assert s["armed"] and s["tripped"] and s["blocking"] and s["value"] == pytest.approx(0.031)
-    assert "loss over the session of 2026-01-15 +3.10%" in s["detail"]
+    assert "change over the session of 2026-01-15: -3.10%" in s["detail"]
     s = by_switch(evaluate(CFG, session=SessionChange(day, 100_000.0, 97_100.0), track=track([])))["max_daily_loss"]
     assert s["armed"] and not s["tripped"]
     s = by_switch(evaluate(CFG, session=SessionChange(day, 100_000.0, 150_000.0), track=track([])))["max_daily_loss"]
@@ -104,8 +104,11 @@ def test_the_simulated_account_values_its_holdings_at_the_last_two_closes(tmp_pa
     assert change.equity_before == pytest.approx(92_000 + 4_000 + 4_000)
     assert change.equity_after == pytest.approx(92_000 + 2_000 + 80 * 50)
     assert change.change == pytest.approx(-0.02)
-    con.execute("DELETE FROM sep_base WHERE ticker = 'AAA' AND date = '2026-01-14'")
-    assert b.last_session_change() is None  # a holding without both closes: no figure
+    con.execute("DELETE FROM sep_base WHERE ticker = 'AAA' AND date >= '2026-01-15'")  # AAA stops trading
+    change = b.last_session_change()  # a delisted holding stays at its last close: flat, not a loss
+    assert change.equity_after - change.equity_before == pytest.approx(0.0)
+    con.execute("INSERT INTO sim_positions VALUES ('sim-paper', 'ZZZ', 5, 10, DATE '2026-01-14')")
+    assert b.last_session_change() is None  # a holding never priced: no honest figure
     con.close()
 
 

@@ -52,3 +52,27 @@ def test_a_week_without_fills_is_marked_and_missing_prices_are_named():
     with pytest.raises(ValueError, match="no open on 2026-01-16 for held"):
         measure(R, N, fills=FILLS, picks=PICKS, prices=PRICES.filter(~((pl.col("ticker") == "CCC")
                                                                      & (pl.col("date") == R))), benchmarks={})
+
+
+def test_a_holding_delisted_before_the_rebalance_stays_in_the_book_at_its_last_close(tmp_path):
+    """CCC, bought earlier, stopped trading after 01-14 (its sell could never fill): measure_week values it at
+    its last close, flat, and says so, instead of failing the week."""
+    import duckdb
+
+    from kairos_dagster.broker.performance import measure_week
+    from kairos_dagster.warehouse import store
+
+    last = dt.date(2026, 1, 14)
+    prices = pl.concat([PRICES.filter(~((pl.col("ticker") == "CCC") & pl.col("date").is_in([R, N]))),
+                        pl.DataFrame([("CCC", last, 104.0, 104.0, 104.0, 104.0)], schema=PRICES.schema, orient="row")])
+    with duckdb.connect(str(tmp_path / "k.duckdb")) as con:
+        store.replace_table(con, "sep_base", prices)
+        store.replace_table(con, "execution_orders", FILLS)
+        store.replace_table(con, "rebalance_picks", PICKS.with_columns(date=pl.lit(R)))
+        perf = measure_week(con, R, tmp_path / "unused.csv")
+    s = perf.summary.row(0, named=True)
+    pos = {r["ticker"]: r for r in perf.positions.iter_rows(named=True)}
+    assert s["status"] == "executed" and pos["CCC"]["return"] == 0.0
+    assert pos["CCC"]["weight_held"] == pytest.approx(20 * 104 / (1000 + 1000 + 20 * 104))
+    assert "1 holding(s) without a price on 2026-01-16 (delisted?) valued at their last close, flat: CCC (2026-01-14)" \
+        in s["note"]

@@ -61,6 +61,8 @@ def test_files_schemas_and_round_trip(tmp_path, built):
     assert p["total_weight"] == pytest.approx(res.picks["weight"].sum())
     assert p["top_5_weight"] == pytest.approx(res.picks["weight"].sort(descending=True).head(5).sum())
     assert p["estimated_vol"] == pytest.approx(res.est_vol_final) and sum(p["sector_weights"].values()) == pytest.approx(p["total_weight"])
+    assert set(p["sector_weights"]) <= set(p["sector_caps"])
+    assert all(p["sector_weights"][k] <= p["sector_caps"][k] + 1e-6 for k in p["sector_weights"])
     assert s["parameters"]["alpha_column"] == "alpha_ml_v2_tuned_clf"
     assert s["parameters"]["rebalance_rule"] == "Last trading day of each week"
     assert s["metrics"]["avg_adv"] == pytest.approx(res.picks["adv_20"].mean())

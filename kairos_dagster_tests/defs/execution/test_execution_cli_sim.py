@@ -186,22 +186,41 @@ def test_emergency_cancel_all_and_liquidate(env, monkeypatch):
     assert pl.DataFrame(rows(db, "SELECT status FROM execution_orders"), orient="row").height == 4
 
 
-def test_demo_execution_previews_then_executes_and_verifies_on_the_simulated_broker(env):
-    from kairos_dagster.cli.demo import demo_execution
+def test_demo_paper_trades_each_week_and_reports_a_tripped_kill_switch_then_goes_on(env):
+    """The demo's operator loop on two weeks: the first is approved, executed and verified; before the second,
+    AAA and BBB halve on the session before it (a 4% loss of the account): max_daily_loss trips, the week is
+    reported and left unexecuted, and the loop still succeeds and measures both weeks."""
+    from kairos_dagster.cli.demo import demo_paper_trading
+    from kairos_dagster.cli.demo_trading import traded_weeks
 
     db, picks, tmp = env
+    first = dt.date(2026, 1, 9)
+    write_picks(tmp / "outputs", day=first)
+    write_picks(tmp / "outputs", {**SHARES, "CCC": 150})
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE sep_base SET close = close / 2, closeunadj = closeunadj / 2, closeadj = closeadj / 2 "
+                    "WHERE ticker IN ('AAA', 'BBB') AND date = '2026-01-15'")
     settings = load_settings()
     defs = build_definitions(settings)
+    weeks = traded_weeks(dt.date(2026, 1, 12), dt.date(2025, 12, 1), n=2)
+    assert weeks == [dt.date(2026, 1, 5), dt.date(2026, 1, 12)]
     lines: list[str] = []
-    assert demo_execution(defs, settings, "2026-01-12", lines.append, execute=False)
+    assert demo_paper_trading(defs, settings, weeks, lines.append), "\n".join(lines)
     text = "\n".join(lines)
-    assert "execution preview" in text and "Paper trading detected" in text and "KAIROS_DEMO_EXECUTE=1" in text
-    assert not has_table(db, "execution_orders")
-    lines.clear()
-    assert demo_execution(defs, settings, "2026-01-12", lines.append, execute=True), "\n".join(lines)
-    text = "\n".join(lines)
-    assert "approval by the demo" in text and "fill rate 100.0%" in text and "filled 4" in text
-    assert rows(db, "SELECT count(*) FROM execution_orders WHERE status = 'filled'")[0][0] == 4
+    assert "2026-01-09: approved; 4 orders, filled 4, partial 0, rejected 0; fill rate 100.0%, slippage 5.0 bps" in text
+    assert "2026-01-16: KILL SWITCH TRIPPED, not executed: max_daily_loss: kill switch: the account's change over the session of " \
+           "2026-01-15: -4.00%" in text, text
+    assert rows(db, "SELECT date, status, count(*) FROM rebalance_approval GROUP BY ALL ORDER BY 1") == [
+        (first, "approved", 1), (REB, "approved", 1)]
+    assert rows(db, "SELECT DISTINCT rebalance_date FROM execution_orders") == [(first,)]
+    perf = rows(db, "SELECT date, status FROM rebalance_performance ORDER BY date")
+    assert perf == [(first, "executed"), (REB, "not executed")]
+    assert "track record (1 executed, 1 held back, 2 measured" in text and "kill switches tripped" in text
+    assert "2026-01-09  2026-01-16  executed" in text  # the track record's table
+    report = tmp / "outputs" / "reports" / "ops_report_20260116.html"
+    assert f"ops report: {report}" in text and report.is_file()
+    page = report.read_text()
+    assert "KILL SWITCH" not in page and "max_daily_loss" in page and 'id="performance"' in page
 
 
 def test_failed_blocking_rebalance_gate_blocks_execution_from_the_warehouse_even_with_a_fresh_home(env, monkeypatch):
@@ -297,12 +316,12 @@ def test_tripped_kill_switches_block_execute_until_each_is_overridden(env, monke
     assert code == 0, out
     code, out = kairos("execute", "--picks", str(picks), "--as-of", PRE_OPEN)
     assert code == 0 and "Preview: nothing submitted" in out, out  # the preview still works
-    assert "[FAIL] max_daily_loss: kill switch: loss over the session of 2026-01-15 +4.00%" in out, out
+    assert "[FAIL] max_daily_loss: kill switch: the account's change over the session of 2026-01-15: -4.00%" in out, out
     assert "[PASS] min_live_sharpe: kill switch: not armed: 3 of 4 tracked rebalances" in out, out
     _losing_track(db, 4)
     code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
     assert code == 1 and "REFUSED" in out, out
-    assert "kill switch: loss over the session of 2026-01-15 +4.00%" in out and "--gate max_daily_loss" in out
+    assert "kill switch: the account's change over the session of 2026-01-15: -4.00%" in out and "--gate max_daily_loss" in out
     assert "min_live_sharpe: kill switch: live Sharpe -" in out and "over the last 4 rebalances" in out, out
     assert rows(db, "SELECT count(*) FROM sim_orders")[0][0] == 0
     state = dict(rows(db, "SELECT switch, tripped FROM kill_switch_evaluations WHERE rebalance_date = '2026-01-16'"))
@@ -312,7 +331,7 @@ def test_tripped_kill_switches_block_execute_until_each_is_overridden(env, monke
                        "--note", "the loss is the test's halving, not the market")
     assert code == 0 and "recorded" in out, out
     code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
-    assert code == 1 and "min_live_sharpe" in out and "kill switch: loss" not in out.split("REFUSED")[1], out
+    assert code == 1 and "min_live_sharpe" in out and "kill switch: the account" not in out.split("REFUSED")[1], out
     code, out = kairos("override", "--date", REB.isoformat(), "--gate", "min_live_sharpe", "--by", "carol",
                        "--note", "four weeks is too short to judge")
     assert code == 0, out
