@@ -25,7 +25,7 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/kairos demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[dev,bench]'

@@ -102,6 +102,7 @@ class Settings:
     min_live_sharpe: float = 0.5
     live_sharpe_weeks: int = 26
     max_backtest_gap: float = 0.05
+    demo_traded_weeks: int = 8  # KAIROS_DEMO_TRADED_WEEKS: completed rebalances the demo paper-trades
 
     @property
     def nasdaq_key_present(self) -> bool:
@@ -149,6 +150,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         min_live_sharpe=_float(env, "KAIROS_MIN_LIVE_SHARPE", 0.5, minimum=-10.0, maximum=10.0),
         live_sharpe_weeks=_int(env, "KAIROS_LIVE_SHARPE_WEEKS", 26, minimum=2, maximum=520),
         max_backtest_gap=_float(env, "KAIROS_MAX_BACKTEST_GAP", 0.05, minimum=0.0001, maximum=5.0),
+        demo_traded_weeks=_int(env, "KAIROS_DEMO_TRADED_WEEKS", 8, minimum=1, maximum=52),
     )
 
 

@@ -63,16 +63,20 @@ class OpsWeek:
         """The few numbers the report opens with (also the asset's metadata)."""
         runs_failed = int((self.runs["status"] == "FAILURE").sum()) if self.runs.height else 0
         row = self.performance.filter(pl.col("date") == self.rebalance_date)
+        if not row.height:  # this week is measured only once the next rebalance's open is in: the latest one
+            row = self.performance.filter(pl.col("held_return").is_not_null()).tail(1)
+        sent = self.orders.filter(pl.col("outcome") != "skipped") if self.orders.height else self.orders
         return {
             "runs": self.runs.height, "runs_failed": runs_failed,
             "checks_failed_or_warned": self.checks.height,
             "gates_failed": int((~self.gates["passed"]).sum()) if self.gates.height else 0,
             "stale_tables": int(self.freshness["stale"].sum()) if self.freshness.height else 0,
             "positions": self.picks.height,
-            "orders": self.orders.height,
-            "orders_not_filled": int((self.orders["outcome"] != "filled").sum()) if self.orders.height else 0,
+            "orders": sent.height,
+            "orders_skipped": self.orders.height - sent.height,
+            "orders_not_filled": int((sent["outcome"] != "filled").sum()) if sent.height else 0,
             "kill_switches_tripped": int(self.kill_switches["tripped"].sum()) if self.kill_switches.height else 0,
-            "week_status": row["status"][0] if row.height else "not measured",
+            "week_status": (f"{row['status'][0]} ({row['date'][0]})" if row.height else "not measured yet"),
             "week_return": row["held_return"][0] if row.height else None,
         }
 
@@ -327,11 +331,13 @@ def render_html(w: OpsWeek, pngs: dict[str, bytes], *, generated_at: dt.datetime
         ("Data", verdict(h["stale_tables"] == 0, "fresh", f"{h['stale_tables']} stale table(s)")),
         ("Checks and gates", verdict(h["checks_failed_or_warned"] + h["gates_failed"] == 0, "all passed",
                                      f"{h['checks_failed_or_warned']} check(s), {h['gates_failed']} gate(s) not passed")),
-        ("Execution", verdict(h["orders_not_filled"] == 0, f"{h['orders']} orders, all filled" if h["orders"] else
-                              "nothing executed", f"{h['orders_not_filled']} of {h['orders']} not filled")),
+        ("Execution", verdict(h["orders_not_filled"] == 0, (f"{h['orders']} orders, all filled" if h["orders"] else
+                                                            "nothing executed")
+                              + (f", {h['orders_skipped']} skipped" if h["orders_skipped"] else ""),
+                              f"{h['orders_not_filled']} of {h['orders']} not filled")),
         ("Kill switches", verdict(h["kill_switches_tripped"] == 0, "none tripped",
                                   f"{h['kill_switches_tripped']} tripped")),
-        ("The week", html.escape(f"{h['week_status']}" + (f", {h['week_return']:+.2%}" if h["week_return"] is not None
+        ("Latest measured week", html.escape(f"{h['week_status']}" + (f", {h['week_return']:+.2%}" if h["week_return"] is not None
                                                           else ""))),
     ]
     card_html = "".join(f"<div class=card><div class=label>{html.escape(k)}</div><div>{v}</div></div>" for k, v in cards)

@@ -87,6 +87,7 @@ class SimulatedBroker:
         self._owns = not isinstance(warehouse, duckdb.DuckDBPyConnection)
         self.con = duckdb.connect(str(warehouse)) if self._owns else warehouse
         self._clock = clock
+        self._processed_at: tuple | None = None  # the point _process last brought the account to
         self.account_id = account_id
         self.con.execute(_DDL)
         has_sep = self.con.execute(
@@ -145,11 +146,19 @@ class SimulatedBroker:
 
     def _process(self) -> None:
         """Re-key positions renamed since, then fill every open order whose fill session has opened and has
-        a sep_base open price."""
+        a sep_base open price. Nothing new can fill or split until another open passes, another close becomes
+        observable or sep_base gains rows (an order never fills at the instant it is sent), so a read at the
+        same point repeats no work: a plan of a hundred orders is a hundred lookups, not a hundred passes
+        over the account. (A restatement that rewrites sep_base in place comes with a sync, in another run
+        and another broker.)"""
         now = self._now()
-        self._apply_ticker_changes(now)
         last_open_session = now.date() if (cal.is_session(now.date()) and now.time() >= OPEN) \
             else cal.previous_session(now.date())
+        point = (last_open_session, self._price_cutoff(),
+                 *self.con.execute("SELECT max(date), count(*) FROM sep_base").fetchone())
+        if point == self._processed_at:
+            return
+        self._apply_ticker_changes(now)
         self._apply_splits()
         due = self.con.execute(
             """SELECT o.id, o.symbol, o.side, o.qty, (s.open * s.closeunadj / s.close)::DOUBLE, o.fill_session,
@@ -190,6 +199,7 @@ class SimulatedBroker:
             self.con.execute("UPDATE sim_orders SET status = 'filled', qty = ?, filled_qty = ?, filled_avg_price = ?, "
                              "filled_at = ?, updated_at = ?, basis_date = ? WHERE id = ?",
                              [qty, qty, px, filled_at, filled_at, session, oid])
+        self._processed_at = point
 
     def _split_ratio(self, symbol: str, after: dt.date, through: dt.date) -> float:
         """Splits between two sessions of sep_base: the unadjusted/adjusted close ratio of `after` over that of

@@ -32,7 +32,7 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
     sync_start, feat_start, last = (plan.sync_start.isoformat(), plan.feature_start.isoformat(),
                                     plan.rebalance_week.isoformat())
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    traded = traded_weeks(plan.rebalance_week, plan.feature_start)
+    traded = traded_weeks(plan.rebalance_week, plan.feature_start, settings.demo_traded_weeks)
     first_traded = traded[0].isoformat()
     steps: list[tuple[str, AssetSelection, tuple[str, str]]] = [
         ("sync SHARADAR tables (synthetic market)", AssetSelection.groups("sync"), (sync_start, last)),

@@ -41,9 +41,10 @@ def traded_weeks(last_week: dt.date, first_allowed: dt.date, n: int = DEMO_TRADE
     return weeks[::-1]
 
 
-def _metadata(result) -> dict:
+def _metadata(result, asset: str) -> dict:
     for event in result.get_asset_materialization_events():
-        return dict(event.event_specific_data.materialization.metadata)
+        if event.asset_key.to_user_string() == asset:
+            return dict(event.event_specific_data.materialization.metadata)
     return {}
 
 
@@ -54,8 +55,8 @@ def paper_trade(defs: Definitions, settings: Settings, weeks: list[dt.date], ech
     instance = get_instance()
     out = PaperTrading()
 
-    def run(selection: list[str], week: dt.date, op: str, cfg: dict | None):
-        run_config = {"ops": {op: {"config": cfg}}} if cfg is not None else None
+    def run(selection: list[str], week: dt.date, ops: dict[str, dict] | None = None):
+        run_config = {"ops": {op: {"config": cfg} for op, cfg in ops.items()}} if ops else None
         return run_selection(defs, selection, partition_key=week.isoformat(), run_config=run_config,
                              instance=instance, tags={"kairos/trigger": "demo"}, raise_on_error=False)
 
@@ -69,11 +70,10 @@ def paper_trade(defs: Definitions, settings: Settings, weeks: list[dt.date], ech
             out.held_back[reb] = "no picks (the rebalance's gates held the week back)"
             echo(f"    {reb}: {out.held_back[reb]}")
             continue
-        result = run(["rebalance_approval"], week, "rebalance_approval",
-                     {"by": "kairos demo", "note": f"demo paper trading of the week of {week}"})
-        if not result.success:
-            return _failed(result, echo)
-        result = run(["execution"], week, "execution", {"mode": "execute", "as_of": f"{reb.isoformat()}T09:00"})
+        # One run: the approval (as `kairos approve` records it), then the execution it gates.
+        result = run(["rebalance_approval", "execution"], week, {
+            "rebalance_approval": {"by": "kairos demo", "note": f"demo paper trading of the week of {week}"},
+            "execution": {"mode": "execute", "as_of": f"{reb.isoformat()}T09:00"}})
         if not result.success:
             lines = failure_messages(result)
             if any(KILL_SWITCH_MARK in line for line in lines):
@@ -83,16 +83,16 @@ def paper_trade(defs: Definitions, settings: Settings, weeks: list[dt.date], ech
                 echo(f"    {reb}: {out.held_back[reb]} (an operator would look, then `kairos override` or wait)")
                 continue
             return _failed(result, echo)
-        md = _metadata(result)
+        md = _metadata(result, "execution")
         sent = int(md["submitted"].value) if "submitted" in md else 0
         if sent == 0:
             out.executed.append(reb)
             echo(f"    {reb}: approved; nothing to trade")
             continue
-        result = run(["execution_report"], week, "execution", {"mode": "verify", "as_of": f"{reb.isoformat()}T16:30"})
+        result = run(["execution_report"], week, {"execution": {"mode": "verify", "as_of": f"{reb.isoformat()}T16:30"}})
         if not result.success:
             return _failed(result, echo)
-        s = _metadata(result)["summary"].value
+        s = _metadata(result, "execution_report")["summary"].value
         out.executed.append(reb)
         slip = f"{s['slippage_bps']:.1f} bps" if s["slippage_bps"] is not None else "n/a"
         echo(f"    {reb}: approved; {s['orders']} orders, filled {s['filled']}, partial {s['partial']}, "
@@ -104,7 +104,7 @@ def paper_trade(defs: Definitions, settings: Settings, weeks: list[dt.date], ech
     echo(f"\n==> rebalance_performance of {len(measurable)} week(s) (each needs the next rebalance date's open; "
          f"prices through {last_priced})")
     for week in measurable:
-        result = run(["rebalance_performance"], week, "rebalance_performance", None)
+        result = run(["rebalance_performance"], week)
         if not result.success:
             return _failed(result, echo)
         out.measured.append(calendar.rebalance_date_for_week(week))

@@ -99,16 +99,17 @@ def test_the_simulated_account_values_its_holdings_at_the_last_two_closes(tmp_pa
     con.execute("UPDATE sep_base SET close = 25, closeunadj = 25, closeadj = 25 WHERE ticker = 'AAA' AND date = '2026-01-15'")
     con.execute("UPDATE sep_base SET close = close / 2, open = open / 2 WHERE ticker = 'BBB'")
     con.execute("UPDATE sep_base SET closeunadj = 50 WHERE ticker = 'BBB' AND date >= '2026-01-15'")
+    b = SimulatedBroker(con, clock=lambda: clock[0])  # a restated sep_base comes with a sync: a new broker
     change = b.last_session_change()  # the position is now 80 BBB after the split: no loss from it
     assert change.session == dt.date(2026, 1, 15)
     assert change.equity_before == pytest.approx(92_000 + 4_000 + 4_000)
     assert change.equity_after == pytest.approx(92_000 + 2_000 + 80 * 50)
     assert change.change == pytest.approx(-0.02)
     con.execute("DELETE FROM sep_base WHERE ticker = 'AAA' AND date >= '2026-01-15'")  # AAA stops trading
-    change = b.last_session_change()  # a delisted holding stays at its last close: flat, not a loss
+    change = SimulatedBroker(con, clock=lambda: clock[0]).last_session_change()  # a delisted holding: flat
     assert change.equity_after - change.equity_before == pytest.approx(0.0)
     con.execute("INSERT INTO sim_positions VALUES ('sim-paper', 'ZZZ', 5, 10, DATE '2026-01-14')")
-    assert b.last_session_change() is None  # a holding never priced: no honest figure
+    assert SimulatedBroker(con, clock=lambda: clock[0]).last_session_change() is None  # never priced: no figure
     con.close()
 
 

@@ -104,7 +104,7 @@ def test_gather_reads_the_week_and_derives_its_numbers(week):
         "AAA": "filled", "BBB": "partial", "CCC": "rejected"}
     h = week.headline
     assert (h["runs_failed"], h["stale_tables"], h["gates_failed"], h["orders_not_filled"]) == (1, 1, 1, 2)
-    assert h["week_status"] == "executed" and h["week_return"] == pytest.approx(0.005)
+    assert h["week_status"] == "executed (2026-01-16)" and h["week_return"] == pytest.approx(0.005)
     periods = {r["period"]: r for r in core.performance_periods(week.performance, REB).iter_rows(named=True)}
     assert periods["week"]["live (held)"] == pytest.approx(0.005)
     assert periods["since inception"]["live (held)"] == pytest.approx(1.01 * 0.98 * 1.015 * 1.005 - 1)

@@ -26,6 +26,8 @@ def run_demo(tmp_path: Path, as_of: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "NASDAQ_", "APCA_", "ALPACA_"))}
     env |= {"DAGSTER_HOME": str(home), "KAIROS_DUCKDB_PATH": str(tmp_path / "data" / "kairos.duckdb"),
             "KAIROS_OUTPUT_DIR": str(tmp_path / "outputs"), "KAIROS_SYNTHETIC_TICKERS": "300",
+            # two paper-traded weeks (one measured) keep the loop in the test; the demo's default is eight
+            "KAIROS_DEMO_TRADED_WEEKS": "2",
             "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true"}
     kairos = Path(sys.executable).parent / "kairos"
     return subprocess.run([str(kairos), "demo", "--as-of", as_of], cwd=tmp_path, env=env, capture_output=True,
@@ -43,12 +45,18 @@ def test_demo_as_of(tmp_path, as_of, rebalance, folds):
     week = calendar.week_start(reb)
     assert f"Rebalance {rebalance} (week {week})" in out.stdout
     assert folds in out.stdout
-    assert out.stdout.count("SUCCESS") >= 5  # sync, universe, features+ML+matrix, rebalance, preview
+    assert out.stdout.count("SUCCESS") >= 5  # sync, universe, features+ML+matrix, rebalance, backtest
     picks = tmp_path / "outputs" / "rebalance" / rebalance / "picks.csv"
     assert picks.exists() and len(picks.read_text().splitlines()) > 20
     for name in ("trades.csv", "portfolio_summary.json", "schedule.json"):
         assert (picks.parent / name).exists()
-    assert "execution preview" in out.stdout and "to send" in out.stdout
+    # Paper trading of the last two completed rebalances (approved, executed, verified; or a tripped kill
+    # switch, reported), the earlier one measured, the track record and the ops report of the chosen week.
+    assert "paper trading the last 2 completed rebalances" in out.stdout
+    assert f"    {rebalance}: approved;" in out.stdout or f"    {rebalance}: KILL SWITCH TRIPPED" in out.stdout
+    assert "==> rebalance_performance of" in out.stdout and "==> track record" in out.stdout
+    ops = tmp_path / "outputs" / "reports" / f"ops_report_{reb:%Y%m%d}.html"
+    assert f"ops report: {ops}" in out.stdout and ops.stat().st_size > 20_000
     # as of the morning of D: nothing dated D or later was synced; the signal session was
     con = duckdb.connect(str(tmp_path / "data" / "kairos.duckdb"), read_only=True)
     (latest_price,) = con.execute("SELECT max(date) FROM sep_base").fetchone()

@@ -19,6 +19,7 @@ from dagster import (
 
 from kairos_dagster import calendar
 from kairos_dagster.broker import reports
+from kairos_dagster.broker.alerts import Alert
 from kairos_dagster.broker.orders import OPG_CUTOFF
 from kairos_dagster.broker.performance import measurable_dates
 from kairos_dagster.broker.release import PAPER_UNTIL, execution_release
@@ -109,17 +110,19 @@ def week_state(path: str, rebalance_date: dt.date, picks_file: Path) -> tuple[bo
     name="execution_sensor",
     job=execution_job,
     minimum_interval_seconds=60,
-    required_resource_keys={"warehouse", "broker", "rebalance_outputs"},
+    required_resource_keys={"warehouse", "broker", "rebalance_outputs", "alerts"},
     description=(
         "On the rebalance day, launch execution_job for the week exactly once: live before 09:28 New York once the "
         "approval is recorded (market-on-open); paper after the approval, or once the picks exist with "
-        "KAIROS_AUTO_PAPER=1, until the close. Otherwise the skip reason says what it waits for."
+        "KAIROS_AUTO_PAPER=1, until the close. Otherwise the skip reason says what it waits for. A missed "
+        "deadline (the run not started by it, or no release in time) alerts once (HIGH)."
     ),
 )
 def execution_sensor(context: SensorEvaluationContext):
     now = _now()
     today = now.astimezone(NEW_YORK).date()
-    if context.cursor == week_key(today) and calendar.rebalance_date_for_week(today) == today:
+    wk = week_key(today)
+    if context.cursor in (wk, f"{wk}{ALERTED}") and calendar.rebalance_date_for_week(today) == today:
         return SkipReason(_requested_status(context, today, now))
     picks_built, approval = False, None
     if calendar.rebalance_date_for_week(today) == today:
@@ -136,6 +139,9 @@ def execution_sensor(context: SensorEvaluationContext):
                                  approval=approval)
     if decision.missed:  # a deadline passed with the week's orders not sent
         context.log.error(f"execution of {today} MISSED: {decision.reason}")
+        if context.cursor != f"{wk}{MISSED}":
+            _missed_alert(context, today, decision.reason)
+            context.update_cursor(f"{wk}{MISSED}")
     if decision.rebalance_date is None:
         return SkipReason(decision.reason)
     reb = decision.rebalance_date
@@ -160,7 +166,21 @@ def _requested_status(context: SensorEvaluationContext, reb: dt.date, now: dt.da
     if not started and now.astimezone(NEW_YORK).time() >= deadline:
         text += f"; it did not start by its deadline ({deadline:%H:%M} New York, {mode})"
         context.log.error(f"execution of {reb} MISSED: {text}")
+        if not (context.cursor or "").endswith(ALERTED):
+            _missed_alert(context, reb, text)
+            context.update_cursor(f"{week_key(reb)}{ALERTED}")
     return text
+
+
+ALERTED, MISSED = ":deadline-alerted", ":missed-alerted"  # cursor suffixes: each missed deadline alerts once
+
+
+def _missed_alert(context: SensorEvaluationContext, reb: dt.date, why: str) -> None:
+    alert = Alert(key=f"execution_missed:{reb}", kind="deadman", severity="HIGH",
+                  title=f"the execution of {reb} MISSED its deadline", detail=why, week=week_key(reb),
+                  action="look at the run queue and the approval; a missed live window is not sent as a DAY order")
+    record = context.resources.alerts.notifier().send(alert)
+    context.log.info(f"alert {alert.severity} {alert.title}: sent via {record['sent'] or 'no channel'}")
 
 
 # -------------------------------------------------------------------------------- performance

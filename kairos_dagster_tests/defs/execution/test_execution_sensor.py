@@ -16,6 +16,7 @@ from kairos_dagster.cli.main import app
 from kairos_dagster.definitions import build_definitions
 from kairos_dagster.defs.execution import automation
 from kairos_dagster.instance.runner import run_selection
+from kairos_dagster.resources.alerts import AlertNotifier
 from kairos_dagster.resources.broker import BrokerResource
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
@@ -87,7 +88,8 @@ def _tick(db, outputs, when, monkeypatch, *, broker=None, cursor=None, instance=
         instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
         resources={"warehouse": DuckDBWarehouse(path=str(db)),
                    "broker": broker or BrokerResource(kind="simulated", warehouse_path=str(db)),
-                   "rebalance_outputs": RebalanceOutputs(path=str(outputs / "rebalance"))})
+                   "rebalance_outputs": RebalanceOutputs(path=str(outputs / "rebalance")),
+                   "alerts": AlertNotifier(log_path=str(outputs / "alerts" / "alerts.jsonl"))})
     return defs, automation.execution_sensor.evaluate_tick(ctx)
 
 
@@ -180,6 +182,10 @@ def test_the_sensor_for_live_picks_and_a_rejection(warehouse, monkeypatch):
         assert "is not_started" in queued.skip_message and "deadline" not in queued.skip_message
         _, stuck = _tick(db, outputs, at(REB, 9, 29), monkeypatch, broker=live, cursor=tick.cursor, instance=instance)
         assert "did not start by its deadline (09:28 New York, live)" in stuck.skip_message
+        _, again = _tick(db, outputs, at(REB, 9, 31), monkeypatch, broker=live, cursor=stuck.cursor, instance=instance)
+        assert "did not start by its deadline" in again.skip_message
+        alerts = [json.loads(line) for line in (outputs / "alerts" / "alerts.jsonl").read_text().splitlines()]
+        assert [(a["key"], a["severity"]) for a in alerts] == [("execution_missed:2026-01-16", "HIGH")]  # once
         _, late = _tick(db, outputs, at(REB, 9, 30), monkeypatch, broker=live, instance=instance)
         assert not late.run_requests and "market-on-open window closed" in late.skip_message
         r = CliRunner().invoke(app, ["approve", "--date", REB.isoformat(), "--by", "bob", "--reject", "--note", "no"])
