@@ -14,19 +14,12 @@ import sys
 from dagster import Field, InitLoggerContext, logger
 from dagster._core.utils import coerce_valid_log_level
 
+from kairos_dagster.defs.errors import innermost_error  # noqa: F401 (re-exported: the CLI reads it here)
+
 QUIET_EVENTS = {"STEP_OUTPUT", "HANDLED_OUTPUT", "LOADED_INPUT", "STEP_INPUT", "ASSET_MATERIALIZATION_PLANNED",
                 "ASSET_CHECK_EVALUATION_PLANNED", "RESOURCE_INIT_STARTED", "RESOURCE_INIT_SUCCESS",
                 "STEP_WORKER_STARTING", "STEP_WORKER_STARTED", "LOGS_CAPTURED", "ENGINE_EVENT",
                 "PIPELINE_STARTING", "PIPELINE_ENQUEUED", "ASSET_OBSERVATION"}
-
-
-def innermost_error(error) -> str:
-    """The innermost cause of a Dagster SerializableErrorInfo, as 'Type: message' (first lines only)."""
-    while error is not None and error.cause is not None:
-        error = error.cause
-    if error is None:
-        return ""
-    return error.message.strip()
 
 
 class CompactFormatter(logging.Formatter):

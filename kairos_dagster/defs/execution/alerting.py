@@ -32,8 +32,8 @@ from kairos_dagster.broker import alerts as core
 from kairos_dagster.broker import kill_switches as ks
 from kairos_dagster.broker.tracking import approval_for
 from kairos_dagster.constants import NEW_YORK
+from kairos_dagster.defs.errors import innermost_error
 from kairos_dagster.defs.tags import EXECUTION_OP, RANGE_END_TAG, RANGE_START_TAG
-from kairos_dagster.instance.console_logger import innermost_error
 from kairos_dagster.portfolio import gate_records
 from kairos_dagster.resources.alerts import AlertNotifier
 from kairos_dagster.resources.broker import BrokerResource
