@@ -6,9 +6,7 @@ the report embeds them as data URIs, so the one file is all an operator needs to
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,6 +16,9 @@ import numpy as np
 import polars as pl
 
 from kairos_dagster.backtest.costs import TRADING_DAYS
+from kairos_dagster.warehouse.plots import data_uri
+from kairos_dagster.warehouse.plots import figure as _figure
+from kairos_dagster.warehouse.plots import png as _png
 
 ROLLING_SESSIONS = 252  # 52 weeks of sessions for the rolling Sharpe
 # Columns of the report's tables and how each reads.
@@ -29,26 +30,6 @@ SUMMARY_COLUMNS = ("strategy", "annual_return", "annual_volatility", "sharpe", "
                    "beta", "alpha", "information_ratio", "avg_positions")
 CAPACITY_COLUMNS = ("portfolio_value", "sharpe", "sharpe_gross", "annual_return", "annual_cost_drag",
                     "avg_weekly_turnover", "unfilled_share", "sharpe_vs_smallest")
-
-
-def _figure(width: float = 9.0, height: float = 3.8, rows: int = 1, sharex: bool = True):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=90)
-    axes = fig.subplots(rows, 1, sharex=sharex, squeeze=False)[:, 0]
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    return fig, axes
-
-
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _by_strategy(daily: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
@@ -168,10 +149,6 @@ def pictures(daily: pl.DataFrame, stats: pl.DataFrame, capacity: pl.DataFrame | 
     if capacity is not None and capacity.height:
         out["capacity_curve"] = capacity_png(capacity)
     return out
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _cell(column: str, value: object) -> str:

@@ -20,10 +20,10 @@ import duckdb
 import polars as pl
 
 from kairos_dagster import calendar as cal
-from kairos_dagster.backtest.report import _figure, _png, data_uri
 from kairos_dagster.broker import kill_switches as ks
 from kairos_dagster.portfolio import gate_records
 from kairos_dagster.warehouse import store
+from kairos_dagster.warehouse.plots import data_uri, figure, pct_formatter, png, sector_weights_png
 
 REPORT_SUBDIR = "reports"
 # The dated market and feature tables the rebalance reads: more than one session behind the signal date is
@@ -203,40 +203,24 @@ def performance_png(perf: pl.DataFrame) -> bytes | None:
     done = perf.filter(pl.col("held_return").is_not_null()).sort("date")
     if not done.height:
         return None
-    fig, (ax,) = _figure(height=3.6)
+    fig, (ax,) = figure(height=3.6)
     for col, label in RETURN_COLUMNS:
         if col in done.columns and done[col].null_count() < done.height:
             ax.plot(done["next_date"].to_list(), ((1.0 + done[col].fill_null(0.0)).cum_prod() - 1.0).to_list(),
                     marker="o", markersize=3, label=label, linewidth=2 if col == "held_return" else 1.2)
     ax.axhline(0.0, color="#888", linewidth=0.8)
     ax.set_ylabel("cumulative return")
-    ax.yaxis.set_major_formatter(_pct_formatter())
+    ax.yaxis.set_major_formatter(pct_formatter())
     ax.legend(loc="best", fontsize=8)
     ax.set_title("Executed rebalances: live vs backtest and benchmarks")
     fig.autofmt_xdate()
-    return _png(fig)
-
-
-def sectors_png(sectors: pl.DataFrame) -> bytes | None:
-    if not sectors.height:
-        return None
-    s = sectors.sort("sector")
-    fig, (ax,) = _figure(height=3.4)
-    x = range(s.height)
-    ax.bar(list(x), s["weight"].to_list(), label="weight", color="#3b78b5")
-    if s["cap"].null_count() < s.height:
-        ax.scatter(list(x), s["cap"].to_list(), marker="_", s=400, color="#c0392b", label="cap", zorder=3)
-    ax.set_xticks(list(x), s["sector"].to_list(), rotation=30, ha="right", fontsize=8)
-    ax.yaxis.set_major_formatter(_pct_formatter())
-    ax.legend(fontsize=8)
-    ax.set_title("Sector weights against their caps")
-    return _png(fig)
+    return png(fig)
 
 
 def ic_png(model_ic: pl.DataFrame) -> bytes | None:
     if not model_ic.height:
         return None
-    fig, (ax,) = _figure(height=3.2)
+    fig, (ax,) = figure(height=3.2)
     for (model,), part in model_ic.sort("date").group_by("model_name", maintain_order=True):
         rolling = part["rank_ic"].rolling_mean(window_size=IC_WINDOWS[0], min_samples=1)
         ax.plot(part["date"].to_list(), rolling.to_list(), label=f"{model} ({IC_WINDOWS[0]}-week mean)")
@@ -245,17 +229,11 @@ def ic_png(model_ic: pl.DataFrame) -> bytes | None:
     ax.legend(fontsize=8)
     ax.set_title("Model health: trailing out-of-sample IC")
     fig.autofmt_xdate()
-    return _png(fig)
-
-
-def _pct_formatter():
-    from matplotlib.ticker import PercentFormatter
-
-    return PercentFormatter(1.0, decimals=1)
+    return png(fig)
 
 
 def pictures(w: OpsWeek) -> dict[str, bytes]:
-    out = {"performance_chart": performance_png(w.performance), "sector_chart": sectors_png(w.sectors),
+    out = {"performance_chart": performance_png(w.performance), "sector_chart": sector_weights_png(w.sectors),
            "ic_chart": ic_png(w.model_ic)}
     return {k: v for k, v in out.items() if v is not None}
 

@@ -16,7 +16,22 @@ from dagster import (
     TableSchemaMetadataValue,
 )
 
+from kairos_dagster.warehouse.plots import markdown_image
 from kairos_dagster.warehouse.summary import markdown_table, null_rates, significant, weekly_stats
+
+
+def image(picture: bytes | None, alt: str) -> MetadataValue | None:
+    """A PNG as a Markdown metadata entry (the UI shows it); None when there was nothing to draw."""
+    return MetadataValue.md(markdown_image(picture, alt)) if picture else None
+
+
+def add_images(md: dict[str, Any], **pictures: bytes | None) -> dict[str, Any]:
+    """`md` with each drawn picture added under its name (pictures with nothing to draw are left out)."""
+    for name, picture in pictures.items():
+        value = image(picture, name)
+        if value is not None:
+            md[name] = value
+    return md
 
 
 def frame_metadata(df: pl.DataFrame, date_col: str | None = "date", *, preview: bool = True,

@@ -40,8 +40,8 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def webserver(tmp_path: Path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
+    home = tmp_path / "dagster_home"  # a test may have run in this home (and warehouse) before: it serves them
+    home.mkdir(exist_ok=True)
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "KAIROS_DUCKDB_PATH": str(tmp_path / "k.duckdb")}

@@ -30,6 +30,7 @@ from kairos_dagster import calendar as cal
 from kairos_dagster.backtest.report import write_report
 from kairos_dagster.broker import ops_report as core
 from kairos_dagster.constants import EXCHANGE_TIMEZONE, NEW_YORK
+from kairos_dagster.defs.metadata import add_images
 from kairos_dagster.defs.partitions import week_key, window_dates
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
@@ -126,11 +127,7 @@ def build_ops_report_asset(partitions: PartitionsDefinition):
               "pictures": MetadataValue.text(", ".join(pngs) or "none")}
         if h["week_return"] is not None:
             md["week_return"] = MetadataValue.float(float(h["week_return"]))
-        if "performance_chart" in pngs:
-            import base64
-
-            md["performance_chart"] = MetadataValue.md(
-                f"![performance](data:image/png;base64,{base64.b64encode(pngs['performance_chart']).decode()})")
+        add_images(md, **pngs)  # the report's pictures, shown in the UI too
         return MaterializeResult(metadata=md)
 
     return ops_report

@@ -31,7 +31,7 @@ from kairos_dagster.defs.features.checks import (
     feature_check_specs,
     session_coverage_result,
 )
-from kairos_dagster.defs.metadata import frame_metadata, weekly_output
+from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.features import assemble, composites, factor_report, fundamental, regime, technical
 from kairos_dagster.features import tables as feature_tables
@@ -39,6 +39,7 @@ from kairos_dagster.features import universe as universe_core
 from kairos_dagster.features.ops import TableSpec
 from kairos_dagster.features.targets import RISK_COLUMNS
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
+from kairos_dagster.warehouse import plots
 
 KEY = list(KEYS)
 
@@ -280,6 +281,8 @@ def _regime_asset(common: dict) -> AssetsDefinition:
         if out.height:
             last = out.tail(1).row(0, named=True)
             md["latest_regime"] = MetadataValue.text(f"{last['date']}: {last['regime']}")
+        add_images(md, regime_chart=plots.regime_timeline_png(
+            out.select("date", "regime"), market_returns.select("date", "mkt_ret")))
         yield weekly_output(context, out, md)
         bad = out.filter(pl.col("regime").is_not_null() & ~pl.col("regime").is_in(list(regime.REGIMES)))
         yield AssetCheckResult(
@@ -374,6 +377,12 @@ def _factor_ic_asset(common: dict) -> AssetsDefinition:
         md = frame_metadata(ic, preview=False, nulls=False)
         md["window_summary"] = MetadataValue.md(factor_report.to_markdown(window_summary))
         md["summary_to_date"] = MetadataValue.md(factor_report.to_markdown(overall))
+        history = pl.concat([older.select(ic.columns), ic]) if older.height else ic
+        add_images(md, ic_chart=plots.ic_series_png(history, list(composites.COMPOSITES),
+                                                    "Composites: rank IC per week and cumulative (all weeks stored)"),
+                   quintile_spread_chart=plots.bars_png(overall, "factor", "q5_minus_q1",
+                                                        "Mean weekly top-minus-bottom quintile return, to date",
+                                                        horizontal=True, percent=True))
         yield weekly_output(context, ic, md)
         v8 = overall.filter(pl.col("factor") == "alpha_composite_v8")
         mean_ic = float(v8.get_column("mean_ic").item()) if v8.height and v8.get_column("mean_ic").item() is not None else None

@@ -36,7 +36,7 @@ from dagster import (
 )
 
 from kairos_dagster.constants import KEY as KEYS
-from kairos_dagster.defs.metadata import frame_metadata, weekly_output
+from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.features import targets
 from kairos_dagster.ml import tables, walk_forward
@@ -44,6 +44,7 @@ from kairos_dagster.ml.metrics import ic_stats
 from kairos_dagster.ml.predict import ALPHA_COLUMNS
 from kairos_dagster.resources.ml import MLResource
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
+from kairos_dagster.warehouse import plots
 from kairos_dagster.warehouse.summary import markdown_table, significant
 
 KEY = list(KEYS)
@@ -110,6 +111,12 @@ def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDef
                 md["model_versions"] = MetadataValue.json(registry["model_version"].to_list())
                 md["top_features_by_gain"] = MetadataValue.md(
                     f"Model {latest}\n\n" + markdown_table(walk_forward.top_gain(metrics, latest), max_rows=20))
+                add_images(md, feature_importance_chart=plots.bars_png(
+                    walk_forward.top_gain(metrics, latest), "feature", "gain",
+                    f"Feature importance (total gain), model {latest}", horizontal=True),
+                    oos_ic_per_fold_chart=plots.bars_png(
+                        folds.select(pl.col("fold").cast(pl.String), "oos_rank_ic"), "fold", "oos_rank_ic",
+                        "Out-of-sample rank IC per retrain point (fold)"))
                 md["training_rows"] = MetadataValue.int(int(folds["train_rows"].fill_null(0).max() or 0))
                 md["training_seconds"] = MetadataValue.float(round(float(folds["train_seconds"].fill_null(0).sum()), 1))
             oos = metrics.filter((pl.col("split") == "oos") & (pl.col("metric") == "rank_ic"))["value"]

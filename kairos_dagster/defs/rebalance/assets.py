@@ -32,7 +32,7 @@ from kairos_dagster import calendar as cal
 from kairos_dagster.broker.approval import picks_content_hash
 from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.constants import NEW_YORK
-from kairos_dagster.defs.metadata import frame_metadata
+from kairos_dagster.defs.metadata import add_images, frame_metadata
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.rebalance.checks import gate_check_results, rebalance_gate_specs
 from kairos_dagster.defs.tags import REBALANCE_OP
@@ -48,7 +48,7 @@ from kairos_dagster.portfolio.risk4 import PortfolioInputError
 from kairos_dagster.portfolio.trades import TradePlanError
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.warehouse import store
+from kairos_dagster.warehouse import plots, store
 from kairos_dagster.warehouse.summary import markdown_table, significant
 
 GROUP = "rebalance"
@@ -180,6 +180,18 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                 md["picks_csv"] = MetadataValue.path(str(folders[-1] / "picks.csv"))
                 md["output_folder"] = MetadataValue.path(str(folders[-1]))
                 md["output_folders"] = MetadataValue.text("\n".join(str(f) for f in folders[-20:]))
+            if last.result is not None:  # the last week's book against its caps, as pictures
+                usw = last.result.universe_sector_weights.select("sector", "cap")
+                held = pl.DataFrame({"sector": list(last.result.sector_weights),
+                                     "weight": [float(v) for v in last.result.sector_weights.values()]},
+                                    schema={"sector": pl.String, "weight": pl.Float64})
+                sectors = held.join(usw, on="sector", how="full", coalesce=True).with_columns(
+                    pl.col("weight").fill_null(0.0))
+                week = f"{last.plan.rebalance_date}"
+                add_images(md, sector_weights_chart=plots.sector_weights_png(
+                    sectors, f"Sector weights against their caps, {week}"),
+                    weight_distribution_chart=plots.weight_distribution_png(
+                        rw.picks_rows(last)["weight"], cap=risk.max_position_pct, title=f"Position weights, {week}"))
             for key in ("n_positions", "top_5_weight", "estimated_vol", "turnover"):
                 v = rw.summary_line(last).get(key)
                 if v is not None:

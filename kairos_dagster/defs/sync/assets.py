@@ -18,7 +18,7 @@ from dagster import (
     asset,
 )
 
-from kairos_dagster.defs.metadata import frame_metadata, weekly_output
+from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.resources.source import SharadarSource, SourceConfigError
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
@@ -40,7 +40,7 @@ from kairos_dagster.sources.sync import (
     sync_window,
 )
 from kairos_dagster.sources.validate import DEFAULT_REJECT_THRESHOLD
-from kairos_dagster.warehouse import store
+from kairos_dagster.warehouse import plots, store
 from kairos_dagster.warehouse.summary import markdown_table
 
 GROUP = "sync"
@@ -191,6 +191,11 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
         md["input_rows"] = MetadataValue.int(result.input_rows)
         md["rejected_rows"] = MetadataValue.int(result.rejected)
         md["rejects_by_reason"] = MetadataValue.json(result.counts)
+        if result.clean.height and table.partition_column in result.clean.columns:
+            counts = (result.clean.group_by(pl.col(table.partition_column).dt.truncate("1w").alias("week"))
+                      .agg(pl.len().alias("rows")))
+            add_images(md, rows_per_week_chart=plots.rows_per_week_png(
+                counts, f"{table.asset}: rows per week ({start} .. {end - dt.timedelta(days=1)})"))
         restated_rejected = restated.validation.rejected if restated.validation is not None else 0
         if name in RESTATABLE:
             md.update(_restated_metadata(restated))
