@@ -101,7 +101,7 @@ def _coerce(record: ApprovalRecord | Mapping[str, Any]) -> ApprovalRecord:
 class ApprovalDecision:
     ok: bool
     reasons: list[str] = field(default_factory=list)
-    note: str | None = None  # the approval note, used to allow turnover above the limit
+    note: str | None = None  # the approval note (turnover above the limit needs an override record, not a note)
 
     def raise_if_refused(self) -> None:
         if not self.ok:
