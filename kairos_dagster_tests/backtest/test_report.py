@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import shutil
 
 import numpy as np
 import polars as pl
@@ -13,8 +11,7 @@ import pytest
 
 from kairos_dagster import calendar as cal
 from kairos_dagster.backtest import capacity, report, stats
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from kairos_dagster_tests.fixtures.browser import IMAGES_JS, SECTIONS_JS, needs_browser, open_page
 
 
 def _daily(name: str, r: np.ndarray, days: list[dt.date], turnover: float = 0.1) -> pl.DataFrame:
@@ -93,30 +90,18 @@ def test_pictures_are_pngs_and_the_report_holds_them(world, tmp_path):
     assert report.report_name("cli-x/y") == "backtest_report_cli-x_y.html"
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("KAIROS_REQUIRE_BROWSER"),
-                    reason="Debian's chromium is not installed (.ci/run installs it and sets KAIROS_REQUIRE_BROWSER)")
+@needs_browser
 def test_the_report_renders_in_headless_chromium(world, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "chromium is required (KAIROS_REQUIRE_BROWSER is set) but not on PATH"
     daily, table, sweep = world
     pngs = report.pictures(daily, table, sweep)
     text = report.render_html(table, pngs, sweep, config_id="default", first=daily["date"].min(),
                               last=daily["date"].max())
     path = report.write_report(tmp_path, "backtest_report.html", text)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(path.as_uri())
-            page.wait_for_load_state("load")
-            images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, "
-                                   "i.naturalHeight])")
-            sections = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
-            summary_rows = page.locator("#summary tbody tr").count()
-            shot = page.screenshot(full_page=True)
-        finally:
-            browser.close()
+    with open_page(path.as_uri()) as page:
+        images = page.evaluate(IMAGES_JS)
+        sections = page.evaluate(SECTIONS_JS)
+        summary_rows = page.locator("#summary tbody tr").count()
+        shot = page.screenshot(full_page=True)
     assert [alt for alt, *_ in images] == list(pngs)
     assert all(done and w > 300 and h > 100 for _, done, w, h in images), images
     assert {"summary", "years", "capacity_table", *pngs} <= set(sections)

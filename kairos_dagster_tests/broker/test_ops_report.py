@@ -3,8 +3,6 @@ the page rendered in headless Chromium with every section and picture."""
 
 import datetime as dt
 import json
-import os
-import shutil
 
 import polars as pl
 import pytest
@@ -16,9 +14,9 @@ from kairos_dagster.ml.metrics import ML_METRICS_SCHEMA
 from kairos_dagster.portfolio import gate_records
 from kairos_dagster.portfolio.gates import GateResult
 from kairos_dagster.warehouse import store
+from kairos_dagster_tests.fixtures.browser import IMAGES_JS, SECTIONS_JS, needs_browser, open_page
 from kairos_dagster_tests.fixtures.execution_setup import REB, build_sep
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WEEK = dt.date(2026, 1, 12)
 UTC = dt.UTC
 
@@ -115,33 +113,21 @@ def test_gather_reads_the_week_and_derives_its_numbers(week):
     assert ic["ic_13w"] == pytest.approx(last13.mean()) and ic["icir_13w"] == pytest.approx(last13.mean() / last13.std())
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("KAIROS_REQUIRE_BROWSER"),
-                    reason="Debian's chromium is not installed (.ci/run installs it and sets KAIROS_REQUIRE_BROWSER)")
+@needs_browser
 def test_the_ops_report_renders_in_headless_chromium_with_every_section_and_picture(week, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from kairos_dagster.backtest.report import write_report
 
-    assert CHROMIUM, "chromium is required (KAIROS_REQUIRE_BROWSER is set) but not on PATH"
     pngs = core.pictures(week)
     assert set(pngs) == {"performance_chart", "sector_chart", "ic_chart"}
     path = write_report(tmp_path / "reports", core.report_name(REB),
                         core.render_html(week, pngs, generated_at=dt.datetime(2026, 1, 17, 13, tzinfo=UTC)))
     assert path.name == "ops_report_20260116.html"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(path.as_uri())
-            page.wait_for_load_state("load")
-            images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, "
-                                   "i.naturalHeight])")
-            sections = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
-            bad_rows = page.locator("tr.bad").count()
-            cards = page.locator(".card").all_inner_texts()
-            text = page.inner_text("body")
-        finally:
-            browser.close()
+    with open_page(path.as_uri()) as page:
+        images = page.evaluate(IMAGES_JS)
+        sections = page.evaluate(SECTIONS_JS)
+        bad_rows = page.locator("tr.bad").count()
+        cards = page.locator(".card").all_inner_texts()
+        text = page.inner_text("body")
     assert sections == list(core.SECTIONS)
     assert sorted(alt for alt, *_ in images) == sorted(pngs)
     assert all(done and w > 300 and h > 100 for _, done, w, h in images), images
