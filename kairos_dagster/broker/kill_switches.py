@@ -133,11 +133,13 @@ def evaluate(config: KillSwitchConfig, *, session: SessionChange | None, track: 
 
 # ------------------------------------------------------------------------------ warehouse
 def tracked_before(con: duckdb.DuckDBPyConnection, rebalance_date: dt.date) -> pl.DataFrame:
-    """The executed, measured rebalances before `rebalance_date` (the live track record so far)."""
+    """The live track record as known on the morning of `rebalance_date`: executed, measured rebalances whose
+    measurement ended before it. A week is measured to the next rebalance's open, so the week just before
+    (which ends at this date's open) is not known yet, even when a replay finds it stored."""
     cols = {"date": pl.Date, "held_return": pl.Float64, "backtest_return": pl.Float64}
     if not store.table_exists(con, "rebalance_performance"):
         return pl.DataFrame(schema=cols)
-    return con.execute("SELECT date, held_return, backtest_return FROM rebalance_performance WHERE date < ? AND "
+    return con.execute("SELECT date, held_return, backtest_return FROM rebalance_performance WHERE next_date < ? AND "
                        "held_return IS NOT NULL ORDER BY date", [rebalance_date]).pl().cast(cols)
 
 

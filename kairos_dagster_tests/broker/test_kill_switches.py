@@ -124,3 +124,19 @@ def test_alpaca_session_change_reads_the_daily_portfolio_history():
         fake.now = dt.datetime(2026, 1, 16, 16, 30, tzinfo=NY)
         assert broker.last_session_change() == SessionChange(dt.date(2026, 1, 16), 96_000.0, 95_000.0)
         assert fake.calls[("GET", "/v2/account/portfolio/history")] == 3
+
+
+def test_the_track_record_is_what_was_known_on_the_rebalance_morning(tmp_path):
+    """The week before a rebalance is measured to that rebalance's open: on its morning it is not known, so
+    the live Sharpe never reads it, even when a replay finds it stored."""
+    from kairos_dagster.broker.kill_switches import tracked_before
+    from kairos_dagster.warehouse import store
+
+    reb = dt.date(2026, 1, 16)
+    dates = [dt.date(2026, 1, 2), dt.date(2026, 1, 9)]
+    rows = pl.DataFrame({"date": dates, "next_date": [dt.date(2026, 1, 9), reb], "held_return": [0.01, -0.5],
+                         "backtest_return": [0.0, 0.0]})
+    with duckdb.connect(str(tmp_path / "k.duckdb")) as con:
+        store.replace_table(con, "rebalance_performance", rows)
+        known = tracked_before(con, reb)
+    assert known["date"].to_list() == [dt.date(2026, 1, 2)]

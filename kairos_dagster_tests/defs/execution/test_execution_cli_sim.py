@@ -282,11 +282,12 @@ def test_hand_made_or_changed_picks_are_refused_unless_an_override_is_recorded(e
 
 
 def _losing_track(db, weeks):
-    """`weeks` measured rebalances before REB, each losing 1% (±0.2%): a negative live Sharpe."""
+    """`weeks` rebalances measured by the morning of REB (the last one ended at the open of the week before;
+    the week just before REB ends at REB's open), each losing 1% (±0.2%): a negative live Sharpe."""
     from kairos_dagster.broker.performance import SUMMARY_SCHEMA
     from kairos_dagster.warehouse import store
 
-    dates = [REB - dt.timedelta(weeks=weeks - i) for i in range(weeks)]
+    dates = [REB - dt.timedelta(weeks=weeks + 1 - i) for i in range(weeks)]
     frame = pl.DataFrame({"date": dates, "next_date": [d + dt.timedelta(weeks=1) for d in dates],
                           "status": ["executed"] * weeks,
                           "held_return": [-0.01 + 0.002 * (i % 2) for i in range(weeks)],
