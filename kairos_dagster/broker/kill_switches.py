@@ -131,6 +131,17 @@ def evaluate(config: KillSwitchConfig, *, session: SessionChange | None, track: 
     return pl.DataFrame(rows, schema={k: SCHEMA[k] for k in rows[0]})
 
 
+def state_text(switches: pl.DataFrame) -> str:
+    """One line: which switches tripped (and whether overridden or warn-only), else which are armed."""
+    tripped = switches.filter(pl.col("tripped"))
+    if not tripped.height:
+        armed = switches.filter(pl.col("armed"))["switch"].to_list()
+        return f"no kill switch tripped (armed: {', '.join(armed) or 'none'})"
+    return "; ".join(f"{r['switch']} TRIPPED" + (f" (overridden by {r['overridden_by']})" if r["overridden_by"] else
+                                                  "" if r["blocking"] else " (warn)")
+                     for r in tripped.iter_rows(named=True))
+
+
 # ------------------------------------------------------------------------------ warehouse
 def tracked_before(con: duckdb.DuckDBPyConnection, rebalance_date: dt.date) -> pl.DataFrame:
     """The live track record as known on the morning of `rebalance_date`: executed, measured rebalances whose

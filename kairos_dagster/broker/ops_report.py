@@ -125,7 +125,12 @@ def gather(con: duckdb.DuckDBPyConnection, week: dt.date, output_dir: Path, *, r
     picks = picks if picks is not None else pl.DataFrame(schema={"ticker": pl.String, "weight": pl.Float64,
                                                                "sector": pl.String, "rank": pl.Int64})
     summary_path = output_dir / "rebalance" / reb.isoformat() / "portfolio_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{summary_path} is not a readable portfolio_summary.json: {exc}") from None
+    if summary is not None and not isinstance(summary, dict):
+        raise ValueError(f"{summary_path} holds {type(summary).__name__}, not a portfolio summary object")
     caps = (summary or {}).get("portfolio", {}).get("sector_caps") or {}
     by_sector = picks.group_by("sector").agg(pl.col("weight").sum()) if picks.height else \
         pl.DataFrame(schema={"sector": pl.String, "weight": pl.Float64})

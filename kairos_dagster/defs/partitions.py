@@ -22,6 +22,7 @@ from dagster import (
 
 from kairos_dagster import calendar
 from kairos_dagster.constants import EXCHANGE_TIMEZONE
+from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.settings import Settings
 
 # BackfillPolicy and pools are marked beta/preview in dagster 1.13; we rely on them deliberately.
@@ -75,3 +76,11 @@ def keys_between(partitions_def: PartitionsDefinition, start: dt.date, end: dt.d
     """Existing partition keys whose week intersects [start, end]."""
     first, last = week_key(start), week_key(end)
     return [k for k in partitions_def.get_partition_keys() if first <= k <= last]
+
+
+def run_covers_week(tags: dict[str, str], key: str) -> bool:
+    """Whether a run with these tags materialized week `key`: its partition, or a range that holds it."""
+    if tags.get("dagster/partition") == key:
+        return True
+    lo, hi = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    return bool(lo and hi and lo <= key <= hi)

@@ -489,6 +489,15 @@ class PortfolioResult:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def sector_weights_vs_caps(self) -> pl.DataFrame:
+        """sector, weight (the book's), cap: every capped sector, and any held sector without a cap."""
+        held = pl.DataFrame({"sector": list(self.sector_weights),
+                             "weight": [float(v) for v in self.sector_weights.values()]},
+                            schema={"sector": pl.String, "weight": pl.Float64})
+        return (held.join(self.universe_sector_weights.select("sector", "cap"), on="sector", how="full",
+                          coalesce=True).with_columns(pl.col("weight").fill_null(0.0)).sort("sector"))
+
+    @property
     def sector_weights(self) -> dict[str, float]:
         s = self.picks.group_by("sector").agg(pl.col("weight").sum()).sort("sector")
         return dict(zip(s.get_column("sector").to_list(), s.get_column("weight").to_list(), strict=True))

@@ -136,3 +136,15 @@ def test_the_ops_report_renders_in_headless_chromium_with_every_section_and_pict
     for needle in ("weekly_pipeline_job", "no_partial_fills", "turnover 62% > 50%", "feat_stale", "insufficient cash",
                    "since inception", "min_live_sharpe", "alpha_ml_v2_tuned_clf", "+4.0 bps"):
         assert needle in text, needle
+
+
+def test_a_broken_portfolio_summary_is_named(tmp_path):
+    db = tmp_path / "k.duckdb"
+    build_sep(db)
+    folder = tmp_path / "out" / "rebalance" / REB.isoformat()
+    folder.mkdir(parents=True)
+    (folder / "portfolio_summary.json").write_text('{"portfolio": ')
+    empty = pl.DataFrame(schema=core.RUN_COLUMNS)
+    with store.connect(db, read_only=True) as con, pytest.raises(ValueError, match="portfolio_summary.json is not a "
+                                                                                 "readable portfolio_summary.json"):
+        core.gather(con, WEEK, tmp_path / "out", runs=empty, checks=pl.DataFrame(schema=core.CHECK_COLUMNS))

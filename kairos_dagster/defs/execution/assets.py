@@ -54,7 +54,7 @@ from kairos_dagster.broker.tracking import (
 )
 from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
-from kairos_dagster.defs.tags import EXECUTION_OP, RANGE_END_TAG, RANGE_START_TAG
+from kairos_dagster.defs.tags import EXECUTION_OP
 from kairos_dagster.portfolio import gate_records
 from kairos_dagster.portfolio.gates import GATES
 from kairos_dagster.portfolio.outputs import (
@@ -88,13 +88,6 @@ def load_picks(path: Path) -> pl.DataFrame:
         return read_picks_csv(path)
     except OutputFileError as exc:
         raise Failure(description=f"picks: {exc}") from None
-
-
-def _covers(tags: dict[str, str], key: str) -> bool:
-    if tags.get("dagster/partition") == key:
-        return True
-    lo, hi = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
-    return bool(lo and hi and lo <= key <= hi)
 
 
 def _now() -> dt.datetime:
@@ -202,16 +195,6 @@ def _plan_metadata(plan: engine.ExecutionPlan, text: str) -> dict:
     }
 
 
-def _switch_state(switches: pl.DataFrame) -> str:
-    tripped = switches.filter(pl.col("tripped"))
-    if not tripped.height:
-        armed = switches.filter(pl.col("armed"))["switch"].to_list()
-        return f"no kill switch tripped (armed: {', '.join(armed) or 'none'})"
-    return "; ".join(f"{r['switch']} TRIPPED" + (f" (overridden by {r['overridden_by']})" if r["overridden_by"] else
-                                                  "" if r["blocking"] else " (warn)")
-                     for r in tripped.iter_rows(named=True))
-
-
 REPORT_CHECKS: tuple[tuple[str, AssetCheckSeverity, str], ...] = (
     ("no_rejections", AssetCheckSeverity.ERROR, "no order rejected or failed to submit (HIGH)"),
     ("no_unfilled", AssetCheckSeverity.ERROR, "no order expired or canceled with nothing filled (HIGH)"),
@@ -309,7 +292,7 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                        (", ".join(failed_gates) or "no blocking gate failed") + f" ({gate_source})"),
                    "kill_switches": MetadataValue.md(markdown_table(switches.select(
                        "switch", "blocking", "armed", "tripped", "overridden_by", "detail"))),
-                   "kill_switch_state": MetadataValue.text(_switch_state(switches))})
+                   "kill_switch_state": MetadataValue.text(ks.state_text(switches))})
         if config.trades_path:
             try:
                 diff = reports.compare_trades(plan.orders, Path(config.trades_path))

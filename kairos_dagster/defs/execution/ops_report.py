@@ -31,7 +31,7 @@ from kairos_dagster.backtest.report import write_report
 from kairos_dagster.broker import ops_report as core
 from kairos_dagster.constants import EXCHANGE_TIMEZONE, NEW_YORK
 from kairos_dagster.defs.metadata import add_images
-from kairos_dagster.defs.partitions import week_key, window_dates
+from kairos_dagster.defs.partitions import run_covers_week, week_key, window_dates
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
@@ -40,19 +40,12 @@ from kairos_dagster.warehouse.summary import markdown_table
 RUNS_LOOKED_AT = 2000  # the most recent runs searched for the week's (a year of weekly operation is ~300)
 
 
-def _covers(tags: dict[str, str], key: str) -> bool:
-    if tags.get("dagster/partition") == key:
-        return True
-    lo, hi = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
-    return bool(lo and hi and lo <= key <= hi)
-
-
 def week_runs(instance: DagsterInstance, key: str, exclude: str | None = None) -> pl.DataFrame:
     """The runs whose partition or partition range covers week `key` (RUN_COLUMNS), newest first."""
     rows = []
     for rec in instance.get_run_records(RunsFilter(), limit=RUNS_LOOKED_AT):
         run, tags = rec.dagster_run, rec.dagster_run.tags
-        if run.run_id == exclude or not _covers(tags, key):
+        if run.run_id == exclude or not run_covers_week(tags, key):
             continue
         start, end = rec.start_time, rec.end_time
         trigger = (tags.get("kairos/trigger") or tags.get("dagster/schedule_name") or tags.get("dagster/sensor_name")

@@ -181,15 +181,9 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                 md["output_folder"] = MetadataValue.path(str(folders[-1]))
                 md["output_folders"] = MetadataValue.text("\n".join(str(f) for f in folders[-20:]))
             if last.result is not None:  # the last week's book against its caps, as pictures
-                usw = last.result.universe_sector_weights.select("sector", "cap")
-                held = pl.DataFrame({"sector": list(last.result.sector_weights),
-                                     "weight": [float(v) for v in last.result.sector_weights.values()]},
-                                    schema={"sector": pl.String, "weight": pl.Float64})
-                sectors = held.join(usw, on="sector", how="full", coalesce=True).with_columns(
-                    pl.col("weight").fill_null(0.0))
                 week = f"{last.plan.rebalance_date}"
                 add_images(md, sector_weights_chart=plots.sector_weights_png(
-                    sectors, f"Sector weights against their caps, {week}"),
+                    last.result.sector_weights_vs_caps, f"Sector weights against their caps, {week}"),
                     weight_distribution_chart=plots.weight_distribution_png(
                         rw.picks_rows(last)["weight"], cap=risk.max_position_pct, title=f"Position weights, {week}"))
             for key in ("n_positions", "top_5_weight", "estimated_vol", "turnover"):
