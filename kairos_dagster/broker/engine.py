@@ -43,6 +43,7 @@ from kairos_dagster.broker.orders import (
     apply_skips,
     blocking_failures,
     client_order_id,
+    order_outcome,
     order_timing,
     plan_orders,
     positions_frame,
@@ -307,13 +308,8 @@ def verify(broker: Broker, rebalance_date: dt.date, *, con: duckdb.DuckDBPyConne
     frame = pl.DataFrame(refreshed, schema=EXECUTION_ORDERS_SCHEMA)
     _upsert(con, frame)
     filled = pl.col("filled_qty").fill_null(0.0)
-    outcome = (pl.when(pl.col("status").is_in(["rejected", "submit_error"])).then(pl.col("status"))
-               .when(filled >= pl.col("qty")).then(pl.lit("filled"))
-               .when((filled > 0) & (filled < pl.col("qty"))).then(pl.lit("partial"))
-               .when(pl.col("status").is_in(["expired", "canceled", "done_for_day"])).then(pl.lit("unfilled"))
-               .otherwise(pl.lit("open")))
     sign = pl.when(pl.col("side") == "buy").then(1.0).otherwise(-1.0)
-    report = frame.with_columns(outcome=outcome).with_columns(
+    report = frame.with_columns(outcome=order_outcome()).with_columns(
         severity=pl.col("outcome").replace_strict(SEVERITY, default=None, return_dtype=pl.String),
         fill_rate=filled / pl.col("qty"),
         slippage_bps=sign * (pl.col("filled_avg_price") / pl.col("picks_price") - 1.0) * 1e4,

@@ -21,6 +21,7 @@ import polars as pl
 
 from kairos_dagster import calendar as cal
 from kairos_dagster.broker import kill_switches as ks
+from kairos_dagster.broker.orders import order_outcome
 from kairos_dagster.portfolio import gate_records
 from kairos_dagster.warehouse import store
 from kairos_dagster.warehouse.plots import data_uri, figure, pct_formatter, png, sector_weights_png
@@ -103,16 +104,6 @@ def freshness(con: duckdb.DuckDBPyConnection, signal_date: dt.date) -> pl.DataFr
                                       "sessions_behind": pl.Int64, "daily": pl.Boolean, "stale": pl.Boolean})
 
 
-def _outcomes(orders: pl.DataFrame) -> pl.DataFrame:
-    filled = pl.col("filled_qty").fill_null(0.0)
-    return orders.with_columns(outcome=pl.when(pl.col("status") == "skipped").then(pl.lit("skipped"))
-                               .when(pl.col("status").is_in(["rejected", "submit_error"])).then(pl.col("status"))
-                               .when(filled >= pl.col("qty")).then(pl.lit("filled"))
-                               .when(filled > 0).then(pl.lit("partial"))
-                               .when(pl.col("status").is_in(["expired", "canceled", "done_for_day"]))
-                               .then(pl.lit("unfilled")).otherwise(pl.lit("open")))
-
-
 def gather(con: duckdb.DuckDBPyConnection, week: dt.date, output_dir: Path, *, runs: pl.DataFrame,
            checks: pl.DataFrame) -> OpsWeek:
     """Everything the report shows for the week of `week` (a Monday), read from the warehouse and
@@ -141,7 +132,7 @@ def gather(con: duckdb.DuckDBPyConnection, week: dt.date, output_dir: Path, *, r
                .with_columns(headroom=pl.col("cap") - pl.col("weight")).sort("weight", descending=True))
     orders = _read(con, "execution_orders", "SELECT * FROM execution_orders WHERE rebalance_date = ? "
                    "ORDER BY side <> 'sell', ticker", [reb])
-    orders = _outcomes(orders) if orders is not None else pl.DataFrame(
+    orders = orders.with_columns(outcome=order_outcome()) if orders is not None else pl.DataFrame(
         schema={"ticker": pl.String, "side": pl.String, "qty": pl.Float64, "status": pl.String,
                 "filled_qty": pl.Float64, "filled_avg_price": pl.Float64, "picks_price": pl.Float64,
                 "reason": pl.String, "outcome": pl.String})

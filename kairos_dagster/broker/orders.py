@@ -264,6 +264,18 @@ def risk_checks(plan: pl.DataFrame, account: Account, *, failed_gates: Sequence[
         schema={"check": pl.String, "passed": pl.Boolean, "blocking": pl.Boolean, "detail": pl.String})
 
 
+def order_outcome() -> pl.Expr:
+    """What became of an order row (status, qty, filled_qty): skipped (never sent), rejected / submit_error,
+    filled, partial, unfilled (expired or canceled with nothing filled) or open."""
+    filled = pl.col("filled_qty").fill_null(0.0)
+    return (pl.when(pl.col("status") == "skipped").then(pl.lit("skipped"))
+            .when(pl.col("status").is_in(["rejected", "submit_error"])).then(pl.col("status"))
+            .when(filled >= pl.col("qty")).then(pl.lit("filled"))
+            .when((filled > 0) & (filled < pl.col("qty"))).then(pl.lit("partial"))
+            .when(pl.col("status").is_in(["expired", "canceled", "done_for_day"])).then(pl.lit("unfilled"))
+            .otherwise(pl.lit("open")))
+
+
 def blocking_failures(checks: pl.DataFrame) -> list[str]:
     failed = checks.filter(pl.col("blocking") & ~pl.col("passed"))
     return [f"{c}: {d}" for c, d in zip(failed["check"], failed["detail"], strict=True)]
