@@ -15,6 +15,12 @@ else, the file layout included, is Dagster's: an existing ``.dagster_home`` keep
 webserver and daemon read the same files. Statements stay serialized by the storage's own lock, as
 in Dagster's class, so one pooled connection per shard suffices; a forked child builds its own.
 
+A run over a range of weeks records one planned event per asset for the whole range (Dagster's
+``DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS``), which Dagster's partition status does not read:
+such a run's weeks would show as missing when it failed and not as in progress while it runs.
+``get_latest_asset_partition_materialization_attempts_without_materializations`` expands those events
+into their weeks, so the partitions tab and the catalog say Failed (or in progress) per week.
+
 ``KairosSqliteStorage`` is ``DagsterSqliteStorage`` (``storage: sqlite`` in dagster.yaml) with
 that event log; dagster.yaml selects it with ``storage: custom``.
 """
@@ -26,15 +32,18 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import sqlalchemy as db
 import sqlalchemy.exc as db_exc
+from dagster import AssetKey
+from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import AssetKeyTable
+from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClassData, deserialize_value
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
@@ -120,12 +129,59 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         except db_exc.IntegrityError:  # a concurrent writer inserted the key first (as Dagster handles it)
             conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == key))
 
+    def get_latest_asset_partition_materialization_attempts_without_materializations(
+        self, asset_key: AssetKey, after_storage_id: int | None = None
+    ) -> dict[str, tuple[str, int]]:
+        """Dagster's answer (per-week planned events with no later materialization), plus the weeks of
+        range-run planned events (one event naming a subset) that no later event of that week answers."""
+        found = dict(super().get_latest_asset_partition_materialization_attempts_without_materializations(
+            asset_key, after_storage_id))
+        table = SqlEventLogStorageTable.c
+        planned = db.select(table.id, table.run_id, table.event).where(
+            table.asset_key == asset_key.to_string(),
+            table.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value,
+            table.partition.is_(None),
+        ).order_by(table.id)
+        if after_storage_id is not None:
+            planned = planned.where(table.id > after_storage_id)
+        with self.index_connection() as conn:
+            ranges = conn.execute(planned).fetchall()
+        ranges = [(row.id, row.run_id, _planned_subset(row.event)) for row in ranges]
+        ranges = [r for r in ranges if r[2] is not None]
+        if not ranges:
+            return found
+        # the newest per-week materialization or planned event of each week after the oldest range plan
+        latest = db.select(table.partition, db.func.max(table.id).label("id")).where(
+            table.asset_key == asset_key.to_string(),
+            table.partition.is_not(None),
+            table.dagster_event_type.in_([DagsterEventType.ASSET_MATERIALIZATION.value,
+                                          DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value]),
+            table.id > ranges[0][0],
+        ).group_by(table.partition)
+        with self.index_connection() as conn:
+            answered = {row.partition: row.id for row in conn.execute(latest)}
+        for event_id, run_id, keys in ranges:  # oldest first: a later range plan supersedes an earlier one
+            for key in keys:
+                if answered.get(key, 0) > event_id:
+                    continue
+                if key not in found or found[key][1] < event_id:
+                    found[key] = (run_id, event_id)
+        return found
+
     def dispose(self) -> None:
         super().dispose()
         with self._db_lock:
             for engine in self._engines.values():
                 engine.dispose()
             self._engines.clear()
+
+
+def _planned_subset(serialized: str) -> list[str] | None:
+    """The weeks a range-run planned event names, or None for an event without a subset."""
+    entry = deserialize_value(serialized, EventLogEntry)
+    data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+    subset = getattr(data, "partitions_subset", None)
+    return list(subset.get_partition_keys()) if subset is not None else None
 
 
 class KairosSqliteStorage(DagsterSqliteStorage):

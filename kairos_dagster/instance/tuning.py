@@ -18,8 +18,8 @@ from pathlib import Path
 
 _INSTALLED = False
 # One ASSET_MATERIALIZATION_PLANNED event per asset for a partition range, instead of one per week
-# (Dagster's own switch). The cost: when such a run fails, its weeks show as missing, not failed; the
-# run itself still shows as failed. Operators may set it to false.
+# (Dagster's own switch). Dagster's partition status reads only per-week planned events; the Kairos event
+# log expands the range's (instance/storage.py), so a failed range run's weeks still show as failed.
 PLANNED_EVENTS_FLAG = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 

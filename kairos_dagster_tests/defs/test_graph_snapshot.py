@@ -34,3 +34,13 @@ def test_asset_graph_matches_snapshot():
     if os.environ.get("KAIROS_UPDATE_SNAPSHOT") == "1" or not SNAPSHOT.exists():
         SNAPSHOT.write_text(rendered)
     assert rendered == SNAPSHOT.read_text(), "asset graph changed: review the diff and regenerate the snapshot"
+
+
+def test_every_check_is_described_and_partitioned_like_its_asset():
+    graph = defs.resolve_asset_graph()
+    specs = [spec for a in defs.assets for spec in getattr(a, "check_specs", [])]
+    assert len(specs) >= 60
+    undescribed = [str(s.key) for s in specs if not (s.description or "").strip()]
+    assert not undescribed, undescribed
+    mismatched = [str(s.key) for s in specs if s.partitions_def != graph.get(s.asset_key).partitions_def]
+    assert not mismatched, mismatched

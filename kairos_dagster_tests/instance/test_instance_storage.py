@@ -76,3 +76,53 @@ def test_open_engines_are_bounded_and_released(tmp_path):
     with storage.run_connection("run0") as conn:  # usable again after dispose, like Dagster's class
         assert conn.exec_driver_sql("SELECT count(*) FROM event_logs").scalar() == 0
     storage.dispose()
+
+
+FAILING_WEEK: list[str] = []
+
+
+@asset(partitions_def=WEEKLY, backfill_policy=SINGLE_RUN)
+def weekly_fragile(context) -> None:
+    if FAILING_WEEK and FAILING_WEEK[0] in context.partition_keys:
+        raise ValueError(f"no data for {FAILING_WEEK[0]}")
+
+
+def _failed_and_materialized(instance) -> tuple[set[str], set[str]]:
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+    value = get_and_update_asset_status_cache_value(instance, AssetKey("weekly_fragile"), WEEKLY)
+    return (set(value.deserialize_failed_partition_subsets(WEEKLY).get_partition_keys()),
+            set(value.deserialize_materialized_partition_subsets(WEEKLY).get_partition_keys()))
+
+
+def test_a_failed_range_run_marks_each_of_its_weeks_failed_until_a_later_run_materializes_it(tmp_path, monkeypatch):
+    _home(tmp_path, monkeypatch)
+    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")  # one planned event per range
+    keys = WEEKLY.get_partition_keys()[-5:]
+    defs = Definitions(assets=[weekly_fragile])
+    FAILING_WEEK[:] = [keys[3]]
+    try:
+        with DagsterInstance.get() as instance:
+            failed = run_selection(defs, ["weekly_fragile"], partition_range=(keys[0], keys[-1]),
+                                   instance=instance, raise_on_error=False)
+            assert not failed.success
+            planned = [e for e in instance.all_logs(failed.run_id)
+                       if e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION_PLANNED"]
+            assert len(planned) == 1  # the range is one event, yet every week of it is failed
+            assert _failed_and_materialized(instance) == (set(keys), set())
+            # The last week alone succeeds: it is materialized, the other four stay failed.
+            assert run_selection(defs, ["weekly_fragile"], partition_key=keys[4], instance=instance).success
+            assert _failed_and_materialized(instance) == (set(keys[:4]), {keys[4]})
+            # A later range run over the first three succeeds: only the week that still fails is failed.
+            assert run_selection(defs, ["weekly_fragile"], partition_range=(keys[0], keys[2]), instance=instance).success
+            assert _failed_and_materialized(instance) == ({keys[3]}, set(keys) - {keys[3]})
+        # A fresh instance on the same files (the webserver's) computes the same from scratch.
+        with DagsterInstance.get() as reader:
+            from dagster._core.storage.partition_status_cache import build_failed_and_in_progress_partition_subset
+
+            failed_subset, in_progress, _ = build_failed_and_in_progress_partition_subset(
+                reader, AssetKey("weekly_fragile"), WEEKLY, last_planned_materialization_storage_id=10**9)
+            assert set(failed_subset.get_partition_keys()) == {keys[3]}
+            assert not in_progress.get_partition_keys()
+    finally:
+        FAILING_WEEK.clear()

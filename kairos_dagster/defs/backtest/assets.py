@@ -15,7 +15,6 @@ import polars as pl
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -36,6 +35,7 @@ from kairos_dagster.backtest.costs import CostConfigError, CostModel
 from kairos_dagster.backtest.engine import BacktestInputError
 from kairos_dagster.backtest.stats import strategy_stats as compute_stats
 from kairos_dagster.calendar import weeks_for_sessions
+from kairos_dagster.defs import checks
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.tags import BACKTEST_OP
 from kairos_dagster.resources.backtest_outputs import BacktestOutputs
@@ -93,8 +93,7 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                       description="Per strategy: cash and units after the week's last session; the next week "
                                   "continues from it."),
         ],
-        check_specs=[AssetCheckSpec("equity_positive", asset="backtest_daily"),
-                     AssetCheckSpec("zero_cost_when_no_trade", asset="backtest_daily")],
+        check_specs=checks.specs("backtest_daily", ["equity_positive", "zero_cost_when_no_trade"], partitions),
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
         pool="duckdb",
@@ -149,9 +148,9 @@ def _capacity_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         group_name=GROUP,
         deps=["backtest_daily", "backtest_trades", "feat_matrix_v2",
               AssetDep("sep_base", partition_mapping=lookback_mapping(weeks_for_sessions(64))), "market_returns"],
-        check_specs=[AssetCheckSpec("sharpe_falls_with_size", asset="backtest_capacity",
-                                    description="WARN when a larger portfolio earns a higher net Sharpe than a "
-                                                "smaller one (costs grow with size: that would be a cost-model bug).")],
+        check_specs=[checks.spec("sharpe_falls_with_size", "backtest_capacity",
+                                 "WARN when a larger portfolio earns a higher net Sharpe than a smaller one (costs "
+                                 "grow with size: that would be a cost-model bug).", partitions)],
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
         pool="duckdb",
@@ -192,9 +191,9 @@ def _stats_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         name="strategy_stats",
         group_name=GROUP,
         deps=["backtest_daily", "backtest_capacity", "regime_history_academic"],
-        check_specs=[AssetCheckSpec("ml_beats_universe_ew_to_date", asset="strategy_stats",
-                                    description="WARN when the production strategy's full-period net Sharpe is "
-                                                "not above the equal-weight universe's.")],
+        check_specs=[checks.spec("ml_beats_universe_ew_to_date", "strategy_stats",
+                                 "WARN when the production strategy's full-period net Sharpe is not above the "
+                                 "equal-weight universe's.", partitions)],
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
         pool="duckdb",

@@ -22,7 +22,6 @@ import polars as pl
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -53,6 +52,7 @@ from kairos_dagster.broker.tracking import (
     record_verification,
 )
 from kairos_dagster.constants import NEW_YORK
+from kairos_dagster.defs import checks
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.defs.tags import EXECUTION_OP
 from kairos_dagster.portfolio import gate_records
@@ -217,7 +217,7 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                       description="Verification of the submitted orders (mode verify): fills, partials, rejections, "
                                   "expiries, fill rate and slippage vs the picks price; severities as asset checks."),
         ],
-        check_specs=[AssetCheckSpec(name, asset="execution_report", description=desc) for name, _, desc in REPORT_CHECKS],
+        check_specs=[checks.spec(name, "execution_report", desc, partitions) for name, _, desc in REPORT_CHECKS],
         can_subset=True,
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
@@ -368,9 +368,9 @@ def _performance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         io_manager_key="warehouse_io",
         kinds={"duckdb", "polars"},
         metadata={"partition_expr": "date"},
-        check_specs=[AssetCheckSpec("portfolio_matches_picks", asset="rebalance_performance",
-                                    description="After the fills, every held weight is within the tolerance of its "
-                                                "picks weight (the runbook's post-trade check).")],
+        check_specs=[checks.spec("portfolio_matches_picks", "rebalance_performance",
+                                 "After the fills, every held weight is within the tolerance of its picks weight "
+                                 "(the runbook's post-trade check).", partitions)],
         description=("Each executed rebalance measured from the broker's own records (execution_orders): the held "
                      "portfolio's return from its fills to the next rebalance's fills, the picks' return at their "
                      "target weights, universe_ew, market and the backtest over the same week, the implementation "

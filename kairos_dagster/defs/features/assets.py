@@ -13,7 +13,6 @@ import polars as pl
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetsDefinition,
@@ -25,6 +24,7 @@ from dagster import (
 
 from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.constants import KEY as KEYS
+from kairos_dagster.defs import checks
 from kairos_dagster.defs.features.checks import (
     FeatureCheckConfig,
     feature_check_results,
@@ -105,7 +105,7 @@ def _universe_asset(common: dict) -> AssetsDefinition:
             "sep_base": AssetIn(partition_mapping=lookback_mapping(UNIVERSE_LOOKBACK_WEEKS)),
             "tickers": AssetIn(),
         },
-        check_specs=[AssetCheckSpec("unique_keys", asset="universe"), AssetCheckSpec("every_session_covered", asset="universe")],
+        check_specs=checks.specs("universe", ["unique_keys", "every_session_covered"], common["partitions_def"]),
         **common,
     )
     def universe(context: AssetExecutionContext, warehouse: DuckDBWarehouse, sep_base: pl.DataFrame,
@@ -133,7 +133,8 @@ def _sep_base_academic_asset(common: dict) -> AssetsDefinition:
         name="sep_base_academic",
         group_name="phase1_universe",
         ins={"sep_base": AssetIn(), "universe": AssetIn()},
-        check_specs=feature_check_specs("sep_base_academic", FeatureCheckConfig(check_nulls=False)),
+        check_specs=feature_check_specs("sep_base_academic", FeatureCheckConfig(check_nulls=False),
+                                        common["partitions_def"]),
         **common,
     )
     def sep_base_academic(context: AssetExecutionContext, sep_base: pl.DataFrame, universe: pl.DataFrame) -> Iterator:
@@ -157,7 +158,7 @@ def _market_returns_asset(common: dict) -> AssetsDefinition:
             "daily": AssetIn(partition_mapping=lookback_mapping(MARKET_LOOKBACK_WEEKS), metadata={"columns": ["ticker", "date", "marketcap"]}),
             "universe": AssetIn(partition_mapping=lookback_mapping(MARKET_LOOKBACK_WEEKS)),
         },
-        check_specs=[AssetCheckSpec("one_row_per_session", asset="market_returns")],
+        check_specs=checks.specs("market_returns", ["one_row_per_session"], common["partitions_def"]),
         **common,
     )
     def market_returns(
@@ -204,7 +205,7 @@ def _technical_asset(spec: TableSpec, common: dict) -> AssetsDefinition:
         name=name,
         group_name="phase2_technical",
         ins=ins,
-        check_specs=feature_check_specs(name, config),
+        check_specs=feature_check_specs(name, config, common["partitions_def"]),
         description=(spec.fn.__doc__ or "").strip().split("\n")[0],
         metadata={"lookback_sessions": spec.lookback_sessions, "lookahead_sessions": spec.lookahead_sessions},
         **common,
@@ -244,7 +245,7 @@ def _fundamental_asset(table: fundamental.FundamentalTable, common: dict) -> Ass
         name=table.name,
         group_name="phase3_fundamental",
         ins=ins,
-        check_specs=feature_check_specs(table.name, config),
+        check_specs=feature_check_specs(table.name, config, common["partitions_def"]),
         description=(table.fn.__doc__ or "").strip().split("\n")[0],
         **common,
     )
@@ -267,7 +268,7 @@ def _regime_asset(common: dict) -> AssetsDefinition:
         name="regime_history_academic",
         group_name="phase5_regime",
         ins={"market_returns": AssetIn(partition_mapping=lookback_mapping(REGIME_LOOKBACK_WEEKS))},
-        check_specs=[AssetCheckSpec("one_known_regime_per_session", asset="regime_history_academic")],
+        check_specs=checks.specs("regime_history_academic", ["one_known_regime_per_session"], common["partitions_def"]),
         **common,
     )
     def regime_history_academic(context: AssetExecutionContext, market_returns: pl.DataFrame) -> Iterator:
@@ -316,7 +317,7 @@ def _composite_asset(name: str, spec: composites.CompositeSpec, common: dict) ->
     phase = "phase5_composites" if name in PHASE5 else "phase4_composites"
     config = FeatureCheckConfig(null_ceiling=0.5)
 
-    @asset(name=name, group_name=phase, ins=ins, check_specs=feature_check_specs(name, config),
+    @asset(name=name, group_name=phase, ins=ins, check_specs=feature_check_specs(name, config, common["partitions_def"]),
            description=f"Composite {name}: weights declared in features.composites.COMPOSITES['{name}'].",
            metadata={"weights": MetadataValue.json({k: dict(v) for k, v in spec.tables().items()})
                      if not spec.smooth_source else {"smooth_source": spec.smooth_source, "window": spec.smooth_window}},
@@ -356,7 +357,7 @@ def _factor_ic_asset(common: dict) -> AssetsDefinition:
         name="factor_ic",
         group_name="reports",
         ins=ins,
-        check_specs=[AssetCheckSpec("composite_ic_positive_to_date", asset="factor_ic")],
+        check_specs=checks.specs("factor_ic", ["composite_ic_positive_to_date"], common["partitions_def"]),
         description=(
             "Alphalens-style factor report: per factor and rebalance date, the rank IC against ret_5d_f and "
             "the top-minus-bottom quintile spread. Recomputed by the weekly targets refresh as horizons complete."

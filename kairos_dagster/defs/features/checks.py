@@ -3,8 +3,9 @@
 from dataclasses import dataclass
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PartitionsDefinition
 
+from kairos_dagster.defs import checks
 from kairos_dagster.warehouse.summary import markdown_table, null_rates
 
 FEATURE_CHECKS = ("unique_keys", "finite_values", "null_rate_after_warmup", "rows_match_universe")
@@ -28,9 +29,10 @@ def duplicate_keys(df: pl.DataFrame) -> int:
     return df.height - df.select("ticker", "date").unique().height
 
 
-def feature_check_specs(asset: str, config: FeatureCheckConfig = FeatureCheckConfig()) -> list[AssetCheckSpec]:
+def feature_check_specs(asset: str, config: FeatureCheckConfig = FeatureCheckConfig(),
+                        partitions_def: PartitionsDefinition | None = None) -> list[AssetCheckSpec]:
     names = [c for c in FEATURE_CHECKS if config.check_nulls or c != "null_rate_after_warmup"]
-    return [AssetCheckSpec(n, asset=asset) for n in names]
+    return checks.specs(asset, names, partitions_def)
 
 
 def feature_check_results(

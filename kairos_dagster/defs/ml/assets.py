@@ -26,7 +26,6 @@ from typing import Any
 import polars as pl
 from dagster import (
     AssetCheckResult,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -36,6 +35,7 @@ from dagster import (
 )
 
 from kairos_dagster.constants import KEY as KEYS
+from kairos_dagster.defs import checks
 from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.features import targets
@@ -63,7 +63,7 @@ def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDef
         name=name,
         group_name="phase6_ml",
         deps=deps,
-        check_specs=[AssetCheckSpec(c, asset=name) for c in ML_CHECKS],
+        check_specs=checks.specs(name, ML_CHECKS, weekly),
         description=(f"{'Optuna-tuned' if tuned else 'Fixed-parameter'} XGBoost classifier, walk-forward: "
                      f"{alpha} = P(market-residual ret_5d_f above the date's median) for every universe row of the week."),
         metadata={"alpha_column": alpha, "model_name": model_name, "label": LABEL,

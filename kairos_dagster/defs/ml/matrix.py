@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 from dagster import (
     AssetCheckResult,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -20,6 +19,7 @@ from dagster import (
 )
 
 from kairos_dagster.constants import KEY as KEYS
+from kairos_dagster.defs import checks
 from kairos_dagster.defs.metadata import frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.ml import tables
@@ -40,7 +40,7 @@ def _matrix_asset(weekly: PartitionsDefinition) -> AssetsDefinition:
         name="feat_matrix_v2",
         group_name="phase7_matrix",
         deps=[AssetDep(t) for t in ["universe", "tickers", *tables.source_tables(tables.feature_columns()), *ML_TABLES]],
-        check_specs=[AssetCheckSpec(c, asset="feat_matrix_v2") for c in MATRIX_CHECKS],
+        check_specs=checks.specs("feat_matrix_v2", MATRIX_CHECKS, weekly),
         description="Every universe (ticker, date): Phase 2-5 features, regime, sector/industry, ML alphas and "
                     "price (closeunadj).",
         partitions_def=weekly,

@@ -34,7 +34,7 @@ from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs.metadata import add_images, frame_metadata
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
-from kairos_dagster.defs.rebalance.checks import gate_check_results, rebalance_gate_specs
+from kairos_dagster.defs.rebalance.checks import gate_check_events, rebalance_gate_specs
 from kairos_dagster.defs.tags import REBALANCE_OP
 from kairos_dagster.portfolio import gate_records, weekly
 from kairos_dagster.portfolio import rebalance_weeks as rw
@@ -122,7 +122,7 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         deps=[AssetDep(weekly.MATRIX, partition_mapping=lookback_mapping(1)),
               AssetDep("sep_base", partition_mapping=lookback_mapping(weeks_for_sessions(64))),
               AssetDep(weekly.REGIME_TABLE, partition_mapping=lookback_mapping(1))],
-        check_specs=rebalance_gate_specs(),
+        check_specs=rebalance_gate_specs(partitions),
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
         pool="duckdb",
@@ -152,7 +152,7 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                                                 now=dt.datetime.now(dt.UTC))
             with warehouse.connect() as con:
                 gate_records.record_gate_results(con, rows)
-        yield from gate_check_results(weeks)
+        yield from gate_check_events(context, weeks)
         reasons = rw.block_reasons(weeks)
         if reasons:
             raise Failure(description="Rebalance BLOCKED by pre-rebalance gates (nothing written):\n" + "\n".join(reasons),

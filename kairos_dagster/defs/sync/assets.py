@@ -18,6 +18,7 @@ from dagster import (
     asset,
 )
 
+from kairos_dagster.defs import checks as check_specs
 from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.resources.source import SharadarSource, SourceConfigError
@@ -163,7 +164,7 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
         pool="duckdb",
         io_manager_key="warehouse_io",
         kinds={"duckdb", "polars"},
-        check_specs=[AssetCheckSpec(c, asset=name) for c in checks],
+        check_specs=check_specs.specs(name, checks, weekly),
         description=(
             f"SHARADAR {table.schema.name}, rows whose `{table.partition_column}` falls in the partition's week(s). "
             "Invalid rows are rejected by reason (see `sync_rejects`), never dropped silently."

@@ -14,6 +14,7 @@ from kairos_dagster.defs.rebalance.assets import OVERRIDE_FIELDS, RebalanceConfi
 from kairos_dagster.defs.tags import REBALANCE_OP as OP_NAME
 from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.portfolio.config import Risk4Config
+from kairos_dagster.portfolio.gates import GATES
 from kairos_dagster.portfolio.outputs import PICKS_CSV_COLUMNS, read_picks_csv
 from kairos_dagster.portfolio.trades import TRADES_COLUMNS
 from kairos_dagster.settings import load_settings
@@ -117,6 +118,11 @@ def test_backfill_chains_weeks_and_equals_week_by_week(env, instance, tmp_path, 
     assert sorted(picks.get_column("date").unique()) == dates
     summaries = [json.loads((out / d.isoformat() / "portfolio_summary.json").read_text()) for d in dates]
     assert summaries[0]["metrics"]["fresh_start"] is True
+    # One verdict per gate and week, each naming its week (the range run's own partition is none).
+    evals = result.get_asset_check_evaluations()
+    assert sorted({(e.check_name, e.partition) for e in evals}) == sorted(
+        (name, week) for name, _, _ in GATES for week in ("2026-01-05", "2026-01-12", "2026-01-19"))
+    assert len(evals) == 3 * len(GATES)
     for s in summaries[1:]:
         # Each later week starts from the week before: smoothing caps the one-way turnover at 30%.
         assert s["metrics"]["fresh_start"] is False
@@ -167,10 +173,11 @@ def test_blocking_gates_write_nothing(env, instance, key, config, gate, why):
     assert not result.success
     checks = _checks(result)
     assert checks[gate].passed is False and checks[gate].severity == AssetCheckSeverity.ERROR
+    assert {e.partition for e in checks.values()} == {key}  # each verdict names the week it judged
     if gate == "feat_matrix_has_signal_date":
         # Stale data is one cause: the warn gates are skipped with it, not failed.
         for name in ("min_eligible_warn", "sector_coverage", "turnover", "max_position"):
-            assert checks[name].passed and checks[name].metadata["skipped_weeks"].value == 1, name
+            assert checks[name].passed and checks[name].metadata["verdict"].value == "SKIP", name
             assert checks[name].description.startswith("skipped: no portfolio was built"), name
     message = _failure(result)
     assert "BLOCKED" in message and gate in message and why in message, message
