@@ -190,6 +190,8 @@ def override_cmd(
     their content hash)."""
     from kairos_dagster.broker.approval import picks_content_hash
     from kairos_dagster.broker.kill_switches import BLOCKING_SWITCHES
+    from kairos_dagster.defs.side_tables import report_runless
+    from kairos_dagster.instance.runner import get_instance
     from kairos_dagster.portfolio import gate_records
     from kairos_dagster.portfolio.gates import GATES
     from kairos_dagster.warehouse import store
@@ -208,7 +210,10 @@ def override_cmd(
     digest = picks_content_hash(path)
     with store.connect(settings().duckdb_path) as con:
         row = gate_records.record_override(con, d, gate, digest, by=by, note=note)
-    r = row.row(0, named=True)
+        r = row.row(0, named=True)
+        # written outside any run: the catalog's gate_overrides asset is told directly
+        report_runless(get_instance(), con, gate_records.OVERRIDES_TABLE,
+                       f"override of {gate} for {d} by {r['overridden_by']} (kairos override)")
     typer.echo(f"Override recorded: gate {gate} for the picks of {d} ({digest[:12]}, {path}) by {r['overridden_by']} "
                f"(OS user {r['os_user']} on {r['host']}) at {r['overridden_at']:%Y-%m-%d %H:%M} UTC: {r['note']}")
 

@@ -12,7 +12,9 @@ from dagster import (
     MarkdownMetadataValue,
     MetadataValue,
     Output,
+    TableColumn,
     TableMetadataValue,
+    TableSchema,
     TableSchemaMetadataValue,
 )
 
@@ -34,10 +36,15 @@ def add_images(md: dict[str, Any], **pictures: bytes | None) -> dict[str, Any]:
     return md
 
 
+def column_schema(df: pl.DataFrame) -> TableSchemaMetadataValue:
+    """The frame's columns and types as the asset's column schema (the UI's Columns section)."""
+    return MetadataValue.table_schema(TableSchema(columns=[TableColumn(c, str(t)) for c, t in df.schema.items()]))
+
+
 def frame_metadata(df: pl.DataFrame, date_col: str | None = "date", *, preview: bool = True,
                    nulls: bool = True) -> dict[str, Any]:
     """Rows, tickers, date range, null rates and a preview of an asset's output."""
-    md: dict[str, Any] = {"rows": MetadataValue.int(df.height)}
+    md: dict[str, Any] = {"rows": MetadataValue.int(df.height), "dagster/column_schema": column_schema(df)}
     if "ticker" in df.columns:
         md["tickers"] = MetadataValue.int(df.get_column("ticker").n_unique())
     if date_col and date_col in df.columns and df.height:

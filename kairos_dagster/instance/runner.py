@@ -81,7 +81,10 @@ def run_selection(
     # The definitions' own asset job over the selection, as the UI's "Materialize" launches it: the run
     # belongs to a job the code location has, so its job page, the timeline and Re-execute work.
     job = defs.resolve_implicit_global_asset_job_def()
-    keys = sorted(selection.resolve(defs.resolve_asset_graph()), key=lambda k: k.to_user_string())
+    graph = defs.resolve_asset_graph()
+    # Side tables (defs/side_tables) are materialized by their writers' runs: a group selection leaves them out.
+    keys = sorted((k for k in selection.resolve(graph) if graph.get(k).is_executable),
+                  key=lambda k: k.to_user_string())
     if not keys:
         raise ValueError("the asset selection is empty")
     config = dict(run_config or {})

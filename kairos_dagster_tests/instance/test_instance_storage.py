@@ -118,7 +118,9 @@ def test_a_failed_range_run_marks_each_of_its_weeks_failed_until_a_later_run_mat
             assert _failed_and_materialized(instance) == ({keys[3]}, set(keys) - {keys[3]})
         # A fresh instance on the same files (the webserver's) computes the same from scratch.
         with DagsterInstance.get() as reader:
-            from dagster._core.storage.partition_status_cache import build_failed_and_in_progress_partition_subset
+            from dagster._core.storage.partition_status_cache import (
+                build_failed_and_in_progress_partition_subset,
+            )
 
             failed_subset, in_progress, _ = build_failed_and_in_progress_partition_subset(
                 reader, AssetKey("weekly_fragile"), WEEKLY, last_planned_materialization_storage_id=10**9)

@@ -36,6 +36,7 @@ from kairos_dagster.backtest.engine import BacktestInputError
 from kairos_dagster.backtest.stats import strategy_stats as compute_stats
 from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.defs import checks
+from kairos_dagster.defs.metadata import column_schema
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.tags import BACKTEST_OP
 from kairos_dagster.resources.backtest_outputs import BacktestOutputs
@@ -117,21 +118,23 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         if skipped:
             common["not_replayed"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in skipped.items()))
         yield MaterializeResult(asset_key="backtest_daily", metadata={
-            **common, "rows": MetadataValue.int(daily.height),
+            **common, "rows": MetadataValue.int(daily.height), "dagster/column_schema": column_schema(daily),
             "latest": MetadataValue.md(markdown_table(last.select("strategy", "date", "equity", "ret_net", "cost",
                                                                   "n_positions") if last.height else last)),
         })
         trades = frames["backtest_trades"]
         yield MaterializeResult(asset_key="backtest_trades", metadata={
-            **common, "rows": MetadataValue.int(trades.height),
+            **common, "rows": MetadataValue.int(trades.height), "dagster/column_schema": column_schema(trades),
             "unfilled_orders": MetadataValue.int(trades.filter(pl.col("unfilled_value").abs() > 1e-9).height),
             "orders_on_assumed_liquidity": MetadataValue.int(
                 trades.filter(pl.col("reason").str.starts_with("no ADV or vol")).height),
             "cost": MetadataValue.float(round(float(trades["cost"].sum()), 2) if trades.height else 0.0)})
         yield MaterializeResult(asset_key="backtest_positions", metadata={
-            **common, "rows": MetadataValue.int(frames["backtest_positions"].height)})
+            **common, "rows": MetadataValue.int(frames["backtest_positions"].height),
+            "dagster/column_schema": column_schema(frames["backtest_positions"])})
         yield MaterializeResult(asset_key="backtest_book", metadata={
-            **common, "rows": MetadataValue.int(frames["backtest_book"].height)})
+            **common, "rows": MetadataValue.int(frames["backtest_book"].height),
+            "dagster/column_schema": column_schema(frames["backtest_book"])})
         bad = daily.filter(~(pl.col("equity") > 0))
         yield AssetCheckResult(asset_key="backtest_daily", check_name="equity_positive", passed=bad.height == 0,
                                metadata={"sessions_with_equity_le_0": bad.height})
@@ -165,7 +168,7 @@ def _capacity_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                 rows = capacity.run_sweep(con, start, end)
         except (BacktestInputError, store.WarehouseError, ValueError) as exc:
             raise Failure(description=f"capacity sweep of {start}..{end}: {exc}") from None
-        md = {"dagster/row_count": MetadataValue.int(rows.height),
+        md = {"dagster/row_count": MetadataValue.int(rows.height), "dagster/column_schema": column_schema(rows),
               "sweep": MetadataValue.md(markdown_table(rows.select(
                   "portfolio_value", "config_id", "sharpe", "sharpe_gross", "annual_cost_drag", "unfilled_share",
                   "sharpe_vs_smallest")))}
@@ -215,7 +218,8 @@ def _stats_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
             tables.write_stats(con, config_id, stats)
             sweep = tables.load_capacity(con) if config_id == tables.DEFAULT_CONFIG_ID else None
         full = stats.filter(pl.col("period") == "full")
-        md = {"dagster/row_count": MetadataValue.int(stats.height), "config_id": MetadataValue.text(config_id),
+        md = {"dagster/row_count": MetadataValue.int(stats.height), "dagster/column_schema": column_schema(stats),
+              "config_id": MetadataValue.text(config_id),
               "full_period": MetadataValue.md(markdown_table(full.select("strategy", *SHOWN), max_rows=20))}
         if daily.height:
             first, last = daily["date"].min(), daily["date"].max()

@@ -53,7 +53,9 @@ from kairos_dagster.broker.tracking import (
 )
 from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs import checks
+from kairos_dagster.defs.metadata import column_schema
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
+from kairos_dagster.defs.side_tables import report_side_tables
 from kairos_dagster.defs.tags import EXECUTION_OP
 from kairos_dagster.portfolio import gate_records
 from kairos_dagster.portfolio.gates import GATES
@@ -152,7 +154,7 @@ def _approval_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
             "note": config.note, "picks_hash": file_hash, "picks_path": str(path.resolve()), "picks_rows": picks.height,
             "table_hash": table_hash, "run_id": context.run.run_id}], schema=APPROVAL_SCHEMA)
         context.log.info(f"rebalance {reb} {status} by {rec.approved_by}: picks {path} hash {file_hash[:12]}")
-        return Output(row, metadata={
+        return Output(row, metadata={"dagster/column_schema": column_schema(row),
             "rebalance_date": MetadataValue.text(reb.isoformat()), "status": MetadataValue.text(status),
             "approved_by": MetadataValue.text(rec.approved_by), "approved_at": MetadataValue.text(rec.approved_at.isoformat()),
             "note": MetadataValue.text(config.note or ""), "picks_hash": MetadataValue.text(file_hash),
@@ -286,6 +288,9 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                                             kill_switches=switches, overrides=overridden)
         except (PlanInputError, ExecutionRefusedError, BrokerError, ValueError) as exc:
             raise Failure(description=f"execution of {reb}: {exc}") from None
+        with warehouse.connect() as con:
+            report_side_tables(context, con, ["kill_switch_evaluations",
+                                              *(["execution_orders", *_book_tables(broker)] if submit else [])])
         md = _plan_metadata(plan, text)
         md.update({"mode": MetadataValue.text(label), "broker": MetadataValue.text(desc),
                    "picks_path": MetadataValue.path(str(path.resolve())), "gates": MetadataValue.text(
@@ -324,6 +329,11 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
     return execution
 
 
+def _book_tables(broker: BrokerResource) -> list[str]:
+    """The simulated broker's own book (it is the paper account when no Alpaca key is set)."""
+    return ["sim_account", "sim_orders", "sim_positions", "sim_ticker_changes"] if broker.kind == "simulated" else []
+
+
 def _verify(context: AssetExecutionContext, reb: dt.date, warehouse: DuckDBWarehouse, broker: BrokerResource,
             as_of: dt.datetime | None) -> Iterator:
     now = as_of or _now()
@@ -331,6 +341,7 @@ def _verify(context: AssetExecutionContext, reb: dt.date, warehouse: DuckDBWareh
         with warehouse.connect() as con, broker.open(con, as_of=as_of) as b:
             report = engine.verify(b, reb, con=con, now=now)
             record_verification(con, report.summary, now)
+            report_side_tables(context, con, ["execution_verifications", "execution_orders", *_book_tables(broker)])
     except (BrokerError, ValueError) as exc:
         raise Failure(description=f"verification of {reb}: {exc}") from None
     s, orders = report.summary, report.orders
@@ -389,6 +400,7 @@ def _performance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                 raise Failure(description=f"performance of {reb}: {exc}") from None
         row = result.summary.row(0, named=True)
         md = {"status": MetadataValue.text(row["status"]), "rebalance_date": MetadataValue.text(reb.isoformat()),
+              "dagster/column_schema": column_schema(result.summary),
               "to": MetadataValue.text(nxt.isoformat()), "note": MetadataValue.text(row["note"] or "")}
         for k in ("held_return", "picks_return", "universe_ew_return", "market_return", "backtest_return",
                   "excess_vs_market", "shortfall_bps", "max_drift"):

@@ -38,6 +38,7 @@ from kairos_dagster.constants import KEY as KEYS
 from kairos_dagster.defs import checks
 from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
+from kairos_dagster.defs.side_tables import report_side_tables
 from kairos_dagster.features import targets
 from kairos_dagster.ml import tables, walk_forward
 from kairos_dagster.ml.metrics import ic_stats
@@ -98,6 +99,7 @@ def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDef
                     tables.upsert_registry(con, registry)
                 if metrics.height:
                     tables.upsert_metrics(con, metrics)
+                report_side_tables(context, con, ["ml_model_registry", "ml_metrics"])
             if res.notes:  # walk-forward decisions: fewer tuning folds, fixed parameters, a reused model
                 md["walk_forward_decisions"] = MetadataValue.md(markdown_table(pl.DataFrame(
                     {"retrain_week": list(res.notes), "decision": list(res.notes.values())}), max_rows=100))

@@ -6,7 +6,8 @@ from dagster import Definitions, PartitionsDefinition
 
 from kairos_dagster.defs.ml.assets import build_ml_assets
 from kairos_dagster.defs.ml.matrix import build_matrix_assets
+from kairos_dagster.defs.side_tables import side_table_specs
 
 
 def build_defs(weekly: PartitionsDefinition) -> Definitions:
-    return Definitions(assets=[*build_ml_assets(weekly), *build_matrix_assets(weekly)])
+    return Definitions(assets=[*build_ml_assets(weekly), *build_matrix_assets(weekly), *side_table_specs("ml")])

@@ -35,6 +35,7 @@ from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs.metadata import add_images, frame_metadata
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.rebalance.checks import gate_check_events, rebalance_gate_specs
+from kairos_dagster.defs.side_tables import report_side_tables
 from kairos_dagster.defs.tags import REBALANCE_OP
 from kairos_dagster.portfolio import gate_records, weekly
 from kairos_dagster.portfolio import rebalance_weeks as rw
@@ -152,6 +153,7 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                                                 now=dt.datetime.now(dt.UTC))
             with warehouse.connect() as con:
                 gate_records.record_gate_results(con, rows)
+                report_side_tables(context, con, ["rebalance_gate_results"])
         yield from gate_check_events(context, weeks)
         reasons = rw.block_reasons(weeks)
         if reasons:

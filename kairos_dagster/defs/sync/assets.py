@@ -21,6 +21,7 @@ from dagster import (
 from kairos_dagster.defs import checks as check_specs
 from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
+from kairos_dagster.defs.side_tables import report_side_tables
 from kairos_dagster.resources.source import SharadarSource, SourceConfigError
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.settings import SettingsError
@@ -76,6 +77,7 @@ def tickers(context: AssetExecutionContext, source: SharadarSource, warehouse: D
             log = apply_ticker_changes(con, changes, df, as_of=feed.as_of, run_id=context.run.run_id)
         except ValueError as exc:
             raise Failure(description=str(exc)) from None
+        report_side_tables(context, con, ["ticker_changes", "kairos_meta"])
     md = frame_metadata(df, None, nulls=False)
     md["source"] = MetadataValue.text(ident)
     md["sep_tickers"] = MetadataValue.int(df.filter(pl.col("table") == "SEP").height)
@@ -186,6 +188,7 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
             if restated.validation is not None and restated.validation.rejects.height:
                 rejects = pl.concat([rejects, restated.validation.rejects], how="vertical_relaxed")
             record_rejects(con, name, rejects, start, end)
+            report_side_tables(context, con, ["sync_rejects", "sync_restatements"])
         md = frame_metadata(result.clean, table.partition_column)
         md["source"] = MetadataValue.text(ident)
         md["window"] = MetadataValue.text(f"{start} .. {end - dt.timedelta(days=1)}")

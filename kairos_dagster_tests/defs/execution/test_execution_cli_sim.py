@@ -276,6 +276,13 @@ def test_hand_made_or_changed_picks_are_refused_unless_an_override_is_recorded(e
     assert code == 0 and "recorded" in out, out
     (rec,) = rows(db, "SELECT gate, overridden_by, os_user, host, note FROM gate_overrides")
     assert rec[0] == "gates_not_evaluated" and rec[1] == "ops" and rec[2] and rec[3] and rec[4].startswith("hand-made")
+    # written outside any run, the override still reaches the catalog's gate_overrides asset
+    from dagster import AssetKey, DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(AssetKey("gate_overrides"))
+    mat = event.asset_materialization
+    assert mat.metadata["dagster/row_count"].value == 1 and "gates_not_evaluated" in mat.description
     code, out = kairos("execute", "--picks", str(picks), "--execute", "--as-of", PRE_OPEN)
     assert code == 0 and "overridden by ops" in out, out
     assert rows(db, "SELECT count(*) FROM execution_orders")[0][0] == 4

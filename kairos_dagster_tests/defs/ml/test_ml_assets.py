@@ -31,7 +31,7 @@ from kairos_dagster.resources.ml import MLResource
 from kairos_dagster.settings import load_settings
 from kairos_dagster.sources.synthetic import SyntheticMarket
 from kairos_dagster.warehouse import store
-from kairos_dagster_tests.fixtures.helpers import check_outcomes, read_table
+from kairos_dagster_tests.fixtures.helpers import check_outcomes, materializations, read_table
 
 N_TICKERS = 300
 # Reduced scale: 300 tickers x 3 years with the planted signal at 3x (KAIROS_SYNTHETIC_SIGNAL), so the test has
@@ -95,7 +95,7 @@ def test_checks_pass_and_early_weeks_are_null_with_a_note(world):
         assert early.height and early[alpha].null_count() == early.height
         assert late.height and late[alpha].null_count() == 0 and late["model_version"].null_count() == 0
         assert late[alpha].is_between(0, 1).all()
-        mats = world["result"].asset_materializations_for_node(name)
+        mats = materializations(world["result"], name)
         md = mats[-1].metadata  # the run's last week carries the rich metadata
         assert "precede the first scorable week" in md["note"].value
         assert "models" not in mats[0].metadata and "precede" in mats[0].metadata["note"].value
@@ -152,7 +152,7 @@ def test_single_run_backfill_equals_week_by_week(world, instance, tmp_path):
     # The usual weekly run: every model is in the registry, so no training history is loaded at all.
     again = run_selection(defs, ML, partition_key=weeks[-1], instance=instance)
     for n in ML:
-        assert again.asset_materializations_for_node(n)[0].metadata["training_history_loaded"].value is False
+        assert materializations(again, n)[0].metadata["training_history_loaded"].value is False
         assert read_table(s2, n, start, end).equals(span[n]), n
 
 

@@ -19,6 +19,7 @@ from kairos_dagster.portfolio.outputs import PICKS_CSV_COLUMNS, read_picks_csv
 from kairos_dagster.portfolio.trades import TRADES_COLUMNS
 from kairos_dagster.settings import load_settings
 from kairos_dagster.warehouse import store
+from kairos_dagster_tests.fixtures.helpers import materializations
 from kairos_dagster_tests.fixtures.rebalance_warehouse import build_warehouse
 
 SELECTION = ["rebalance_picks", "rebalance_trades"]
@@ -105,7 +106,7 @@ def test_one_week_end_to_end(env, instance):
     assert s["portfolio"]["n_positions"] == picks.height and s["metrics"]["fresh_start"]
     sched = json.loads((folder / "schedule.json").read_text())
     assert sched["next_rebalances"][:2] == ["2026-01-23", "2026-01-30"] and len(sched["next_rebalances"]) == 10
-    md = result.asset_materializations_for_node(OP_NAME)[0].metadata
+    md = materializations(result, "rebalance_picks")[0].metadata
     assert md["picks_csv"].value == str(folder / "picks.csv")
 
 
@@ -151,7 +152,7 @@ def test_backfill_chains_weeks_and_equals_week_by_week(env, instance, tmp_path, 
     # The default prior of a later run is the latest earlier rebalance_picks in DuckDB.
     r = _run(defs, instance, key="2026-01-26")
     assert r.success, _failure(r)
-    md = r.asset_materializations_for_node(OP_NAME)[0].metadata
+    md = materializations(r, "rebalance_picks")[0].metadata
     assert md["prior_source"].value == "rebalance_picks of 2026-01-23"
     s = json.loads((out / "2026-01-30" / "portfolio_summary.json").read_text())
     assert s["metrics"]["fresh_start"] is False and s["metrics"]["turnover_pre_vol"] <= 0.30 + 1e-9
@@ -181,7 +182,7 @@ def test_blocking_gates_write_nothing(env, instance, key, config, gate, why):
             assert checks[name].description.startswith("skipped: no portfolio was built"), name
     message = _failure(result)
     assert "BLOCKED" in message and gate in message and why in message, message
-    assert not result.asset_materializations_for_node(OP_NAME)
+    assert not materializations(result, "rebalance_picks")
     assert _table(settings, "rebalance_picks").equals(before)
     assert sorted(p.name for p in out.iterdir()) == ["2026-01-09"]
 

@@ -17,7 +17,7 @@ from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import store
-from kairos_dagster_tests.fixtures.helpers import defs_as_of, saturday_after
+from kairos_dagster_tests.fixtures.helpers import defs_as_of, materializations, saturday_after
 
 SYNC = AssetSelection.groups("sync")
 FEATURES = AssetSelection.assets("universe", "market_returns", "feat_price_action", "feat_trend",
@@ -83,7 +83,7 @@ def warehouses(tmp_path_factory):
             before = _read(inc, "sep_base")
             result = run_selection(defs, SYNC, partition_key=week, instance=instance)
             assert result.success
-            seen["reports"][week] = result.asset_materializations_for_node("sep_base")[0].metadata
+            seen["reports"][week] = materializations(result, "sep_base")[0].metadata
             seen.setdefault("runs", {})[week] = result.run_id
             seen.setdefault("before", {})[week] = before
             seen.setdefault("after", {})[week] = _read(inc, "sep_base")

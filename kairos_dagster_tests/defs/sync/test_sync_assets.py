@@ -10,7 +10,7 @@ from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.resources.source import SharadarSource
 from kairos_dagster.settings import load_settings
 from kairos_dagster.sources.synthetic import SyntheticMarket
-from kairos_dagster_tests.fixtures.helpers import check_outcomes, read_table
+from kairos_dagster_tests.fixtures.helpers import check_outcomes, materializations, read_table
 
 SYNC = ["tickers", "sep_base", "daily", "sf1", "sf2", "sf3"]
 N_TICKERS = 40
@@ -53,11 +53,29 @@ def test_single_run_backfill_equals_week_by_week_and_is_idempotent(tmp_path, ins
     expected = market.table("SEP", dt.date(2024, 1, 1), dt.date(2024, 2, 11), as_of=dt.date(2024, 5, 31)
                             ).sort(["ticker", "date"])
     assert before.equals(expected)
-    events = result.asset_materializations_for_node("sep_base")
+    events = materializations(result, "sep_base")
     # each week's event counts its own rows; the last one also the run's total
     assert sum(e.metadata["rows"].value for e in events) == expected.height
     assert events[-1].metadata["run_rows"].value == expected.height
     assert all(e.metadata["rejected_rows"].value == 0 for e in events)
+    # the column schema is on the week the UI opens on
+    schema = events[-1].metadata["dagster/column_schema"].value
+    assert [c.name for c in schema.columns] == expected.columns
+
+    # The tables the sync writes beside its assets are assets too, reported by the run that wrote them.
+    graph = defs_a.resolve_asset_graph()
+    for side, writer in [("sync_rejects", "sep_base"), ("sync_restatements", "daily"), ("ticker_changes", "tickers"),
+                         ("kairos_meta", "tickers")]:
+        assert AssetKey(writer) in graph.get(AssetKey(side)).parent_keys, side
+        assert not graph.get(AssetKey(side)).is_executable  # materialized by its writer, never launched alone
+    side = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()
+            for m in [m.event_specific_data.materialization] if m.asset_key.to_user_string() in
+            {"sync_rejects", "kairos_meta"}}
+    assert side["kairos_meta"].metadata["dagster/row_count"].value == 2  # schema version and data source
+    assert {c.name for c in side["kairos_meta"].metadata["dagster/column_schema"].value.columns} == {"key", "value"}
+    assert side["sync_rejects"].metadata["dagster/row_count"].value == 0
+    latest = instance.get_latest_materialization_event(AssetKey("sync_rejects"))  # the catalog sees it
+    assert latest is not None and latest.dagster_event.step_key in {"sep_base", "daily", "sf1", "sf2", "sf3"}
 
 
 class _Corrupting:
@@ -102,7 +120,7 @@ def test_bad_rows_are_rejected_counted_and_fail_the_check(tmp_path, instance):
     assert checks[("sep_base", "valid_rows")] is False
     assert checks[("sep_base", "prices_valid")] is True  # nothing invalid was stored
     assert checks[("daily", "valid_rows")] is True
-    meta = result.asset_materializations_for_node("sep_base")[0].metadata
+    meta = materializations(result, "sep_base")[0].metadata
     counts = meta["rejects_by_reason"].value
     assert counts["duplicate_row"] == 3 and counts["unknown_ticker"] == 2 and counts["price_nonpositive_or_nan"] > 0
     rejects = read_table(settings, "sync_rejects")

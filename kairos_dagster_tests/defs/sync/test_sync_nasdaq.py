@@ -15,6 +15,7 @@ from kairos_dagster.settings import load_settings
 from kairos_dagster.sources import schemas
 from kairos_dagster.sources.synthetic import SyntheticMarket
 from kairos_dagster.warehouse import store
+from kairos_dagster_tests.fixtures.helpers import materializations
 from kairos_dagster_tests.fixtures.nasdaq_server import FakeNasdaqServer
 
 KEY = "nDl-SeCrEt-0042"
@@ -100,7 +101,7 @@ def test_a_partial_run_config_keeps_the_configured_source(tmp_path, provider, mo
         assert result.success
         with store.connect(tmp_path / "k.duckdb", read_only=True) as con:
             assert store.read_meta(con, "data_source") == "nasdaq"
-        md = result.asset_materializations_for_node("sep_base")[0].metadata
+        md = materializations(result, "sep_base")[0].metadata
         assert md["source"].value == "nasdaq"
         # a base URL alone: still nasdaq, now pointed at a dead port (the run fails, it does not invent prices)
         cfg = {"resources": {"source": {"config": {"base_url": "http://127.0.0.1:9", "timeout_s": 0.2,
@@ -204,5 +205,5 @@ def test_an_incremental_nasdaq_sync_mirrors_the_restated_feed(tmp_path):
     fixed = got["sep_base"].filter((pl.col("ticker") == "SRRX") & (pl.col("date") == dt.date(2024, 1, 19)))
     assert fixed["lastupdated"].item() == dt.date(2024, 1, 25) and bad["lastupdated"].item() == dt.date(2024, 1, 19)
     assert abs(bad["close"].item() / fixed["close"].item() - 1) > 0.01  # the bad print was off, now corrected
-    md = result.asset_materializations_for_node("sep_base")[0].metadata
+    md = materializations(result, "sep_base")[0].metadata
     assert md["restated_rows_by_kind"].value.get("correction") == 1

@@ -18,7 +18,7 @@ from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.portfolio.weekly import load_prior
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import store
-from kairos_dagster_tests.fixtures.helpers import defs_as_of, saturday_after
+from kairos_dagster_tests.fixtures.helpers import defs_as_of, materializations, saturday_after
 
 SYNC = AssetSelection.groups("sync")
 FEATURES = AssetSelection.assets("universe", "market_returns", "feat_price_action", "feat_trend")
@@ -74,8 +74,8 @@ def built(tmp_path_factory):
             defs = _defs(inc, saturday_after(week))
             result = run_selection(defs, SYNC, partition_key=week, instance=instance)
             assert result.success
-            seen.setdefault("tickers_md", {})[week] = result.asset_materializations_for_node("tickers")[0].metadata
-            seen.setdefault("sep_md", {})[week] = result.asset_materializations_for_node("sep_base")[0].metadata
+            seen.setdefault("tickers_md", {})[week] = materializations(result, "tickers")[0].metadata
+            seen.setdefault("sep_md", {})[week] = materializations(result, "sep_base")[0].metadata
             assert run_selection(defs, FEATURES, partition_key=week, instance=instance).success
             sensor = defs.get_sensor_def("restatement_sensor")
             ctx = build_sensor_context(instance=instance, cursor=sensor_cursor, repository_def=defs.get_repository_def(),
