@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/kairos demo
@@ -32,8 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	set -a; if [ -f data/demo.env ]; then . data/demo.env; fi; set +a; \
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	@set -a; if [ -f data/demo.env ]; then . data/demo.env; fi; set +a; \
+	$(BIN)/kairos ui --host 127.0.0.1 --port 3000
 
 lint: $(STAMP)
 	$(BIN)/ruff check kairos_dagster kairos_dagster_tests benchmarks

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The Dagster instance's settings, copied into DAGSTER_HOME (not at the root: `dagster dev` warns about one there)
+INSTANCE_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
 DEFAULT_NASDAQ_BASE_URL = "https://data.nasdaq.com/api/v3"
 
 

@@ -18,14 +18,14 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
 from kairos_dagster import calendar
-from kairos_dagster.cli import backtest, demo, execution, rebalance, sync
+from kairos_dagster.cli import backtest, demo, execution, rebalance, sync, ui
 from kairos_dagster.cli import calendar as calendar_cli
 from kairos_dagster.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from kairos_dagster.settings import SettingsError
 
 app = typer.Typer(help="Kairos weekly stock selection on Dagster. Add --debug to any command for tracebacks.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-for module in (calendar_cli, sync, rebalance, backtest, demo, execution):
+for module in (calendar_cli, sync, rebalance, backtest, demo, execution, ui):
     module.register(app)
 
 

@@ -108,7 +108,7 @@ def report_side_tables(context: AssetExecutionContext, con: duckdb.DuckDBPyConne
         md = side_table_metadata(con, name, context.run.run_id)
         if md is not None:
             context.log_event(AssetMaterialization(asset_key=name, metadata=md,
-                                                   description=f"written by {context.op.name}"))
+                                                   description=f"written by {context.op_execution_context.op.name}"))
 
 
 def report_runless(instance: DagsterInstance, con: duckdb.DuckDBPyConnection, name: str, description: str) -> None:

@@ -377,3 +377,4 @@ class TableSpec:
     columns: tuple[str, ...]
     lookback_sessions: int
     lookahead_sessions: int = 0
+    column_lookbacks: tuple[int, ...] = ()  # per column, the documented warm-up (features/warmup.py)

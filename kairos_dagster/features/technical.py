@@ -519,7 +519,8 @@ TABLE_HELPERS: dict[str, list[list[pl.Expr]]] = {
 def _spec(name: str, fn: Callable[..., pl.DataFrame], feats: list[Feature], inputs: tuple[str, ...]) -> TableSpec:
     lb = max(f.lookback for f in feats)
     assert lb <= MAX_LOOKBACK, f"{name}: lookback {lb} exceeds {MAX_LOOKBACK}"
-    return TableSpec(name, fn, inputs, tuple(f.name for f in feats), lb)
+    return TableSpec(name, fn, inputs, tuple(f.name for f in feats), lb,
+                     column_lookbacks=tuple(f.lookback for f in feats))
 
 
 TECHNICAL_TABLES: dict[str, TableSpec] = {

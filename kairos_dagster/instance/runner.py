@@ -25,7 +25,7 @@ from dagster._core.utils import make_new_run_id
 
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.instance import run_guard
-from kairos_dagster.settings import PROJECT_ROOT
+from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT
 
 
 def dagster_home() -> Path:
@@ -33,7 +33,7 @@ def dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or (PROJECT_ROOT / ".dagster_home"))
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
-    source = PROJECT_ROOT / "dagster.yaml"
+    source = INSTANCE_YAML
     if not target.exists() and source.exists():
         shutil.copyfile(source, target)
     elif target.exists():

@@ -5,8 +5,9 @@ As-of D means the morning of D before the open: data through the session before 
 rebalances the latest *completed* rebalance: the last rebalance date R <= D (its signal session, the
 one before R, is then before D and has data). On a Tuesday that is the previous week's Friday; on a
 Friday, that Friday; on a Saturday, the Friday before; on the Thursday before a Friday holiday, that
-Thursday. The runs cover the weeks up to R's week: one year of warm-up history, then three years of
-features, models and rebalances, with the walk-forward grid anchored at the first feature week.
+Thursday. The runs cover the weeks up to R's week: the longest documented feature warm-up of history
+(features/warmup.py: adx_14's 621 sessions, about 2.5 years), then three years of features, models and
+rebalances, with the walk-forward grid anchored at the first feature week.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from kairos_dagster import calendar
+from kairos_dagster.features.warmup import longest_warmup_sessions
 from kairos_dagster.ml.predict import MIN_TRAIN_DATES
 from kairos_dagster.ml.schedule import LABEL_HORIZON, first_scorable_week, model_schedule
 from kairos_dagster.ml.tune import feasible_folds
@@ -22,7 +24,9 @@ from kairos_dagster.ml.tune import feasible_folds
 __all__ = ["MIN_TRAIN_DATES", "DemoPlan", "DemoPlanError", "Window", "demo_plan", "latest_completed_rebalance"]
 
 YEARS = 3  # of features, models and rebalances
-WARMUP_YEARS = 1  # of history before them, for the long rolling windows
+# History before them: every technical feature of a name listed from the start is past its warm-up on
+# the first feature week (feat_matrix_v2's features_past_warmup check then judges every row).
+WARMUP_WEEKS = calendar.weeks_for_sessions(longest_warmup_sessions())
 
 
 class DemoPlanError(ValueError):
@@ -93,7 +97,7 @@ def demo_plan(as_of: dt.date, *, first_partition: dt.date | None = None, anchor:
     reb = latest_completed_rebalance(as_of)
     reb_week = calendar.week_start(reb)
     features = reb_week - dt.timedelta(weeks=52 * YEARS)
-    sync = features - dt.timedelta(weeks=52 * WARMUP_YEARS)
+    sync = features - dt.timedelta(weeks=WARMUP_WEEKS)
     if first_partition is not None:
         if reb_week < first_partition:
             raise DemoPlanError(

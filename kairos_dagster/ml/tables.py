@@ -202,3 +202,20 @@ def window_counts(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date) 
     rows = con.execute("SELECT count(*) FROM universe WHERE date >= ? AND date < ?", [start, end]).fetchone()[0]
     latest = con.execute("SELECT max(date) FROM sep_base WHERE date >= ? AND date < ?", [start, end]).fetchone()[0]
     return int(rows), latest
+
+
+def skill_frame(con: duckdb.DuckDBPyConnection, dates: Sequence[dt.date], *, benchmark: str = "alpha_composite_v8",
+                stored: tuple[str, str] | None = None, before: dt.date | None = None) -> pl.DataFrame:
+    """ticker, date, ret_5d_f and the benchmark alpha on the universe rows of `dates` (rebalance dates);
+    with ``stored`` = (table, alpha column), that alpha as stored, for the dates before ``before``
+    (the weeks a run does not rebuild)."""
+    for table in (TARGETS_TABLE, benchmark) + ((stored[0],) if stored else ()):
+        if not table_exists(con, table):
+            raise WarehouseError(f"table {table!r} does not exist in the warehouse: materialize it first")
+    alpha = (f", CASE WHEN t.date < $before THEN p.{ident(stored[1])} END AS {ident(stored[1])}" if stored else "")
+    join = f" LEFT JOIN {ident(stored[0])} p USING (ticker, date)" if stored else ""
+    return con.execute(
+        f"SELECT t.ticker, t.date, t.ret_5d_f, b.{ident(benchmark)}{alpha} FROM {TARGETS_TABLE} t "
+        f"JOIN {ident(benchmark)} b USING (ticker, date){join} "
+        "WHERE list_contains($dates::DATE[], t.date) ORDER BY t.date, t.ticker",
+        {"dates": list(dates), **({"before": before} if stored else {})}).pl()

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from kairos_dagster.settings import PROJECT_ROOT
+from kairos_dagster.settings import INSTANCE_YAML
 
 KAIROS = str(Path(sys.executable).parent / "kairos")
 START = "2023-01-02"
@@ -24,7 +24,7 @@ RANGE = ("2023-01-02", "2024-12-31")
 def make_env(root: Path, **extra: str) -> dict[str, str]:
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "NASDAQ_", "APCA_", "ALPACA_"))}
     return env | {"DAGSTER_HOME": str(home), "KAIROS_DUCKDB_PATH": str(root / "kairos.duckdb"),
                   "KAIROS_OUTPUT_DIR": str(root / "outputs"), "KAIROS_SYNTHETIC_TICKERS": "150",
@@ -234,7 +234,7 @@ def test_a_live_holder_of_the_warehouse_slot_is_waited_for_then_reaped_when_its_
 def test_the_instance_frees_slots_of_ended_runs_where_the_daemon_runs():
     import yaml
 
-    cfg = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    cfg = yaml.safe_load((INSTANCE_YAML).read_text())
     assert cfg["run_monitoring"]["enabled"] is True
     assert 0 < cfg["run_monitoring"]["free_slots_after_run_end_seconds"] <= 300
 

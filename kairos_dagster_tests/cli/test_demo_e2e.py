@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from kairos_dagster import calendar
-from kairos_dagster.settings import PROJECT_ROOT
+from kairos_dagster.settings import INSTANCE_YAML
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def run_demo(tmp_path: Path, as_of: str) -> subprocess.CompletedProcess:
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "NASDAQ_", "APCA_", "ALPACA_"))}
     env |= {"DAGSTER_HOME": str(home), "KAIROS_DUCKDB_PATH": str(tmp_path / "data" / "kairos.duckdb"),
             "KAIROS_OUTPUT_DIR": str(tmp_path / "outputs"), "KAIROS_SYNTHETIC_TICKERS": "300",

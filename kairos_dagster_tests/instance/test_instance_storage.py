@@ -11,7 +11,7 @@ from kairos_dagster.instance.storage import (
     KairosSqliteStorage,
     PooledSqliteEventLogStorage,
 )
-from kairos_dagster.settings import PROJECT_ROOT, load_settings
+from kairos_dagster.settings import INSTANCE_YAML, load_settings
 
 WEEKLY = settings_partitions(load_settings())
 
@@ -22,7 +22,7 @@ def weekly_probe(context) -> None:
 
 
 def _home(tmp_path, monkeypatch):
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(INSTANCE_YAML, tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     return tmp_path
 

@@ -1,6 +1,7 @@
 import sqlalchemy
 
 from kairos_dagster.instance import tuning as instance_tuning
+from kairos_dagster.settings import INSTANCE_YAML
 
 
 def _sync_mode(path) -> int:
@@ -37,9 +38,8 @@ def test_dagster_yaml_limits_the_duckdb_pool_and_serializes_weekly_runs(tmp_path
     from kairos_dagster.definitions import build_definitions
 
     defs = build_definitions()
-    from kairos_dagster.settings import PROJECT_ROOT
 
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(INSTANCE_YAML, tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with DagsterInstance.get() as instance:
         config = instance.get_concurrency_config()
@@ -61,9 +61,9 @@ def test_single_run_backfill_logs_one_planned_event_per_asset_and_every_week(tmp
 
     from kairos_dagster.definitions import build_definitions
     from kairos_dagster.instance.runner import run_selection
-    from kairos_dagster.settings import PROJECT_ROOT, load_settings
+    from kairos_dagster.settings import load_settings
 
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(INSTANCE_YAML, tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     defs = build_definitions(load_settings({"KAIROS_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
                                             "KAIROS_SYNTHETIC_TICKERS": "20"}))

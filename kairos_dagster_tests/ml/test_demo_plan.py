@@ -7,6 +7,7 @@ import pytest
 
 from kairos_dagster import calendar
 from kairos_dagster.defs.partitions import weekly_partitions
+from kairos_dagster.features.warmup import longest_warmup_sessions
 from kairos_dagster.ml.demo_plan import MIN_TRAIN_DATES, DemoPlanError, demo_plan, latest_completed_rebalance
 from kairos_dagster.ml.schedule import LABEL_HORIZON
 from kairos_dagster.ml.tune import cv_folds, frame_folds
@@ -31,10 +32,13 @@ def test_every_day_2025_to_2027_plans_a_feasible_demo():
         # its signal session has data on the morning of the as-of day (data through the session before it)
         assert plan.signal_session == calendar.previous_session(reb) < day, day
         assert plan.signal_session <= calendar.previous_session(day), day
-        # partitions: Mondays; warm-up year, then three years of features up to the rebalance week
+        # partitions: Mondays; the warm-up history, then three years of features up to the rebalance week
         assert plan.sync_start.weekday() == plan.feature_start.weekday() == plan.anchor.weekday() == 0
         assert plan.sync_start < plan.feature_start == plan.anchor <= plan.rebalance_week <= plan.as_of_week
         assert plan.rebalance_week == calendar.week_start(reb) and plan.as_of_week == calendar.week_start(day)
+        # enough history for the longest feature warm-up: the sessions before the first feature week
+        history = calendar.sessions_between(plan.sync_start, plan.feature_start - dt.timedelta(days=1))
+        assert len(history) >= longest_warmup_sessions(), day
         # every fit has enough rows to train; every tune has at least one purged CV fold
         assert plan.fits and plan.tunes, day
         for w in plan.fits:

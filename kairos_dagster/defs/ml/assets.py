@@ -19,6 +19,7 @@ Thin shells over ``kairos_dagster.ml.walk_forward.score_weeks``:
   upserts their rows into ``ml_model_registry`` and their metrics into ``ml_metrics``.
 """
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import polars as pl
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -34,31 +36,35 @@ from dagster import (
     asset,
 )
 
+from kairos_dagster.calendar import rebalance_dates_between
 from kairos_dagster.constants import KEY as KEYS
 from kairos_dagster.defs import checks
+from kairos_dagster.defs.checks import week_check_events
 from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_output
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
 from kairos_dagster.defs.side_tables import report_side_tables
 from kairos_dagster.features import targets
-from kairos_dagster.ml import tables, walk_forward
+from kairos_dagster.ml import skill, tables, walk_forward
 from kairos_dagster.ml.metrics import ic_stats
 from kairos_dagster.ml.predict import ALPHA_COLUMNS
+from kairos_dagster.resources.kill_switches import KillSwitches
 from kairos_dagster.resources.ml import MLResource
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.warehouse import plots
+from kairos_dagster.warehouse import plots, store
 from kairos_dagster.warehouse.summary import markdown_table, significant
 
 KEY = list(KEYS)
 LABEL = targets.ML_LABEL
 MODEL_NAMES = {"ml_predictions_v2": "ml_v2", "ml_predictions_v2_tuned": "ml_v2_tuned"}
-ML_CHECKS = ("unique_keys", "rows_match_universe", "scorable_rows_scored")
+ML_CHECKS = ("unique_keys", "rows_match_universe", "scorable_rows_scored", "oos_ic_positive")
 
 
 def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDefinition:
     alpha = ALPHA_COLUMNS[name]
     model_name = MODEL_NAMES[name]
     feature_tables = list(tables.source_tables(tables.feature_columns()))
-    deps = [AssetDep(t) for t in ["universe", "tickers", *feature_tables, "feat_targets"]]
+    # alpha_composite_v8: the composite the skill check compares the model with (not a model input)
+    deps = [AssetDep(t) for t in ["universe", "tickers", *feature_tables, "feat_targets", skill.BENCHMARK]]
 
     @asset(
         name=name,
@@ -75,7 +81,8 @@ def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDef
         io_manager_key="warehouse_io",
         kinds={"duckdb", "polars", "xgboost"},
     )
-    def _ml(context: AssetExecutionContext, warehouse: DuckDBWarehouse, ml: MLResource) -> Iterator:
+    def _ml(context: AssetExecutionContext, warehouse: DuckDBWarehouse, ml: MLResource,
+            kill_switches: KillSwitches) -> Iterator:
         started = time.perf_counter()
         start, end = window_dates(context.partition_time_window)
         cfg = ml.walk_forward_config()
@@ -148,8 +155,44 @@ def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDef
         yield AssetCheckResult(check_name="scorable_rows_scored", passed=null_rows == 0,
                                metadata={"rows_in_scorable_weeks": in_scored.height, "null_alpha_rows": null_rows,
                                          "weeks_unscored_by_design": len(unscored_by_design)})
+        yield from week_check_events(context, name, "oos_ic_positive", skill_results(
+            context, warehouse, out, name, alpha, start, kill_switches.live_sharpe_weeks))
 
     return _ml
+
+
+def skill_results(context: AssetExecutionContext, warehouse: DuckDBWarehouse, out: pl.DataFrame, table: str,
+                  alpha: str, start: dt.date, k: int) -> list[tuple[str, AssetCheckResult]]:
+    """Per week of the run, WARN when the alpha's trailing out-of-sample rank IC over the last k labelled
+    rebalance dates (ml/skill) is not above zero or is below alpha_composite_v8's; earlier weeks'
+    alphas are read as stored, the run's own from its output."""
+    weeks = [dt.date.fromisoformat(key) for key in context.partition_keys]
+    dates = rebalance_dates_between(weeks[0] - dt.timedelta(weeks=k + 2), weeks[-1] + dt.timedelta(days=6))
+    try:
+        with warehouse.connect() as con:
+            frame = tables.skill_frame(con, dates, benchmark=skill.BENCHMARK,
+                                       stored=(table, alpha) if store.table_exists(con, table) else None,
+                                       before=start)
+    except store.WarehouseError as exc:
+        return [(w.isoformat(), AssetCheckResult(check_name="oos_ic_positive", passed=True,
+                                                 severity=AssetCheckSeverity.WARN,
+                                                 description=f"not judged: {exc}")) for w in weeks]
+    own = out.filter(pl.col("date").is_in(dates)).select(*KEY, pl.col(alpha).alias("_own"))
+    frame = frame.join(own, on=KEY, how="left")
+    frame = frame.with_columns((pl.coalesce(alpha, "_own") if alpha in frame.columns else pl.col("_own")).alias(alpha))
+    ics = skill.ic_by_date(frame, [alpha, skill.BENCHMARK])
+    results = []
+    for w in weeks:
+        t = skill.trailing_ic(ics, alpha, w, k)
+        md = {"trailing_weeks": MetadataValue.int(k), "labelled_dates": MetadataValue.int(t.dates)}
+        if t.ic is not None:
+            md["trailing_rank_ic"] = MetadataValue.float(significant(t.ic))
+        if t.benchmark_ic is not None:
+            md[f"{skill.BENCHMARK}_trailing_rank_ic"] = MetadataValue.float(significant(t.benchmark_ic))
+        results.append((w.isoformat(), AssetCheckResult(check_name="oos_ic_positive", passed=t.skilful,
+                                                        severity=AssetCheckSeverity.WARN,
+                                                        description=t.text(alpha), metadata=md)))
+    return results
 
 
 def build_ml_assets(weekly: PartitionsDefinition) -> list[AssetsDefinition]:

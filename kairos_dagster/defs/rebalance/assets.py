@@ -37,6 +37,8 @@ from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_
 from kairos_dagster.defs.rebalance.checks import gate_check_events, rebalance_gate_specs
 from kairos_dagster.defs.side_tables import report_side_tables
 from kairos_dagster.defs.tags import REBALANCE_OP
+from kairos_dagster.ml import skill
+from kairos_dagster.ml import tables as ml_tables
 from kairos_dagster.portfolio import gate_records, weekly
 from kairos_dagster.portfolio import rebalance_weeks as rw
 from kairos_dagster.portfolio.config import ConfigError, Risk4Config, config_by_name
@@ -47,6 +49,7 @@ from kairos_dagster.portfolio.outputs import (
 )
 from kairos_dagster.portfolio.risk4 import PortfolioInputError
 from kairos_dagster.portfolio.trades import TradePlanError
+from kairos_dagster.resources.kill_switches import KillSwitches
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import plots, store
@@ -129,7 +132,7 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         pool="duckdb",
     )
     def rebalance(context: AssetExecutionContext, config: RebalanceConfig, warehouse: DuckDBWarehouse,
-                  rebalance_outputs: RebalanceOutputs) -> Iterator:
+                  rebalance_outputs: RebalanceOutputs, kill_switches: KillSwitches) -> Iterator:
         """Risk4/ML rebalance of the week(s); blocking pre-rebalance gates stop it before anything is written."""
         start, end = window_dates(context.partition_time_window)
         try:
@@ -171,7 +174,16 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         md["config"] = MetadataValue.json(risk.to_dict())
         if weeks:
             last = weeks[-1]
-            md["summary"] = MetadataValue.json(dict(rw.summary_line(last)))
+            skill_now = _alpha_skill(warehouse, risk.alpha_column, last.plan.rebalance_date, kill_switches)
+            context.log.info(f"rebalance {last.plan.rebalance_date}: alpha {skill_now.text(risk.alpha_column)}")
+            md["summary"] = MetadataValue.json({**rw.summary_line(last), "alpha_column": risk.alpha_column,
+                                                "alpha_trailing_rank_ic": None if skill_now.ic is None
+                                                else significant(skill_now.ic),
+                                                "alpha_trailing_dates": skill_now.dates})
+            md["alpha_column"] = MetadataValue.text(risk.alpha_column)
+            md["alpha_skill"] = MetadataValue.text(skill_now.text(risk.alpha_column))
+            if skill_now.ic is not None:
+                md["alpha_trailing_rank_ic"] = MetadataValue.float(significant(skill_now.ic))
             md["prior_source"] = MetadataValue.text(weeks[0].prior_source)
             md["regime"] = MetadataValue.json({k: str(v) for k, v in (rw.regime_at(inputs.regimes, last.plan.signal_date)
                                                                        or {}).items()})
@@ -199,6 +211,24 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         yield Output(trades, output_name="rebalance_trades", metadata=tmd)
 
     return rebalance
+
+
+def _alpha_skill(warehouse: DuckDBWarehouse, alpha: str, rebalance_date: dt.date, kill_switches: KillSwitches):
+    """The picks' alpha's trailing rank IC as known on the rebalance morning: a date's 5-session label
+    ends at the next rebalance's close, so the newest usable date is two rebalances back (ml/skill)."""
+    k = kill_switches.live_sharpe_weeks
+    known_by = cal.week_start(rebalance_date) - dt.timedelta(weeks=1)
+    dates = cal.rebalance_dates_between(known_by - dt.timedelta(weeks=k + 2), known_by)
+    try:
+        with warehouse.connect() as con:
+            own = alpha != skill.BENCHMARK and store.table_exists(con, weekly.MATRIX)
+            frame = ml_tables.skill_frame(con, dates, stored=(weekly.MATRIX, alpha) if own else None,
+                                          before=known_by)
+    except store.WarehouseError:
+        return skill.TrailingIC(known_by, 0, None, None, None, None)
+    ics = skill.ic_by_date(frame, [c for c in (alpha, skill.BENCHMARK) if c in frame.columns])
+    return skill.trailing_ic(ics, alpha, known_by, k) if alpha in ics.columns else skill.TrailingIC(
+        known_by, 0, None, None, None, None)
 
 
 def build_rebalance_assets(weekly_partitions: PartitionsDefinition) -> list[AssetsDefinition]:

@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 from kairos_dagster.definitions import build_definitions
 from kairos_dagster.defs.tags import BACKTEST_OP
 from kairos_dagster.instance.runner import run_selection
-from kairos_dagster.settings import load_settings
+from kairos_dagster.settings import INSTANCE_YAML, load_settings
 from kairos_dagster.warehouse import store
 from kairos_dagster_tests.fixtures.rebalance_warehouse import build_warehouse
 
@@ -144,7 +144,7 @@ def test_the_kairos_backtest_command(tmp_path, base_db):
     shutil.copyfile(base_db, db)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copyfile(Path(__file__).resolve().parents[3] / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
     env = {**os.environ, "KAIROS_DUCKDB_PATH": str(db), "KAIROS_START_DATE": "2025-08-04", "DAGSTER_HOME": str(home)}
     kairos = str(Path(sys.executable).parent / "kairos")
     out = subprocess.run([kairos, "backtest", "--from", "2025-12-29", "--to", "2026-02-06", "--strategies",
