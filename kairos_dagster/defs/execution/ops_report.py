@@ -35,7 +35,7 @@ from kairos_dagster.defs.partitions import run_covers_week, week_key, window_dat
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.resources.rebalance_outputs import RebalanceOutputs
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.warehouse.summary import markdown_table
+from kairos_dagster.warehouse.summary import markdown_table, significant
 
 RUNS_LOOKED_AT = 2000  # the most recent runs searched for the week's (a year of weekly operation is ~300)
 
@@ -119,7 +119,7 @@ def build_ops_report_asset(partitions: PartitionsDefinition):
                   week.performance, week.rebalance_date))),
               "pictures": MetadataValue.text(", ".join(pngs) or "none")}
         if h["week_return"] is not None:
-            md["week_return"] = MetadataValue.float(float(h["week_return"]))
+            md["week_return"] = MetadataValue.float(significant(float(h["week_return"])))
         add_images(md, **pngs)  # the report's pictures, shown in the UI too
         return MaterializeResult(metadata=md)
 

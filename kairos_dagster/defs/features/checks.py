@@ -6,7 +6,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PartitionsDefinition
 
 from kairos_dagster.defs import checks
-from kairos_dagster.warehouse.summary import markdown_table, null_rates
+from kairos_dagster.warehouse.summary import markdown_table, null_rates, significant
 
 FEATURE_CHECKS = ("unique_keys", "finite_values", "null_rate_after_warmup", "rows_match_universe")
 
@@ -67,7 +67,7 @@ def feature_check_results(
                 severity=AssetCheckSeverity.WARN,
                 metadata={
                     "rows_past_warmup": scope.height,
-                    "worst_null_rate": worst,
+                    "worst_null_rate": significant(worst),
                     "ceiling": config.null_ceiling,
                     "null_rates": MetadataValue.md(markdown_table(rates.head(10))),
                 },

@@ -32,7 +32,7 @@ from kairos_dagster.ml.coverage import coverage_on_rebalance_dates, target_colum
 from kairos_dagster.ml.schedule import first_scorable_week
 from kairos_dagster.resources.ml import MLResource
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
-from kairos_dagster.warehouse.summary import markdown_table
+from kairos_dagster.warehouse.summary import markdown_table, significant
 
 KEY = list(KEYS)
 ML_TABLES = tuple(tables.ML_MATRIX_COLUMNS)
@@ -85,7 +85,7 @@ def _matrix_asset(weekly: PartitionsDefinition) -> AssetsDefinition:
         yield AssetCheckResult(
             check_name="ml_coverage",
             passed=(not scorable) or min(cov[a] for a in ALPHAS) >= COVERAGE_FLOOR,
-            metadata={"rebalance_rows": cov["rows"], **{f"coverage_{a}": float(cov[a]) for a in ALPHAS},
+            metadata={"rebalance_rows": cov["rows"], **{f"coverage_{a}": significant(float(cov[a])) for a in ALPHAS},
                       "unscored_rebalance_dates": len(unscored),
                       "floor": COVERAGE_FLOOR,
                       "note": "no rebalance date of this window has a model yet (first scorable week "

@@ -43,7 +43,7 @@ from kairos_dagster.sources.sync import (
 )
 from kairos_dagster.sources.validate import DEFAULT_REJECT_THRESHOLD
 from kairos_dagster.warehouse import plots, store
-from kairos_dagster.warehouse.summary import markdown_table
+from kairos_dagster.warehouse.summary import markdown_table, significant
 
 GROUP = "sync"
 
@@ -213,7 +213,7 @@ def _sync_asset(table: SyncTable, weekly: PartitionsDefinition) -> AssetsDefinit
             severity=AssetCheckSeverity.ERROR if not passed else AssetCheckSeverity.WARN,
             metadata={
                 "rejected_rows": result.rejected,
-                "reject_rate": result.reject_rate,
+                "reject_rate": significant(result.reject_rate),
                 # restated rows outside the week, rejected by the same rules (kept in sync_rejects too)
                 "restated_rejected_rows": restated_rejected,
                 "threshold": DEFAULT_REJECT_THRESHOLD,
