@@ -72,3 +72,17 @@ def test_demo_as_of(tmp_path, as_of, rebalance, folds):
     assert "capacity of ml (net Sharpe by portfolio value): $100,000" in out.stdout
     strategies = {r[0] for r in con.execute("SELECT DISTINCT strategy FROM strategy_stats").fetchall()}
     assert strategies == {"ml", "ml_fixed", "v8", "oracle", "universe_ew", "market"}
+    # Every table of the warehouse is an asset the UI shows, and the demo's runs recorded its materialization.
+    from dagster import AssetKey, DagsterInstance
+
+    from kairos_dagster.definitions import build_definitions
+
+    keys = {k.to_user_string() for k in build_definitions().resolve_asset_graph().get_all_asset_keys()}
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    assert not tables - keys, sorted(tables - keys)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+        with DagsterInstance.get() as instance:
+            unrecorded = [t for t in sorted(tables) if instance.get_latest_materialization_event(AssetKey(t)) is None]
+    assert not unrecorded, unrecorded
