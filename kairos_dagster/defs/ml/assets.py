@@ -163,28 +163,23 @@ def _ml_asset(name: str, tuned: bool, weekly: PartitionsDefinition) -> AssetsDef
 
 def skill_results(context: AssetExecutionContext, warehouse: DuckDBWarehouse, out: pl.DataFrame, table: str,
                   alpha: str, start: dt.date, k: int) -> list[tuple[str, AssetCheckResult]]:
-    """Per week of the run, WARN when the alpha's trailing out-of-sample rank IC over the last k labelled
-    rebalance dates (ml/skill) is not above zero or is below alpha_composite_v8's; earlier weeks'
-    alphas are read as stored, the run's own from its output."""
+    """Per week of the run, the WARN check `oos_ic_positive` from ml/skill: earlier weeks' alphas as
+    stored, the run's own from its output; a missing input table is said, not guessed around."""
     weeks = [dt.date.fromisoformat(key) for key in context.partition_keys]
-    dates = rebalance_dates_between(weeks[0] - dt.timedelta(weeks=k + 2), weeks[-1] + dt.timedelta(days=6))
+    dates = rebalance_dates_between(weeks[0] - dt.timedelta(weeks=k + 3), weeks[-1] + dt.timedelta(days=6))
     try:
         with warehouse.connect() as con:
-            frame = tables.skill_frame(con, dates, benchmark=skill.BENCHMARK,
-                                       stored=(table, alpha) if store.table_exists(con, table) else None,
-                                       before=start)
+            stored = tables.skill_frame(con, dates, benchmark=skill.BENCHMARK,
+                                        stored=(table, alpha) if store.table_exists(con, table) else None,
+                                        before=start)
+        ics = skill.ic_by_date(skill.with_own_alpha(stored, out, alpha), [alpha, skill.BENCHMARK])
+        verdicts = skill.weekly_trailing_ic(ics, alpha, weeks, k)
     except store.WarehouseError as exc:
-        return [(w.isoformat(), AssetCheckResult(check_name="oos_ic_positive", passed=True,
-                                                 severity=AssetCheckSeverity.WARN,
-                                                 description=f"not judged: {exc}")) for w in weeks]
-    own = out.filter(pl.col("date").is_in(dates)).select(*KEY, pl.col(alpha).alias("_own"))
-    frame = frame.join(own, on=KEY, how="left")
-    frame = frame.with_columns((pl.coalesce(alpha, "_own") if alpha in frame.columns else pl.col("_own")).alias(alpha))
-    ics = skill.ic_by_date(frame, [alpha, skill.BENCHMARK])
+        verdicts = [skill.unjudged(skill.week_end_session(w), str(exc)) for w in weeks]
     results = []
-    for w in weeks:
-        t = skill.trailing_ic(ics, alpha, w, k)
-        md = {"trailing_weeks": MetadataValue.int(k), "labelled_dates": MetadataValue.int(t.dates)}
+    for w, t in zip(weeks, verdicts, strict=True):
+        md = {"trailing_weeks": MetadataValue.int(k), "labelled_dates": MetadataValue.int(t.dates),
+              "labels_known_by": MetadataValue.text(str(t.known_by))}
         if t.ic is not None:
             md["trailing_rank_ic"] = MetadataValue.float(significant(t.ic))
         if t.benchmark_ic is not None:

@@ -213,22 +213,20 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
     return rebalance
 
 
-def _alpha_skill(warehouse: DuckDBWarehouse, alpha: str, rebalance_date: dt.date, kill_switches: KillSwitches):
-    """The picks' alpha's trailing rank IC as known on the rebalance morning: a date's 5-session label
-    ends at the next rebalance's close, so the newest usable date is two rebalances back (ml/skill)."""
-    k = kill_switches.live_sharpe_weeks
-    known_by = cal.week_start(rebalance_date) - dt.timedelta(weeks=1)
-    dates = cal.rebalance_dates_between(known_by - dt.timedelta(weeks=k + 2), known_by)
+def _alpha_skill(warehouse: DuckDBWarehouse, alpha: str, rebalance_date: dt.date,
+                 kill_switches: KillSwitches) -> skill.TrailingIC:
+    """The picks' alpha's trailing rank IC as the rebalance morning knows it (labels ended by the signal
+    session; ml/skill), from feat_matrix_v2 as stored."""
+    k, known_by = kill_switches.live_sharpe_weeks, skill.rebalance_morning_session(rebalance_date)
+    dates = cal.rebalance_dates_between(known_by - dt.timedelta(weeks=k + 3), known_by)
     try:
         with warehouse.connect() as con:
-            own = alpha != skill.BENCHMARK and store.table_exists(con, weekly.MATRIX)
+            own = alpha != skill.BENCHMARK
             frame = ml_tables.skill_frame(con, dates, stored=(weekly.MATRIX, alpha) if own else None,
-                                          before=known_by)
-    except store.WarehouseError:
-        return skill.TrailingIC(known_by, 0, None, None, None, None)
-    ics = skill.ic_by_date(frame, [c for c in (alpha, skill.BENCHMARK) if c in frame.columns])
-    return skill.trailing_ic(ics, alpha, known_by, k) if alpha in ics.columns else skill.TrailingIC(
-        known_by, 0, None, None, None, None)
+                                          before=rebalance_date)
+    except store.WarehouseError as exc:
+        return skill.unjudged(known_by, str(exc))
+    return skill.trailing_ic(skill.ic_by_date(frame, [alpha, skill.BENCHMARK] if own else [alpha]), alpha, known_by, k)
 
 
 def build_rebalance_assets(weekly_partitions: PartitionsDefinition) -> list[AssetsDefinition]:
