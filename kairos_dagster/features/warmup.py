@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import duckdb
 import polars as pl
@@ -75,3 +76,51 @@ def warmup_nulls(frame: pl.DataFrame, index: pl.DataFrame,
             (past & pl.col(c).is_null()).sum().cast(pl.Int64).alias("nulls_past_warmup"),
             (~past).sum().cast(pl.Int64).alias("rows_in_warmup")))
     return pl.concat(parts).select(list(schema)).cast(schema).sort("date", "feature")
+
+
+@dataclass(frozen=True)
+class WeekWarmup:
+    """One week's verdict: `late` lists the features null past their warm-up (it fails the week),
+    `warming` those with rows still inside it (counted); per feature, summed over the week's dates."""
+
+    week: dt.date
+    dates: int
+    late: pl.DataFrame
+    warming: pl.DataFrame
+
+    @property
+    def passed(self) -> bool:
+        return self.late.height == 0
+
+    @property
+    def nulls_past_warmup(self) -> int:
+        return int(self.late["nulls_past_warmup"].sum()) if self.late.height else 0
+
+    @property
+    def rows_in_warmup_max(self) -> int:
+        return int(self.warming["rows_in_warmup"].max() or 0) if self.warming.height else 0
+
+    def text(self) -> str:
+        if not self.dates:
+            return "no rebalance date in the week"
+        if self.late.height:
+            worst = ", ".join(f"{f} ({n})" for f, n in self.late.select("feature", "nulls_past_warmup").head(8).iter_rows())
+            return f"{self.nulls_past_warmup} null value(s) past the documented warm-up: {worst}"
+        return (f"no feature null past its warm-up; {self.warming.height} feature(s) still warming up on "
+                f"{self.rows_in_warmup_max} row(s) at most")
+
+
+def week_verdicts(nulls: pl.DataFrame, weeks: Sequence[dt.date]) -> list[WeekWarmup]:
+    """`warmup_nulls` output summed per week (each week's Monday in `weeks`)."""
+    by_week = nulls.with_columns(week=pl.col("date").dt.truncate("1w"))
+    out = []
+    for week in weeks:
+        rows = by_week.filter(pl.col("week") == week)
+        per_feature = (rows.group_by("feature", "warmup_sessions")
+                       .agg(pl.col("nulls_past_warmup").sum(), pl.col("rows_in_warmup").sum(),
+                            pl.col("rows_past_warmup").sum())
+                       .sort("nulls_past_warmup", "rows_in_warmup", "feature", descending=[True, True, False]))
+        out.append(WeekWarmup(week, rows.get_column("date").n_unique(),
+                              per_feature.filter(pl.col("nulls_past_warmup") > 0),
+                              per_feature.filter(pl.col("rows_in_warmup") > 0)))
+    return out

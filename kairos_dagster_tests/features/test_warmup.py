@@ -57,3 +57,15 @@ def test_every_technical_feature_has_its_warmup_and_the_longest_is_the_trend_tab
     w = warmup.feature_warmups()
     assert len(w) >= 100 and w["adx_14"][0] == warmup.longest_warmup_sessions() and w["beta_252"][1]
     assert not w["ret_1d"][1] and "ret_5d_f" not in w
+
+
+def test_a_week_fails_on_its_late_nulls_and_counts_its_warming_rows():
+    con = _warehouse(300, 30, market_lag=20)
+    frame = pl.DataFrame({"ticker": ["OLD", "YOUNG"], "date": [FRIDAY, FRIDAY], "ret_21d": [None, 0.1],
+                          "adx_14": [None, None]})
+    nulls = warmup.warmup_nulls(frame, warmup.history_index(con, [FRIDAY]),
+                                {"ret_21d": (21, False), "adx_14": (621, False)})
+    week, empty = warmup.week_verdicts(nulls, [dt.date(2026, 3, 2), dt.date(2026, 3, 9)])
+    assert not week.passed and week.nulls_past_warmup == 1 and week.late["feature"].to_list() == ["ret_21d"]
+    assert week.rows_in_warmup_max == 2 and "ret_21d (1)" in week.text()
+    assert empty.passed and empty.text() == "no rebalance date in the week"

@@ -102,33 +102,15 @@ def _matrix_asset(weekly: PartitionsDefinition) -> AssetsDefinition:
 
 
 def _warmup_results(context: AssetExecutionContext, nulls: pl.DataFrame) -> list[tuple[str, AssetCheckResult]]:
-    """Per week of the run: fails when a technical feature is null on a rebalance date after its documented
-    warm-up; the rows still inside a warm-up (a young listing, the start of the history) are counted."""
-    by_week = nulls.with_columns(week=pl.col("date").dt.truncate("1w"))
-    out = []
-    for key in context.partition_keys:
-        week = by_week.filter(pl.col("week") == dt.date.fromisoformat(key))
-        per_feature = (week.group_by("feature", "warmup_sessions")
-                       .agg(pl.col("nulls_past_warmup").sum(), pl.col("rows_in_warmup").sum(),
-                            pl.col("rows_past_warmup").sum())
-                       .sort("nulls_past_warmup", "rows_in_warmup", descending=True))
-        late = per_feature.filter(pl.col("nulls_past_warmup") > 0)
-        warming = per_feature.filter(pl.col("rows_in_warmup") > 0)
-        if not week.height:
-            text = "no rebalance date in the week"
-        elif late.height:
-            text = (f"{int(late['nulls_past_warmup'].sum())} null value(s) past the documented warm-up: "
-                    + ", ".join(f"{f} ({n})" for f, n in late.select("feature", "nulls_past_warmup").head(8).iter_rows()))
-        else:
-            text = (f"no feature null past its warm-up; {warming.height} feature(s) still warming up on "
-                    f"{int(warming['rows_in_warmup'].max() or 0)} row(s) at most")
-        out.append((key, AssetCheckResult(
-            check_name="features_past_warmup", passed=late.height == 0, description=text,
-            metadata={"null_values_past_warmup": MetadataValue.int(int(late["nulls_past_warmup"].sum())),
-                      "features_in_warmup": MetadataValue.int(warming.height),
-                      "rows_in_warmup_max": MetadataValue.int(int(warming["rows_in_warmup"].max() or 0)),
-                      "detail": MetadataValue.md(markdown_table((late if late.height else warming).head(15)))})))
-    return out
+    """Per week of the run, `features_past_warmup` from features/warmup.week_verdicts."""
+    weeks = [dt.date.fromisoformat(key) for key in context.partition_keys]
+    return [(v.week.isoformat(), AssetCheckResult(
+        check_name="features_past_warmup", passed=v.passed, description=v.text(),
+        metadata={"null_values_past_warmup": MetadataValue.int(v.nulls_past_warmup),
+                  "features_in_warmup": MetadataValue.int(v.warming.height),
+                  "rows_in_warmup_max": MetadataValue.int(v.rows_in_warmup_max),
+                  "detail": MetadataValue.md(markdown_table((v.late if v.late.height else v.warming).head(15)))}))
+        for v in warmup.week_verdicts(nulls, weeks)]
 
 
 def build_matrix_assets(weekly: PartitionsDefinition) -> list[AssetsDefinition]:
