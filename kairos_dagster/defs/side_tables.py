@@ -36,45 +36,51 @@ class SideTable:
     description: str
 
 
+def _tables(domain: str, group: str, writers: tuple[str, ...], **descriptions: str) -> tuple[SideTable, ...]:
+    return tuple(SideTable(name, domain, group, writers, text) for name, text in descriptions.items())
+
+
+# The simulated broker's own book (the paper account when no Alpaca key is set).
+SIM_BOOK: dict[str, str] = {
+    "sim_account": "The simulated broker's cash.",
+    "sim_orders": "The simulated broker's orders and their fills at the next session's open.",
+    "sim_positions": "The simulated broker's positions, split-adjusted.",
+    "sim_ticker_changes": "The ticker changes the simulated broker has applied to its book, per account.",
+}
+SYNC_WRITERS = ("sep_base", "daily", "sf1", "sf2", "sf3")
+ML_WRITERS = ("ml_predictions_v2", "ml_predictions_v2_tuned")
+
 SIDE_TABLES: tuple[SideTable, ...] = (
-    SideTable("sync_rejects", "sync", "sync", ("sep_base", "daily", "sf1", "sf2", "sf3"),
-              "Rows the feed served that failed validation, by table, week and reason; never stored elsewhere."),
-    SideTable("sync_restatements", "sync", "sync", ("sep_base", "daily", "sf1", "sf2", "sf3"),
-              "Every held row the feed rewrote (split, dividend, correction, revision, migrated): table, ticker, "
-              "kind, rows, dates, split factor and run; the restatement sensor rebuilds the weeks it names."),
-    SideTable("ticker_changes", "sync", "sync", ("tickers",),
-              "Symbol changes detected by permaticker: old and new ticker, the day it was seen, the run; held "
-              "rows are re-keyed in the same transaction."),
-    SideTable("kairos_meta", "sync", "sync", ("tickers",),
-              "Facts about the warehouse itself (key, value): schema version, the data source it holds."),
-    SideTable("ml_metrics", "ml", "phase6_ml", ("ml_predictions_v2", "ml_predictions_v2_tuned"),
-              "Per model version and walk-forward fold: metrics by date and split (out-of-sample rank IC per "
-              "rebalance date, ICIR, ...) and feature importances (`metric`, `feature`, `value`)."),
-    SideTable("ml_model_registry", "ml", "phase6_ml", ("ml_predictions_v2", "ml_predictions_v2_tuned"),
-              "Every trained model version: training window, label end, parameters, metrics and artifact path."),
-    SideTable("rebalance_gate_results", "rebalance", "rebalance", ("rebalance_picks",),
-              "Every pre-rebalance gate verdict of every rebalance run: rebalance and signal date, gate, passed, "
-              "blocking, severity, message, picks hash, run."),
-    SideTable("gate_overrides", "rebalance", "rebalance", ("rebalance_picks",),
-              "Operator overrides of a blocking gate or kill switch (`kairos override`): gate, picks hash, OS user, "
-              "host, time, note."),
-    SideTable("execution_orders", "execution", "execution", ("execution", "execution_report"),
-              "Every order sent to the broker, once per client order id (derived from the rebalance date, ticker "
-              "and side): quantity, prices, status, fills, reason."),
-    SideTable("execution_verifications", "execution", "execution", ("execution_report",),
-              "Each verification of a rebalance's orders: filled, partial, rejected, unfilled and open counts, fill "
-              "rate, slippage and alerts."),
-    SideTable("kill_switch_evaluations", "execution", "execution", ("execution",),
-              "Every kill-switch evaluation of every preview and execution: switch, blocking, armed, tripped, "
-              "overridden by, value, threshold, detail, picks hash."),
-    SideTable("sim_account", "execution", "execution", ("execution", "execution_report"),
-              "The simulated broker's cash (the paper account when no Alpaca key is set)."),
-    SideTable("sim_orders", "execution", "execution", ("execution", "execution_report"),
-              "The simulated broker's orders and their fills at the next session's open."),
-    SideTable("sim_positions", "execution", "execution", ("execution", "execution_report"),
-              "The simulated broker's positions, split-adjusted."),
-    SideTable("sim_ticker_changes", "execution", "execution", ("execution", "execution_report"),
-              "The ticker changes the simulated broker has applied to its book, per account."),
+    *_tables("sync", "sync", SYNC_WRITERS,
+             sync_rejects="Rows the feed served that failed validation, by table, week and reason; never stored "
+                          "elsewhere.",
+             sync_restatements="Every held row the feed rewrote (split, dividend, correction, revision, migrated): "
+                               "table, ticker, kind, rows, dates, split factor and run; the restatement sensor "
+                               "rebuilds the weeks it names."),
+    *_tables("sync", "sync", ("tickers",),
+             ticker_changes="Symbol changes detected by permaticker: old and new ticker, the day it was seen, the "
+                            "run; held rows are re-keyed in the same transaction.",
+             kairos_meta="Facts about the warehouse itself (key, value): schema version, the data source it holds."),
+    *_tables("ml", "phase6_ml", ML_WRITERS,
+             ml_metrics="Per model version and walk-forward fold: metrics by date and split (out-of-sample rank IC "
+                        "per rebalance date, ICIR, ...) and feature importances (`metric`, `feature`, `value`).",
+             ml_model_registry="Every trained model version: training window, label end, parameters, metrics and "
+                               "artifact path."),
+    *_tables("rebalance", "rebalance", ("rebalance_picks",),
+             rebalance_gate_results="Every pre-rebalance gate verdict of every rebalance run: rebalance and signal "
+                                    "date, gate, passed, blocking, severity, message, picks hash, run.",
+             gate_overrides="Operator overrides of a blocking gate or kill switch (`kairos override`): gate, picks "
+                            "hash, OS user, host, time, note."),
+    *_tables("execution", "execution", ("execution",),
+             kill_switch_evaluations="Every kill-switch evaluation of every preview and execution: switch, blocking, "
+                                     "armed, tripped, overridden by, value, threshold, detail, picks hash."),
+    *_tables("execution", "execution", ("execution_report",),
+             execution_verifications="Each verification of a rebalance's orders: filled, partial, rejected, unfilled "
+                                     "and open counts, fill rate, slippage and alerts."),
+    *_tables("execution", "execution", ("execution", "execution_report"),
+             execution_orders="Every order sent to the broker, once per client order id (derived from the rebalance "
+                              "date, ticker and side): quantity, prices, status, fills, reason.",
+             **SIM_BOOK),
 )
 BY_NAME = {t.name: t for t in SIDE_TABLES}
 

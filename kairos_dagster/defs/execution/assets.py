@@ -55,7 +55,7 @@ from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs import checks
 from kairos_dagster.defs.metadata import column_schema
 from kairos_dagster.defs.partitions import SINGLE_RUN, window_dates
-from kairos_dagster.defs.side_tables import report_side_tables
+from kairos_dagster.defs.side_tables import SIM_BOOK, report_side_tables
 from kairos_dagster.defs.tags import EXECUTION_OP
 from kairos_dagster.portfolio import gate_records
 from kairos_dagster.portfolio.gates import GATES
@@ -331,7 +331,7 @@ def _execution_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
 
 def _book_tables(broker: BrokerResource) -> list[str]:
     """The simulated broker's own book (it is the paper account when no Alpaca key is set)."""
-    return ["sim_account", "sim_orders", "sim_positions", "sim_ticker_changes"] if broker.kind == "simulated" else []
+    return list(SIM_BOOK) if broker.kind == "simulated" else []
 
 
 def _verify(context: AssetExecutionContext, reb: dt.date, warehouse: DuckDBWarehouse, broker: BrokerResource,
