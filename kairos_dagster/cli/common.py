@@ -76,7 +76,7 @@ def check_weeks(first: str, last: str, first_what: str, last_what: str) -> tuple
 
 def selection(defs, select: str):
     """Asset groups and asset keys named in `select` ('all' for every asset but execution's)."""
-    from dagster import AssetSelection
+    from dagster import AssetKey, AssetSelection
 
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
@@ -94,7 +94,12 @@ def selection(defs, select: str):
         sel = (AssetSelection.groups(*[n for n in names if n in groups])
                | AssetSelection.assets(*[n for n in names if n in keys and n not in groups]))
     sel = sel - AssetSelection.groups("execution")
-    if not sel.resolve(graph):
+    # A table written beside an asset (defs/side_tables) is materialized by its writer's run only.
+    side = [n for n in names if n in keys and not graph.get(AssetKey(n)).is_executable]
+    if side:
+        writers = sorted({p.to_user_string() for n in side for p in graph.get(AssetKey(n)).parent_keys})
+        raise fail(f"--select {', '.join(side)}: written by the runs of {', '.join(writers)}; select those")
+    if not [k for k in sel.resolve(graph) if graph.get(k).is_executable]:
         raise fail(f"--select {select!r} selects no asset that a backfill can run (execution is never backfilled); "
                    f"groups: {', '.join(sorted(groups - {'execution'}))}")
     return sel

@@ -83,9 +83,14 @@ def run_selection(
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     # Side tables (defs/side_tables) are materialized by their writers' runs: a group selection leaves them out.
-    keys = sorted((k for k in selection.resolve(graph) if graph.get(k).is_executable),
-                  key=lambda k: k.to_user_string())
+    resolved = selection.resolve(graph)
+    keys = sorted((k for k in resolved if graph.get(k).is_executable), key=lambda k: k.to_user_string())
     if not keys:
+        written_beside = sorted(k.to_user_string() for k in resolved)
+        if written_beside:
+            writers = sorted({p.to_user_string() for k in resolved for p in graph.get(k).parent_keys})
+            raise ValueError(f"{', '.join(written_beside)} are written by the runs of {', '.join(writers)}: "
+                             "select those assets")
         raise ValueError("the asset selection is empty")
     config = dict(run_config or {})
     # Dagster's console logger prints every engine event at DEBUG; operators want the asset logs.

@@ -180,6 +180,19 @@ def test_selection_trims_spaces_and_takes_asset_keys():
                                                                                                      "feat_beta"}
 
 
+
+def test_a_table_written_beside_an_asset_is_refused_naming_its_writer(capsys):
+    import typer
+
+    from kairos_dagster.cli.common import selection as _selection
+    from kairos_dagster.definitions import build_definitions
+
+    with pytest.raises(typer.Exit) as exc:
+        _selection(build_definitions(), "ml_metrics")
+    assert exc.value.exit_code == 2
+    assert "ml_metrics: written by the runs of ml_predictions_v2, ml_predictions_v2_tuned" in capsys.readouterr().err
+
+
 def test_missing_warehouse_is_refused_not_created(tmp_path):
     env = make_env(tmp_path)
     for cmd in [("execute", "--picks", "outputs/rebalance/2023-06-30/picks.csv"),
