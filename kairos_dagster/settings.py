@@ -13,6 +13,45 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+LAKE_PREFIX = "ducklake:"
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A DuckLake warehouse: `catalog` is the part after `ducklake:` (e.g. `postgres:host=... dbname=...`),
+    `data_path` the folder or S3 URL of its Parquet files (kept in the catalog once it is created)."""
+
+    catalog: str
+    data_path: str | None = None
+
+    def __str__(self) -> str:
+        return f"{LAKE_PREFIX}{self.catalog}"
+
+
+
+def parse_warehouse(spec: str | Path | Lake, data_path: str | None = None) -> Path | Lake:
+    """The warehouse a setting names: `ducklake:postgres:<libpq params>` or a DuckDB file path.
+
+    A password never goes in the spec (it would show in run config and logs): PostgreSQL's own
+    PGPASSWORD or ~/.pgpass carry it."""
+    if isinstance(spec, Lake):
+        return spec
+    raw = str(spec).strip()
+    if not raw.startswith(LAKE_PREFIX):
+        return Path(raw)
+    catalog = raw[len(LAKE_PREFIX):].strip()
+    if not catalog.startswith("postgres:"):
+        raise SettingsError(f"KAIROS_WAREHOUSE: only a PostgreSQL catalog is supported (ducklake:postgres:...), "
+                             f"got ducklake:{catalog.split(':')[0]}:...")
+    if re.search(r"(^|[\s:])password\s*=", catalog, re.IGNORECASE):
+        raise SettingsError("KAIROS_WAREHOUSE must not hold a password: set PGPASSWORD (or ~/.pgpass) instead")
+    return Lake(catalog=catalog, data_path=(data_path or "").strip() or None)
+
+
+def is_lake(where: str | Path | Lake) -> bool:
+    return isinstance(where, Lake) or str(where).strip().startswith(LAKE_PREFIX)
+
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The Dagster instance's settings, copied into DAGSTER_HOME (not at the root: `dagster dev` warns about one there)
 INSTANCE_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
@@ -105,6 +144,14 @@ class Settings:
     live_sharpe_weeks: int = 26
     max_backtest_gap: float = 0.05
     demo_traded_weeks: int = 8  # KAIROS_DEMO_TRADED_WEEKS: completed rebalances the demo paper-trades
+    # KAIROS_WAREHOUSE=ducklake:postgres:<libpq params> and KAIROS_LAKE_DATA_PATH: the warehouse on DuckLake;
+    # unset: the DuckDB file at duckdb_path
+    lake: Lake | None = None
+
+    @property
+    def warehouse(self) -> Path | Lake:
+        """Where every table lives: the DuckLake, or the DuckDB file."""
+        return self.lake if self.lake is not None else self.duckdb_path
 
     @property
     def nasdaq_key_present(self) -> bool:
@@ -124,6 +171,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if device not in {"cpu", "cuda"}:
         raise SettingsError(f"KAIROS_XGB_DEVICE must be 'cpu' or 'cuda', got {device!r}")
     duckdb_path = _path(env, "KAIROS_DUCKDB_PATH", "data/kairos.duckdb")
+    spec = env.get("KAIROS_WAREHOUSE", "").strip()
+    if spec and not is_lake(spec):  # KAIROS_WAREHOUSE may name the DuckDB file too
+        if env.get("KAIROS_DUCKDB_PATH", "").strip() and _path(env, "KAIROS_WAREHOUSE", spec) != duckdb_path:
+            raise SettingsError(f"KAIROS_WAREHOUSE ({spec}) and KAIROS_DUCKDB_PATH ({duckdb_path}) name two "
+                                "different warehouses: set one of them")
+        duckdb_path = _path(env, "KAIROS_WAREHOUSE", spec)
+    lake = _lake(env)
     as_of = _as_of(env, source)
     start_date = _monday(env, "KAIROS_START_DATE", "2016-01-04")
     if as_of is not None and as_of < start_date:
@@ -153,7 +207,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         live_sharpe_weeks=_int(env, "KAIROS_LIVE_SHARPE_WEEKS", 26, minimum=2, maximum=520),
         max_backtest_gap=_float(env, "KAIROS_MAX_BACKTEST_GAP", 0.05, minimum=0.0001, maximum=5.0),
         demo_traded_weeks=_int(env, "KAIROS_DEMO_TRADED_WEEKS", 8, minimum=1, maximum=52),
+        lake=lake,
     )
+
+
+def _lake(env: Mapping[str, str]) -> Lake | None:
+    raw = env.get("KAIROS_WAREHOUSE", "").strip()
+    data_path = env.get("KAIROS_LAKE_DATA_PATH", "").strip()
+    if not raw:
+        if data_path:
+            raise SettingsError("KAIROS_LAKE_DATA_PATH is set but KAIROS_WAREHOUSE is not a DuckLake "
+                                "(ducklake:postgres:<libpq params>)")
+        return None
+    if not is_lake(raw):
+        if data_path:
+            raise SettingsError(f"KAIROS_LAKE_DATA_PATH is set but KAIROS_WAREHOUSE ({raw}) is a DuckDB file, "
+                                "not a DuckLake (ducklake:postgres:<libpq params>)")
+        return None
+    lake = parse_warehouse(raw, data_path)
+    if not data_path:
+        raise SettingsError("KAIROS_WAREHOUSE is a DuckLake: set KAIROS_LAKE_DATA_PATH to the folder or S3 URL "
+                            "of its data files")
+    return lake
 
 
 def _url(env: Mapping[str, str], name: str, default: str) -> str:

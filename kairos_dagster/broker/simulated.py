@@ -22,6 +22,7 @@ orders under the old symbol (they could never fill: prices are now under the new
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from kairos_dagster.broker.base import (
     SessionChange,
 )
 from kairos_dagster.constants import NEW_YORK as NY
+from kairos_dagster.warehouse import store
 
 OPEN, CLOSE = dt.time(9, 30), dt.time(16, 0)
 
@@ -59,6 +61,13 @@ CREATE TABLE IF NOT EXISTS sim_ticker_changes (account_id VARCHAR, recorded_at T
 ALTER TABLE sim_positions ADD COLUMN IF NOT EXISTS basis_date DATE;
 ALTER TABLE sim_orders ADD COLUMN IF NOT EXISTS basis_date DATE;
 """
+
+
+def _unconstrained(ddl: str) -> str:
+    ddl = re.sub(r",\s*(UNIQUE|PRIMARY KEY) \([^)]*\)", "", ddl)
+    return ddl.replace(" PRIMARY KEY", "")
+
+
 SPLIT_TOLERANCE = 1e-6  # a ratio within this of 1 is rounding of the adjustment factors, not a split
 
 _ORDER_COLS = ("id, client_order_id, symbol, side, qty, type, time_in_force, status, filled_qty, filled_avg_price, "
@@ -85,11 +94,16 @@ class SimulatedBroker:
         if slippage_bps < 0:
             raise ValueError(f"slippage_bps must be >= 0, got {slippage_bps}")
         self._owns = not isinstance(warehouse, duckdb.DuckDBPyConnection)
-        self.con = duckdb.connect(str(warehouse)) if self._owns else warehouse
+        if self._owns:
+            self.con = (store.open_lake_connection(str(warehouse)) if store.is_lake(warehouse)
+                        else duckdb.connect(str(warehouse)))
+        else:
+            self.con = warehouse
         self._clock = clock
         self._processed_at: tuple | None = None  # the point _process last brought the account to
         self.account_id = account_id
-        self.con.execute(_DDL)
+        # DuckLake has no key constraints: there the uniqueness of client_order_id rests on submit's check
+        self.con.execute(_unconstrained(_DDL) if store.on_lake(self.con) else _DDL)
         has_sep = self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'sep_base'").fetchone()[0]
         if not has_sep:

@@ -32,8 +32,8 @@ def backtest_cmd(
     from kairos_dagster.warehouse import store
 
     s = settings()
-    if not s.duckdb_path.exists():
-        raise fail(f"warehouse {s.duckdb_path} does not exist: run `kairos sync` or `make demo` first")
+    if not store.exists(s.warehouse):
+        raise fail(f"warehouse {s.warehouse} does not exist: run `kairos sync` or `make demo` first")
     parts = settings_partitions(s)
     first = week_key(parse_date(from_date, "--from")) if from_date else parts.get_first_partition_key()
     last = week_key(parse_date(to_date, "--to")) if to_date else parts.get_last_partition_key()
@@ -64,7 +64,7 @@ def backtest_cmd(
                                                "strategy_stats": {"config": {"config_id": cid}}}},
                            raise_on_error=False)
     report_run(result)
-    with store.connect(s.duckdb_path, read_only=True) as con:
+    with store.connect(s.warehouse, read_only=True) as con:
         rows = con.execute("SELECT strategy, annual_return, annual_volatility, sharpe, max_drawdown, calmar, "
                            "avg_weekly_turnover, annual_cost_drag FROM strategy_stats WHERE config_id = ? AND "
                            "period = 'full' ORDER BY sharpe DESC NULLS LAST", [cid]).fetchall()
@@ -74,9 +74,9 @@ def backtest_cmd(
         typer.echo(f"{name:12} {pct(ret):>9} {pct(vol):>7} {num(sharpe):>7} {pct(mdd):>8} {num(calmar):>7} "
                    f"{pct(turn):>11} {pct(cost):>8}")
     typer.echo(f"Tables: backtest_daily, backtest_trades, backtest_positions, strategy_stats (config_id {cid}) in "
-               f"{s.duckdb_path}")
+               f"{s.warehouse}")
     if cid == DEFAULT_CONFIG_ID:
-        _print_capacity(s.duckdb_path)
+        _print_capacity(s.warehouse)
     path = s.output_dir / "backtest" / report_name(cid)
     if path.is_file():
         typer.echo(f"Report: {path}")

@@ -53,9 +53,11 @@ def num(x: float | None) -> str:
 
 def require_warehouse() -> None:
     """Refuse to run against a missing warehouse (opening it would create an empty one)."""
+    from kairos_dagster.warehouse import store
+
     s = settings()
-    if not s.duckdb_path.exists():
-        raise fail(f"warehouse {s.duckdb_path} does not exist (KAIROS_DUCKDB_PATH): run `kairos sync` or `make demo` "
+    if not store.exists(s.warehouse):
+        raise fail(f"warehouse {s.warehouse} does not exist (KAIROS_WAREHOUSE or KAIROS_DUCKDB_PATH): run `kairos sync` or `make demo` "
                    "first; nothing was created")
 
 

@@ -46,7 +46,7 @@ def run_demo(defs: Definitions, settings: Settings, plan: DemoPlan, echo: Callab
         steps.append((f"the rebalances of the last {len(traded)} weeks, through {plan.rebalance_date}",
                       AssetSelection.assets("rebalance_picks").required_multi_asset_neighbors(), (first_traded, last)))
     echo(f"Kairos demo: {settings.synthetic_tickers} synthetic tickers (seed {settings.synthetic_seed}), "
-         f"weeks {sync_start} .. {last}; warehouse {settings.duckdb_path}")
+         f"weeks {sync_start} .. {last}; warehouse {settings.warehouse}")
     echo(f"Rebalance {plan.rebalance_date} (week {last}): {plan.why}.")
     tunes = "; ".join(f"{w.point}: {w.folds} of 3 folds" + (f" ({w.folds_why})" if w.folds_why else "")
                       for w in plan.tunes)
@@ -92,7 +92,7 @@ def demo_paper_trading(defs: Definitions, settings: Settings, weeks: list[dt.dat
     traded = paper_trade(defs, settings, weeks, echo)
     if traded is None:
         return False
-    with store.connect(settings.duckdb_path, read_only=True) as con:
+    with store.connect(settings.warehouse, read_only=True) as con:
         rows = (con.execute("SELECT * FROM rebalance_performance ORDER BY date").pl()
                 if store.table_exists(con, "rebalance_performance") else None)
     echo(f"\n==> track record ({len(traded.executed)} executed, {len(traded.held_back)} held back, "
@@ -141,7 +141,7 @@ def demo_backtest(defs: Definitions, settings: Settings, first: str, last: str, 
         for line in failure_messages(result):
             echo(f"    {line[:2000]}")
         return False
-    with store.connect(settings.duckdb_path, read_only=True) as con:
+    with store.connect(settings.warehouse, read_only=True) as con:
         stats = con.execute("SELECT strategy, annual_return, annual_volatility, sharpe, max_drawdown, "
                             "avg_weekly_turnover, annual_cost_drag FROM strategy_stats WHERE config_id = ? AND "
                             "period = 'full' ORDER BY sharpe DESC NULLS LAST", [DEFAULT_CONFIG_ID]).fetchall()
@@ -151,7 +151,7 @@ def demo_backtest(defs: Definitions, settings: Settings, first: str, last: str, 
         echo(f"    {s:12} {pct(ret):>9} {pct(vol):>7} {num(sharpe):>7} {pct(mdd):>8} {pct(turn):>11} "
              f"{pct(cost):>8}")
     echo("    (net of costs: 5 bps half-spread, square-root impact; strategy_stats in the warehouse and the UI)")
-    with store.connect(settings.duckdb_path, read_only=True) as con:
+    with store.connect(settings.warehouse, read_only=True) as con:
         sweep = con.execute("SELECT portfolio_value, sharpe, unfilled_share FROM backtest_capacity "
                             "ORDER BY portfolio_value").fetchall() if store.table_exists(con, "backtest_capacity") else []
     if sweep:
@@ -239,7 +239,7 @@ def demo_cmd(
     s.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
     (s.duckdb_path.parent / "demo.env").write_text("".join(f"{k}={os.environ[k]}\n" for k in names))
     ok = run_demo(defs, s, plan, typer.echo)
-    typer.echo("\n" + warehouse_summary(s.duckdb_path))
+    typer.echo("\n" + warehouse_summary(s.warehouse))
     typer.echo(f"\nRun history and asset metadata: DAGSTER_HOME={dagster_home()}; open the UI with `make ui` "
                "(http://127.0.0.1:3000).")
     typer.echo(f"Rebalance outputs: {s.output_dir / 'rebalance'}")

@@ -117,7 +117,7 @@ def paper_trade(defs: Definitions, settings: Settings, weeks: list[dt.date], ech
 def _last_priced(settings: Settings) -> dt.date | None:
     from kairos_dagster.warehouse import store
 
-    with store.connect(settings.duckdb_path, read_only=True) as con:
+    with store.connect(settings.warehouse, read_only=True) as con:
         return con.execute("SELECT max(date) FROM sep_base").fetchone()[0]
 
 

@@ -208,7 +208,7 @@ def override_cmd(
     if not path.exists():
         raise fail(f"picks file not found: {path}")
     digest = picks_content_hash(path)
-    with store.connect(settings().duckdb_path) as con:
+    with store.connect(settings().warehouse) as con:
         row = gate_records.record_override(con, d, gate, digest, by=by, note=note)
         r = row.row(0, named=True)
         # written outside any run: the catalog's gate_overrides asset is told directly
@@ -225,7 +225,7 @@ def _broker_resource():
     s = settings()
     require_warehouse()
     try:
-        return BrokerResource.from_env(str(s.duckdb_path), auto_paper=s.auto_paper).process_config_and_initialize()
+        return BrokerResource.from_env(str(s.warehouse), auto_paper=s.auto_paper).process_config_and_initialize()
     except Exception as exc:  # credentials of any kind of wrongness: say what, never the values
         raise fail(f"broker: {exc}") from None
 
@@ -276,7 +276,7 @@ def track_cmd(
     if lo and hi and lo > hi:
         raise fail(f"--from-date {lo} is after --to-date {hi}")
     s = settings()
-    with store.connect(s.duckdb_path, read_only=True) as con:
+    with store.connect(s.warehouse, read_only=True) as con:
         if not store.table_exists(con, "rebalance_performance"):
             typer.echo("No rebalance measured yet: rebalance_performance is built once a rebalance was executed and "
                        "the next rebalance date is synced (performance_sensor, or materialize it in the UI).")

@@ -33,8 +33,9 @@ for module in (calendar_cli, sync, rebalance, backtest, demo, execution, ui):
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from kairos_dagster.ml.demo_plan import DemoPlanError
     from kairos_dagster.portfolio.config import ConfigError
+    from kairos_dagster.resources.warehouse import PoolLimitError
 
-    return (SettingsError, calendar.CalendarError, ConfigError, DemoPlanError)
+    return (SettingsError, calendar.CalendarError, ConfigError, DemoPlanError, PoolLimitError)
 
 
 def innermost(exc: BaseException) -> BaseException:

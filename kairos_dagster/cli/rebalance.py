@@ -49,12 +49,12 @@ def rebalance_cmd(
             risk = risk.with_overrides(portfolio_value=portfolio_value)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    if not s.duckdb_path.exists():
-        raise fail(f"warehouse {s.duckdb_path} does not exist: run `kairos sync` or `make demo` first")
+    if not store.exists(s.warehouse):
+        raise fail(f"warehouse {s.warehouse} does not exist: run `kairos sync` or `make demo` first")
     d = parse_date(date)
     if d is None:
         try:
-            latest = _latest_matrix_date(s.duckdb_path)
+            latest = _latest_matrix_date(s.warehouse)
         except store.WarehouseError as exc:
             raise fail(str(exc)) from None
         if latest is None:
@@ -75,7 +75,7 @@ def rebalance_cmd(
 
     if check_only:
         try:
-            with store.connect(s.duckdb_path, read_only=True) as con:
+            with store.connect(s.warehouse, read_only=True) as con:
                 inputs = weekly.load_inputs(con, [plan], risk, prior_holdings, no_prior)
             week = weekly.compute_rebalance(inputs, [plan], risk)[0]
         except Exception as exc:  # bad input of any kind: say what, exit non-zero

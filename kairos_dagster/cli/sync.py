@@ -45,8 +45,8 @@ def sync_cmd(
     current_week = settings_partitions(s).get_last_partition_key()
     statuses = []
     held: dict[str, dt.date | None] = {}
-    if s.duckdb_path.exists():
-        with store.connect(s.duckdb_path, read_only=True) as con:
+    if store.exists(s.warehouse):
+        with store.connect(s.warehouse, read_only=True) as con:
             for t in chosen:
                 held[t.asset] = store.date_range(con, t.asset, t.partition_column)[1]
     for t in chosen:
@@ -85,7 +85,7 @@ def rebuild_restated(defs, s, run_id: str) -> None:
     from kairos_dagster.sources.sync import restatement_counts
     from kairos_dagster.warehouse import store
 
-    with store.connect(s.duckdb_path, read_only=True) as con:
+    with store.connect(s.warehouse, read_only=True) as con:
         restated = restatement_counts(con, run_id)
         if not restated:
             return
@@ -140,13 +140,13 @@ def migrate_cmd(
     from kairos_dagster.warehouse import store
 
     s = settings()
-    if not s.duckdb_path.exists():
-        typer.echo(f"No warehouse at {s.duckdb_path}: nothing to migrate (a new one starts at version {SCHEMA_VERSION}).")
+    if not store.exists(s.warehouse):
+        typer.echo(f"No warehouse at {s.warehouse}: nothing to migrate (a new one starts at version {SCHEMA_VERSION}).")
         return
-    with store.connect(s.duckdb_path, read_only=True) as con:
+    with store.connect(s.warehouse, read_only=True) as con:
         version, held_source = held_version(con), store.read_meta(con, "data_source")
     if version >= SCHEMA_VERSION:
-        typer.echo(f"{s.duckdb_path} is at schema version {version}: up to date.")
+        typer.echo(f"{s.warehouse} is at schema version {version}: up to date.")
         return
     try:
         resource = SharadarSource()
@@ -155,10 +155,10 @@ def migrate_cmd(
     except SourceConfigError as exc:
         raise fail(str(exc)) from None
     if held_source is not None and held_source != ident:
-        raise fail(f"{s.duckdb_path} holds data from source `{held_source}`; the configured source is `{ident}`: "
+        raise fail(f"{s.warehouse} holds data from source `{held_source}`; the configured source is `{ident}`: "
                    "set KAIROS_DATA_SOURCE / KAIROS_SYNTHETIC_* to the warehouse's; nothing was written")
-    typer.echo(f"{s.duckdb_path}: schema version {version} -> {SCHEMA_VERSION} (source {ident}, as of {source.as_of})")
-    with store.connect(s.duckdb_path, read_only=check) as con:
+    typer.echo(f"{s.warehouse}: schema version {version} -> {SCHEMA_VERSION} (source {ident}, as of {source.as_of})")
+    with store.connect(s.warehouse, read_only=check) as con:
         report = migrate(con, source, dry_run=check, echo=lambda line: typer.echo(f"  {line}"))
     if check:
         for step in report.steps:
@@ -173,7 +173,7 @@ def status_cmd() -> None:
     from kairos_dagster.warehouse.summary import warehouse_summary
 
     s = settings()
-    typer.echo(warehouse_summary(s.duckdb_path))
+    typer.echo(warehouse_summary(s.warehouse))
 
 
 def register(app: typer.Typer) -> None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-POOL = "duckdb"
+from kairos_dagster.resources.warehouse import POOL, refuse_parallel_writers_on_a_file
+
 HOST_TAG, PID_TAG, PID_START_TAG = "kairos/host", "kairos/pid", "kairos/pid_start"
 # The run the liveness tags were written for: a re-execution in the UI copies its parent's tags, and the
 # child must not be taken for a run of the parent's (long gone) CLI process.
@@ -142,7 +143,11 @@ def _started(instance: DagsterInstance, run_id: str) -> str:
 
 
 def prepare_launch(instance: DagsterInstance, echo: Callable[[str], None]) -> None:
-    """Reap dead runs (saying so), then wait for the warehouse slot."""
+    """Refuse a pool that would let two processes write one DuckDB file; reap dead runs (saying so), then
+    wait for the warehouse slot."""
+    from kairos_dagster.settings import load_settings
+
+    refuse_parallel_writers_on_a_file(instance, load_settings().lake is None)
     for r in reap_dead_runs(instance):
         echo(f"run {r.run_id} (PID {r.pid}): {r.what}; its warehouse slot is free again")
     wait_for_pool(instance, echo)

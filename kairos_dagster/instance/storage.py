@@ -22,7 +22,9 @@ such a run's weeks would show as missing when it failed and not as in progress w
 into their weeks, so the partitions tab and the catalog say Failed (or in progress) per week.
 
 ``KairosSqliteStorage`` is ``DagsterSqliteStorage`` (``storage: sqlite`` in dagster.yaml) with
-that event log; dagster.yaml selects it with ``storage: custom``.
+that event log; dagster.yaml selects it with ``storage: custom``. ``KairosPostgresStorage`` is
+``DagsterPostgresStorage`` (``storage: postgres``) with the same partition status, for a shared
+deployment (deploy/postgres/dagster.yaml); PostgreSQL needs none of the SQLite pooling.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 )
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData, deserialize_value
+from dagster_postgres import PostgresEventLogStorage
+from dagster_postgres.storage import DagsterPostgresStorage
+from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
@@ -52,7 +57,50 @@ from sqlalchemy.pool import NullPool, QueuePool
 MAX_OPEN_RUN_SHARDS = 8
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+class RangeRunPartitionStatus:
+    """Partition status that reads range-run planned events (module docstring); for any SQL event log."""
+
+    def get_latest_asset_partition_materialization_attempts_without_materializations(
+        self, asset_key: AssetKey, after_storage_id: int | None = None
+    ) -> dict[str, tuple[str, int]]:
+        """Dagster's answer (per-week planned events with no later materialization), plus the weeks of
+        range-run planned events (one event naming a subset) that no later event of that week answers."""
+        found = dict(super().get_latest_asset_partition_materialization_attempts_without_materializations(
+            asset_key, after_storage_id))
+        table = SqlEventLogStorageTable.c
+        planned = db.select(table.id, table.run_id, table.event).where(
+            table.asset_key == asset_key.to_string(),
+            table.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value,
+            table.partition.is_(None),
+        ).order_by(table.id)
+        if after_storage_id is not None:
+            planned = planned.where(table.id > after_storage_id)
+        with self.index_connection() as conn:
+            ranges = conn.execute(planned).fetchall()
+        ranges = [(row.id, row.run_id, _planned_subset(row.event)) for row in ranges]
+        ranges = [r for r in ranges if r[2] is not None]
+        if not ranges:
+            return found
+        # the newest per-week materialization or planned event of each week after the oldest range plan
+        latest = db.select(table.partition, db.func.max(table.id).label("id")).where(
+            table.asset_key == asset_key.to_string(),
+            table.partition.is_not(None),
+            table.dagster_event_type.in_([DagsterEventType.ASSET_MATERIALIZATION.value,
+                                          DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value]),
+            table.id > ranges[0][0],
+        ).group_by(table.partition)
+        with self.index_connection() as conn:
+            answered = {row.partition: row.id for row in conn.execute(latest)}
+        for event_id, run_id, keys in ranges:  # oldest first: a later range plan supersedes an earlier one
+            for key in keys:
+                if answered.get(key, 0) > event_id:
+                    continue
+                if key not in found or found[key][1] < event_id:
+                    found[key] = (run_id, event_id)
+        return found
+
+
+class PooledSqliteEventLogStorage(RangeRunPartitionStatus, SqliteEventLogStorage):
     """``SqliteEventLogStorage`` with one long-lived engine (one pooled connection) per shard."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
@@ -129,45 +177,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         except db_exc.IntegrityError:  # a concurrent writer inserted the key first (as Dagster handles it)
             conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == key))
 
-    def get_latest_asset_partition_materialization_attempts_without_materializations(
-        self, asset_key: AssetKey, after_storage_id: int | None = None
-    ) -> dict[str, tuple[str, int]]:
-        """Dagster's answer (per-week planned events with no later materialization), plus the weeks of
-        range-run planned events (one event naming a subset) that no later event of that week answers."""
-        found = dict(super().get_latest_asset_partition_materialization_attempts_without_materializations(
-            asset_key, after_storage_id))
-        table = SqlEventLogStorageTable.c
-        planned = db.select(table.id, table.run_id, table.event).where(
-            table.asset_key == asset_key.to_string(),
-            table.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value,
-            table.partition.is_(None),
-        ).order_by(table.id)
-        if after_storage_id is not None:
-            planned = planned.where(table.id > after_storage_id)
-        with self.index_connection() as conn:
-            ranges = conn.execute(planned).fetchall()
-        ranges = [(row.id, row.run_id, _planned_subset(row.event)) for row in ranges]
-        ranges = [r for r in ranges if r[2] is not None]
-        if not ranges:
-            return found
-        # the newest per-week materialization or planned event of each week after the oldest range plan
-        latest = db.select(table.partition, db.func.max(table.id).label("id")).where(
-            table.asset_key == asset_key.to_string(),
-            table.partition.is_not(None),
-            table.dagster_event_type.in_([DagsterEventType.ASSET_MATERIALIZATION.value,
-                                          DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value]),
-            table.id > ranges[0][0],
-        ).group_by(table.partition)
-        with self.index_connection() as conn:
-            answered = {row.partition: row.id for row in conn.execute(latest)}
-        for event_id, run_id, keys in ranges:  # oldest first: a later range plan supersedes an earlier one
-            for key in keys:
-                if answered.get(key, 0) > event_id:
-                    continue
-                if key not in found or found[key][1] < event_id:
-                    found[key] = (run_id, event_id)
-        return found
-
     def dispose(self) -> None:
         super().dispose()
         with self._db_lock:
@@ -195,3 +204,35 @@ class KairosSqliteStorage(DagsterSqliteStorage):
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value) -> KairosSqliteStorage:  # type: ignore[override]
         return cls.from_local(inst_data=inst_data, **config_value)
+
+
+class KairosPostgresEventLogStorage(RangeRunPartitionStatus, PostgresEventLogStorage):
+    """Dagster's PostgreSQL event log with the range-run partition status (deploy/postgres/dagster.yaml)."""
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> KairosPostgresEventLogStorage:  # type: ignore[override]
+        return cls(inst_data=inst_data, postgres_url=pg_url_from_config(config_value),
+                   should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+                   token_provider=get_token_provider_from_config(config_value))
+
+
+class KairosPostgresStorage(DagsterPostgresStorage):
+    """``storage: postgres`` (run, event-log and schedule storage in one database) with that event log."""
+
+    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
+                 inst_data: ConfigurableClassData | None = None, token_provider=None):
+        super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data, token_provider=token_provider)
+        self._event_log_storage.dispose()
+        self._event_log_storage = KairosPostgresEventLogStorage(postgres_url, should_autocreate_tables,
+                                                                token_provider=token_provider)
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> KairosPostgresStorage:  # type: ignore[override]
+        return cls(inst_data=inst_data, postgres_url=pg_url_from_config(config_value),
+                   should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+                   token_provider=get_token_provider_from_config(config_value))
+
+    @property
+    def event_storage_data(self) -> ConfigurableClassData | None:
+        return (ConfigurableClassData(__name__, "KairosPostgresEventLogStorage", self.inst_data.config_yaml)
+                if self.inst_data else None)

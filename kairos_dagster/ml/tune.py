@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 import optuna
 import polars as pl
+import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from kairos_dagster.ml.dataset import LABEL_END, DatasetError, with_label_end
@@ -61,7 +63,7 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str | optuna
     if storage is None:
         return None
     if isinstance(storage, str) and "://" in storage:
-        return storage
+        return _rdb_storage(storage)
     path = Path(storage)
     if path.is_dir():
         path = path / f"{study_name}.journal"
@@ -70,6 +72,19 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str | optuna
         return f"sqlite:///{path.resolve()}"
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _rdb_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage; workers that start together on a new database race to create its tables (a
+    duplicate-key error for the loser, who finds them made on its next try)."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def suggest_params(trial: optuna.Trial, max_boost_rounds: int = 400) -> dict[str, Any]:

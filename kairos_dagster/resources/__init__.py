@@ -17,10 +17,11 @@ from kairos_dagster.settings import Settings
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """The resources of a Definitions built from `settings`."""
-    path = str(settings.duckdb_path)
+    path = str(settings.warehouse)
+    lake_data_path = (settings.lake.data_path or "") if settings.lake else ""
     return {
-        "warehouse_io": KairosDuckDBIOManager(path=path),
-        "warehouse": DuckDBWarehouse(path=path),
+        "warehouse_io": KairosDuckDBIOManager(path=path, lake_data_path=lake_data_path),
+        "warehouse": DuckDBWarehouse(path=path, lake_data_path=lake_data_path),
         # Fields a run config leaves out keep the settings' values: a partial run config can never change
         # where the data comes from (resources.source.source_resource).
         "source": source_resource(settings),

@@ -4,19 +4,29 @@ Every asset is the table of the same name in schema `main`. A partitioned table 
 column (its partition expression, `date` unless the asset says otherwise); writing a window of weeks
 is one transaction — delete the window, insert the new rows — so a process killed between the two
 statements leaves the previous rows intact.
+
+Two backends, one behaviour. A DuckDB file (the default: one writing process, the others wait for its
+lock) or DuckLake (`Lake`: the catalog in PostgreSQL, Parquet data files under a folder or an S3 URL):
+there every connection sees the last committed snapshot, several processes write at once, and a write
+that conflicts with another's commit is retried from the start.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
 import polars as pl
+
+from kairos_dagster.settings import Lake, SettingsError, parse_warehouse
+from kairos_dagster.settings import is_lake as is_lake  # re-exported: the store names its targets
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STAGING = "_kairos_incoming"
@@ -33,12 +43,126 @@ def ident(name: str) -> str:
     return f'"{name}"'
 
 
+LAKE_ALIAS = "kairos_lake"
+# (package, extension) loaded from the package's own files: the runtime download is not reachable
+_LAKE_EXTENSIONS = (("duckdb_extension_postgres_scanner", "postgres_scanner"),
+                    ("duckdb_extension_ducklake", "ducklake"))
+_HTTPFS = ("duckdb_extension_httpfs", "httpfs")
+CONFLICT_RETRIES = 8  # a DuckLake commit that lost a race with another writer is re-run this often
+
+
+Target = Path | Lake
+
+
+def target(spec: str | Path | Lake, data_path: str | None = None) -> Target:
+    """The warehouse a setting names: `ducklake:postgres:<libpq params>` or a DuckDB file path (the
+    parsing is the settings': see settings.parse_warehouse)."""
+    try:
+        return parse_warehouse(spec, data_path)
+    except SettingsError as exc:
+        raise WarehouseError(str(exc)) from None
+
+
+def _extension_file(package: str, name: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise WarehouseError(f"the DuckLake backend needs the package {package.replace('_', '-')}=={duckdb.__version__}")
+    path = Path(spec.origin).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+    if not path.exists():
+        raise WarehouseError(f"{package.replace('_', '-')} has no build for duckdb {duckdb.__version__} ({path}): "
+                             "the duckdb pin and the extension packages must move together")
+    return str(path)
+
+
+def _connect_lake(lake: Lake, read_only: bool) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    try:
+        needed = list(_LAKE_EXTENSIONS)
+        if lake.data_path and "://" in lake.data_path:
+            needed.append(_HTTPFS)
+        for package, name in needed:
+            con.execute(f"LOAD '{_extension_file(package, name)}'")
+        options = []
+        if lake.data_path:
+            if "://" not in lake.data_path:
+                Path(lake.data_path).mkdir(parents=True, exist_ok=True)
+            options.append(f"DATA_PATH '{_quote(lake.data_path)}'")
+        if read_only:
+            options.append("READ_ONLY")
+        opts = f" ({', '.join(options)})" if options else ""
+        con.execute(f"ATTACH '{_quote(str(lake))}' AS {LAKE_ALIAS}{opts}")
+        con.execute(f"USE {LAKE_ALIAS}")
+    except duckdb.Error as exc:
+        con.close()
+        first = str(exc).splitlines()[0]
+        if "DATA_PATH" in first or "data path" in first.lower():
+            first += " (set KAIROS_LAKE_DATA_PATH to the folder or S3 URL of the lake's files)"
+        raise WarehouseError(f"warehouse {lake} cannot be opened: {first}") from exc
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+_LAKE_BASES: dict[Lake, tuple[int, duckdb.DuckDBPyConnection]] = {}
+
+
+def _lake_base(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """One attached lake per process (loading the extensions and attaching costs ~0.4 s); connections are
+    its cursors. A forked child attaches its own: a DuckDB handle never crosses a fork."""
+    pid = os.getpid()
+    held = _LAKE_BASES.get(lake)
+    if held is None or held[0] != pid:
+        _LAKE_BASES[lake] = (pid, _connect_lake(lake, read_only=False))
+    return _LAKE_BASES[lake][1]
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def exists(where: str | Path | Lake) -> bool:
+    """Whether the warehouse holds anything yet (a DuckDB file exists; a lake has a table)."""
+    where = target(where)
+    if isinstance(where, Path):
+        return where.exists()
+    try:
+        with connect(where) as con:
+            return bool(con.execute("SELECT count(*) FROM information_schema.tables "
+                                    "WHERE table_catalog = current_database()").fetchone()[0])
+    except WarehouseError:
+        return False
+
+
+def open_lake_connection(lake: str | Lake) -> duckdb.DuckDBPyConnection:
+    """A connection to the lake that the caller closes (a long-lived holder: the simulated broker)."""
+    lake = target(lake)
+    if not isinstance(lake, Lake):
+        raise WarehouseError(f"{lake} is not a DuckLake")
+    con = _lake_base(lake).cursor()
+    con.execute(f"USE {LAKE_ALIAS}")
+    return con
+
+
+def on_lake(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `con` works in a DuckLake (which has no PRIMARY KEY or UNIQUE constraints)."""
+    return con.execute("SELECT current_database()").fetchone()[0] == LAKE_ALIAS
+
+
 @contextmanager
-def connect(path: Path | str, *, read_only: bool = False, retries: int = 20, wait_s: float = 0.5) -> Iterator[
+def connect(path: str | Path | Lake, *, read_only: bool = False, retries: int = 20, wait_s: float = 0.5) -> Iterator[
     duckdb.DuckDBPyConnection
 ]:
-    """Open the warehouse; waits briefly for another process's lock, then fails with a clear message."""
-    path = Path(path)
+    """Open the warehouse; on a file, waits briefly for another process's lock, then fails with a clear message."""
+    where = target(path)
+    if isinstance(where, Lake):
+        con = open_lake_connection(where)  # its own transactions and views, the process's attached lake
+        try:
+            yield con
+        finally:
+            con.close()
+        return
+    path = where
     if read_only and not path.exists():
         raise WarehouseError(f"warehouse {path} does not exist yet: run a sync first (`kairos sync` or `make demo`)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,15 +186,16 @@ def connect(path: Path | str, *, read_only: bool = False, retries: int = 20, wai
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [table]
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = 'main' AND table_name = ?", [table]
     ).fetchone()
     return bool(row and row[0])
 
 
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = current_database() "
+        "AND table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
         [table],
     ).fetchall()
     return {name: dtype for name, dtype in rows}
@@ -110,7 +235,8 @@ def transaction(con: duckdb.DuckDBPyConnection, failure: str,
             yield
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            with suppress(duckdb.Error):  # a failed COMMIT (a DuckLake conflict) has already ended the transaction
+                con.execute("ROLLBACK")
             raise
     except duckdb.Error as exc:
         raise WarehouseError(f"{failure}: {exc}") from exc
@@ -119,9 +245,24 @@ def transaction(con: duckdb.DuckDBPyConnection, failure: str,
             con.unregister(name)
 
 
-def _staged_transaction(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, failure: str):
-    """Register `df` as the staging view and run the body in one transaction (rolled back on any error)."""
-    return transaction(con, failure, {_STAGING: df})
+def _is_conflict(exc: BaseException) -> bool:
+    """A commit that lost a race with another writer's (DuckLake: optimistic concurrency)."""
+    return isinstance(exc, duckdb.TransactionException) or "conflict" in str(exc).lower()
+
+
+def atomic(con: duckdb.DuckDBPyConnection, failure: str, body: Callable[[], None],
+           frames: Mapping[str, pl.DataFrame] | None = None, *, retries: int = CONFLICT_RETRIES) -> None:
+    """`body` in one transaction (see `transaction`), run again from the start when its commit conflicted
+    with another process's (a DuckLake writer of the same table); the other errors are not retried."""
+    for attempt in range(retries + 1):
+        try:
+            with transaction(con, failure, frames):
+                body()
+            return
+        except WarehouseError as exc:
+            if attempt == retries or not _is_conflict(exc.__cause__ or exc):
+                raise
+            time.sleep(min(2.0, 0.05 * 2 ** attempt))
 
 
 def replace_window(
@@ -153,9 +294,10 @@ def replace_window(
             raise WarehouseError(
                 f"{table}: rows dated {lo}..{hi} fall outside the partition window {start}..{end - dt.timedelta(days=1)}"
             )
-    with _staged_transaction(con, df, f"{table}: write of {start}..{end} failed"):
+    scope_sql = "".join(f" AND {ident(k)} = ?" for k in (scope or {}))
+
+    def write() -> None:
         _sync_schema(con, table)
-        scope_sql = "".join(f" AND {ident(k)} = ?" for k in (scope or {}))
         con.execute(
             f"DELETE FROM {ident(table)} WHERE {ident(column)} >= ? AND {ident(column)} < ?{scope_sql}",
             [start, end, *(scope or {}).values()],
@@ -163,14 +305,17 @@ def replace_window(
         if after_delete is not None:
             after_delete()
         con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {_STAGING}")
+
+    atomic(con, f"{table}: write of {start}..{end} failed", write, {_STAGING: df})
     return df.height
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> int:
     """Atomically replace the whole table by `df` (unpartitioned assets)."""
     _check_frame(table, df)
-    with _staged_transaction(con, df, f"{table}: write failed"):
-        con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM {_STAGING}")
+    atomic(con, f"{table}: write failed",
+           lambda: con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM {_STAGING}"),
+           {_STAGING: df})
     return df.height
 
 
@@ -196,13 +341,16 @@ def upsert_many(
                 raise WarehouseError(f"{table}: key column {k!r} is missing from the rows")
     names = [f"{_STAGING}_{i}" for i in range(len(writes))]
     tables = ", ".join(t for t, _, _ in writes)
-    with transaction(con, f"{tables}: upsert failed", {n: df for n, (_, df, _) in zip(names, writes, strict=True)}):
+
+    def write() -> None:
         for name, (table, _, key) in zip(names, writes, strict=True):
             _sync_schema(con, table, name)
             # null-safe: a key part may be null (e.g. the date of a per-model metric)
             cond = " AND ".join(f"t.{ident(k)} IS NOT DISTINCT FROM s.{ident(k)}" for k in key)
             con.execute(f"DELETE FROM {ident(table)} t USING {name} s WHERE {cond}")
             con.execute(f"INSERT INTO {ident(table)} BY NAME SELECT * FROM {name}")
+
+    atomic(con, f"{tables}: upsert failed", write, {n: df for n, (_, df, _) in zip(names, writes, strict=True)})
     return [df.height for _, df, _ in writes]
 
 
@@ -265,7 +413,7 @@ def write_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
     upsert_rows(con, META_TABLE, pl.DataFrame({"key": [key], "value": [value]}), ["key"])
 
 
-def peek(path: Path | str, read: Callable[[duckdb.DuckDBPyConnection], object]) -> tuple[object, str]:
+def peek(path: str | Path | Lake, read: Callable[[duckdb.DuckDBPyConnection], object]) -> tuple[object, str]:
     """(read(con), "") on a read-only connection that does not wait on another writer's lock, or
     (None, reason) when the warehouse is locked by a run or missing: sensors skip, they never block."""
     try:

@@ -92,13 +92,14 @@ def weekly_stats(df: pl.DataFrame, date_col: str, *, exclude: tuple[str, ...] = 
                                                   if c in out.columns], worst.fill_null(0.0).alias("max_null_rate"))
 
 
-def warehouse_summary(path: Path) -> str:
-    if not Path(path).exists():
+def warehouse_summary(path: Path | store.Lake) -> str:
+    if not store.exists(path):
         return f"warehouse {path} does not exist yet"
     lines = [f"Warehouse {path}", f"{'table':32} {'rows':>12}  {'first':>10}  {'last':>10}"]
     with store.connect(path, read_only=True) as con:
         tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema='main' ORDER BY table_name").fetchall()]
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = 'main' ORDER BY table_name").fetchall()]
         for t in tables:
             cols = store.table_columns(con, t)
             col = next((c for c in DATE_COLUMNS if c in cols), None)

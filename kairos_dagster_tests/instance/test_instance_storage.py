@@ -2,16 +2,19 @@
 
 import shutil
 
+import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, asset
 
 from kairos_dagster.defs.partitions import SINGLE_RUN, settings_partitions
 from kairos_dagster.instance.runner import run_selection
 from kairos_dagster.instance.storage import (
     MAX_OPEN_RUN_SHARDS,
+    KairosPostgresEventLogStorage,
     KairosSqliteStorage,
     PooledSqliteEventLogStorage,
 )
-from kairos_dagster.settings import INSTANCE_YAML, load_settings
+from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT, load_settings
+from kairos_dagster_tests.fixtures.postgres import postgres  # noqa: F401 (fixture)
 
 WEEKLY = settings_partitions(load_settings())
 
@@ -95,8 +98,26 @@ def _failed_and_materialized(instance) -> tuple[set[str], set[str]]:
             set(value.deserialize_materialized_partition_subsets(WEEKLY).get_partition_keys()))
 
 
-def test_a_failed_range_run_marks_each_of_its_weeks_failed_until_a_later_run_materializes_it(tmp_path, monkeypatch):
-    _home(tmp_path, monkeypatch)
+@pytest.fixture(params=["sqlite", "postgres"])
+def home(request, tmp_path, monkeypatch):
+    """DAGSTER_HOME with the single-machine instance (SQLite), or the shared one on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return _home(tmp_path, monkeypatch)
+    server = request.getfixturevalue("postgres")
+    db = server.create_database(f"dagster_{tmp_path.name[-16:].replace('-', '_').lower()}")
+    for k, v in server.dagster_env(db).items():
+        monkeypatch.setenv(k, v)
+    # the shared instance admits several writers: Kairos refuses it unless the warehouse is a DuckLake
+    monkeypatch.setenv("KAIROS_WAREHOUSE", f"ducklake:postgres:{server.libpq(db)}")
+    monkeypatch.setenv("KAIROS_LAKE_DATA_PATH", str(tmp_path / "lake"))
+    shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with DagsterInstance.get() as instance:
+        assert isinstance(instance.event_log_storage, KairosPostgresEventLogStorage)
+    return tmp_path
+
+
+def test_a_failed_range_run_marks_each_of_its_weeks_failed_until_a_later_run_materializes_it(home, monkeypatch):
     monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")  # one planned event per range
     keys = WEEKLY.get_partition_keys()[-5:]
     defs = Definitions(assets=[weekly_fragile])

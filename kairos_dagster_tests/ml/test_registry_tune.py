@@ -13,6 +13,7 @@ from kairos_dagster.ml.dataset import training_rows
 from kairos_dagster.ml.train import predict_proba, train_classifier
 from kairos_dagster.ml.tune import cv_folds, tune
 from kairos_dagster_tests.fixtures.ml_market import FEATURES, make_market
+from kairos_dagster_tests.fixtures.postgres import postgres  # noqa: F401 (fixture)
 
 LABEL = "label_top_quintile_5d"
 START = dt.date(2020, 1, 6)
@@ -98,28 +99,44 @@ def test_pruner_stops_weak_trials(rows):
 
 
 WORKER = textwrap.dedent("""
-    import datetime as dt, sys
+    import datetime as dt, json, sys
     from kairos_dagster.ml.dataset import training_rows
     from kairos_dagster.ml.tune import tune
     from kairos_dagster_tests.fixtures.ml_market import FEATURES, make_market
     f, t = make_market(dt.date(2020, 1, 6), dt.date(2020, 9, 30), n_tickers=40, seed=5)
     rows, _ = training_rows(f, t, FEATURES, "label_top_quintile_5d", start=dt.date(2020, 1, 6),
                             end=dt.date(2020, 8, 31), label_end=dt.date(2020, 9, 9))
-    tune(rows, FEATURES, "label_top_quintile_5d", n_trials=3, seed=int(sys.argv[2]), n_folds=2,
-         storage=sys.argv[1], study_name="shared", worker="w" + sys.argv[2], n_threads=1,
-         max_boost_rounds=20)
+    res = tune(rows, FEATURES, "label_top_quintile_5d", n_trials=3, seed=int(sys.argv[2]), n_folds=2,
+               storage=sys.argv[1], study_name="shared", worker="w" + sys.argv[2], n_threads=1,
+               max_boost_rounds=20)
+    print(json.dumps({"n_trials": res.summary["n_trials"], "best_trial": res.summary["best_trial"],
+                      "best_params": res.best_params}))
 """)
 
 
-def test_two_processes_tune_one_study(tmp_path):
-    storage = str(tmp_path / "study.journal")
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, storage, str(seed)]) for seed in (1, 2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+@pytest.fixture(params=["journal", "postgres"])
+def shared_storage(request, tmp_path) -> str:
+    """Where two workers meet: a journal file on one machine, or an Optuna RDB on a real PostgreSQL."""
+    if request.param == "journal":
+        return str(tmp_path / "study.journal")
+    server = request.getfixturevalue("postgres")
+    return server.url(server.create_database(f"optuna_{tmp_path.name[-12:].replace('-', '_').lower()}"))
+
+
+def test_two_processes_tune_one_study_and_the_parameters_used_are_its_best_trial(shared_storage):
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, shared_storage, str(seed)], stdout=subprocess.PIPE,
+                              text=True) for seed in (1, 2)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
     from kairos_dagster.ml.tune import resolve_storage
-    study = optuna.load_study(study_name="shared", storage=resolve_storage(storage, "shared"))
+    study = optuna.load_study(study_name="shared", storage=resolve_storage(shared_storage, "shared"))
     workers = [t.user_attrs["worker"] for t in study.trials]
     assert sorted(workers) == ["w1", "w1", "w1", "w2", "w2", "w2"]
     assert all(t.state.is_finished() for t in study.trials)
+    # the worker that finished last saw all six trials: the parameters it returns are the study's best
+    last = max((json.loads(o.strip().splitlines()[-1]) for o in outs), key=lambda r: r["n_trials"])
+    assert last["n_trials"] == 6 and last["best_trial"] == study.best_trial.number
+    assert {k: last["best_params"][k] for k in study.best_trial.params} == study.best_trial.params
 
 
 def test_tuning_record_is_stored_once(tmp_path):

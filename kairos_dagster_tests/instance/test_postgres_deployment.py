@@ -1,0 +1,152 @@
+"""The shared deployment on one machine: the Dagster instance on a real PostgreSQL (deploy/postgres/
+dagster.yaml) and the warehouse on DuckLake (catalog in the same server, Parquet files in a folder).
+
+Through the real `kairos` CLI: a backfill there equals the same backfill on the embedded defaults (a
+DuckDB file, SQLite run history) row for row within 1e-9; a separately started dagster-webserver sees
+those runs over GraphQL; and a pool limit above 1 is refused while the warehouse is a DuckDB file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT
+from kairos_dagster.warehouse import store
+from kairos_dagster_tests.fixtures.postgres import postgres  # noqa: F401 (fixture)
+
+KAIROS = str(Path(sys.executable).parent / "kairos")
+POSTGRES_YAML = PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml"
+SYNC = ("2023-01-02", "2023-08-28")
+FEATURES = ("2023-07-03", "2023-08-28")
+FEATURE_GROUPS = "phase1_universe,phase2_technical"
+# columns that name the run or the moment it wrote, not the data
+VOLATILE = {"run_id", "recorded_at", "synced_at", "created_at", "updated_at", "written_at"}
+
+
+def base_env(root: Path, instance_yaml: Path, **extra: str) -> dict[str, str]:
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(instance_yaml, home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "NASDAQ_", "APCA_", "ALPACA_"))}
+    return env | {"DAGSTER_HOME": str(home), "KAIROS_DUCKDB_PATH": str(root / "kairos.duckdb"),
+                  "KAIROS_OUTPUT_DIR": str(root / "outputs"), "KAIROS_SYNTHETIC_TICKERS": "40",
+                  "KAIROS_START_DATE": SYNC[0], "KAIROS_AS_OF": "2023-09-05", "PYTHONUNBUFFERED": "1",
+                  "KAIROS_POOL_WAIT_S": "60", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true", **extra}
+
+
+def kairos(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([KAIROS, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(env["DAGSTER_HOME"]).parent)
+
+
+def backfill(env: dict[str, str]) -> None:
+    for (start, end), select in ((SYNC, "sync"), (FEATURES, FEATURE_GROUPS)):
+        out = kairos(env, "backfill", start, end, "--select", select)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+
+def tables(where: Path | store.Lake) -> dict[str, pl.DataFrame]:
+    with store.connect(where) as con:
+        names = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = 'main'").fetchall()]
+        out = {}
+        for t in names:
+            df = store.read_window(con, t, None, None, None)
+            keep = [c for c in df.columns if c not in VOLATILE]
+            out[t] = df.select(keep).sort(keep, nulls_last=True) if keep else df
+        return out
+
+
+@pytest.fixture(scope="module")
+def deployment(postgres, tmp_path_factory):  # noqa: F811
+    """The same two backfills on the embedded defaults and on PostgreSQL + DuckLake."""
+    embedded = tmp_path_factory.mktemp("embedded")
+    backfill(base_env(embedded, INSTANCE_YAML))
+    shared = tmp_path_factory.mktemp("shared")
+    postgres.create_database("dagster")
+    postgres.create_database("lake")
+    lake_env = base_env(shared, POSTGRES_YAML, **postgres.dagster_env("dagster"),
+                        KAIROS_WAREHOUSE=f"ducklake:postgres:{postgres.libpq('lake')}",
+                        KAIROS_LAKE_DATA_PATH=str(shared / "lake_files"))
+    backfill(lake_env)
+    lake = store.target(lake_env["KAIROS_WAREHOUSE"], lake_env["KAIROS_LAKE_DATA_PATH"])
+    return embedded / "kairos.duckdb", lake, lake_env
+
+
+def test_a_backfill_on_ducklake_and_postgres_equals_the_same_backfill_on_the_embedded_defaults(deployment):
+    file, lake, env = deployment
+    assert not (Path(env["DAGSTER_HOME"]).parent / "kairos.duckdb").exists()  # nothing went to a file
+    a, b = tables(file), tables(lake)
+    assert set(a) == set(b)
+    assert {"sep_base", "daily", "universe", "feat_beta", "sync_rejects"} <= set(a)
+    for name in sorted(a):
+        assert a[name].height == b[name].height, name
+        assert_frame_equal(a[name], b[name], check_exact=False, rel_tol=1e-9, abs_tol=1e-12,
+                           check_column_order=False, check_dtypes=True)
+    assert any((Path(lake.data_path)).rglob("*.parquet"))  # the rows live in the lake's Parquet files
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RUNS = """{ runsOrError { ... on Runs { results { runId status jobName tags { key value } } } } }"""
+
+
+def test_a_separately_started_webserver_on_postgres_sees_the_runs(deployment, tmp_path):
+    _, _, env = deployment
+    port = _free_port()
+    log = tmp_path / "webserver.log"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1",
+                             "-p", str(port), "-w", "workspace.yaml"], cwd=PROJECT_ROOT, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        runs = None
+        for _ in range(240):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": RUNS}, timeout=10)
+                if r.status_code == 200:
+                    runs = r.json()["data"]["runsOrError"]["results"]
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        assert runs is not None, "the webserver did not answer within 2 minutes"
+        assert len(runs) == 2 and {r["status"] for r in runs} == {"SUCCESS"}
+        assert {r["jobName"] for r in runs} == {"__ASSET_JOB"}
+        ranges = sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/asset_partition_range_start")
+                        for r in runs)
+        assert ranges == sorted([SYNC[0], FEATURES[0]])
+        # the instance is PostgreSQL's: no SQLite history was written in DAGSTER_HOME
+        home = Path(env["DAGSTER_HOME"])
+        assert not (home / "history").exists() and not list(home.rglob("*.db"))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_a_pool_limit_above_one_is_refused_while_the_warehouse_is_a_duckdb_file(deployment, tmp_path):
+    _, _, env = deployment
+    # the shared instance (pools.default_limit 4) with the warehouse moved back to a DuckDB file
+    file_env = {k: v for k, v in env.items() if k not in {"KAIROS_WAREHOUSE", "KAIROS_LAKE_DATA_PATH"}}
+    file_env["KAIROS_DUCKDB_PATH"] = str(tmp_path / "k.duckdb")
+    out = kairos(file_env, "backfill", *SYNC, "--select", "sync", timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "the `duckdb` pool allows 4 runs at once, but the warehouse is a DuckDB file" in out.stderr
+    assert not (tmp_path / "k.duckdb").exists()
