@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import optuna
 import polars as pl
 import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from kairos_dagster.ml.dataset import LABEL_END, DatasetError, with_label_end
 from kairos_dagster.ml.metrics import auc, ic_stats, rank_ic_by_date
@@ -77,14 +77,9 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str | optuna
 def _rdb_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage; workers that start together on a new database race to create its tables (a
     duplicate-key error for the loser, who finds them made on its next try)."""
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url)
-        except sqlalchemy.exc.IntegrityError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return Retrying(stop=stop_after_attempt(attempts), wait=wait_incrementing(start=0.2, increment=0.2),
+                    retry=retry_if_exception_type(sqlalchemy.exc.IntegrityError), reraise=True,
+                    )(optuna.storages.RDBStorage, url)
 
 
 def suggest_params(trial: optuna.Trial, max_boost_rounds: int = 400) -> dict[str, Any]:

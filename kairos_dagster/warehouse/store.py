@@ -24,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from kairos_dagster.settings import Lake, SettingsError, parse_warehouse
 from kairos_dagster.settings import is_lake as is_lake  # re-exported: the store names its targets
@@ -254,15 +255,13 @@ def atomic(con: duckdb.DuckDBPyConnection, failure: str, body: Callable[[], None
            frames: Mapping[str, pl.DataFrame] | None = None, *, retries: int = CONFLICT_RETRIES) -> None:
     """`body` in one transaction (see `transaction`), run again from the start when its commit conflicted
     with another process's (a DuckLake writer of the same table); the other errors are not retried."""
-    for attempt in range(retries + 1):
-        try:
-            with transaction(con, failure, frames):
-                body()
-            return
-        except WarehouseError as exc:
-            if attempt == retries or not _is_conflict(exc.__cause__ or exc):
-                raise
-            time.sleep(min(2.0, 0.05 * 2 ** attempt))
+    def once() -> None:
+        with transaction(con, failure, frames):
+            body()
+
+    Retrying(stop=stop_after_attempt(retries + 1), wait=wait_exponential(multiplier=0.05, max=2.0), reraise=True,
+             retry=retry_if_exception(lambda e: isinstance(e, WarehouseError) and _is_conflict(e.__cause__ or e)),
+             )(once)
 
 
 def replace_window(

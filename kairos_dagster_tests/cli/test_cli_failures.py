@@ -3,7 +3,6 @@ a SIGKILLed run never wedges the next command, Ctrl-C cancels a run after its cu
 arguments and dates end in one clear line with exit 2, and nothing is written when a command refuses."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from kairos_dagster.settings import INSTANCE_YAML
+from kairos_dagster_tests.fixtures.helpers import cli_env
 
 KAIROS = str(Path(sys.executable).parent / "kairos")
 START = "2023-01-02"
@@ -22,14 +22,7 @@ RANGE = ("2023-01-02", "2024-12-31")
 
 
 def make_env(root: Path, **extra: str) -> dict[str, str]:
-    home = root / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "NASDAQ_", "APCA_", "ALPACA_"))}
-    return env | {"DAGSTER_HOME": str(home), "KAIROS_DUCKDB_PATH": str(root / "kairos.duckdb"),
-                  "KAIROS_OUTPUT_DIR": str(root / "outputs"), "KAIROS_SYNTHETIC_TICKERS": "150",
-                  "KAIROS_START_DATE": START, "KAIROS_POOL_WAIT_S": "60", "PYTHONUNBUFFERED": "1",
-                  "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true", **extra}
+    return cli_env(root, INSTANCE_YAML, KAIROS_SYNTHETIC_TICKERS="150", KAIROS_START_DATE=START, **extra)
 
 
 def kairos(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

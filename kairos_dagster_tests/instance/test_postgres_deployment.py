@@ -9,7 +9,6 @@ those runs over GraphQL; and a pool limit above 1 is refused while the warehouse
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from polars.testing import assert_frame_equal
 
 from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT
 from kairos_dagster.warehouse import store
+from kairos_dagster_tests.fixtures.helpers import cli_env
 from kairos_dagster_tests.fixtures.postgres import postgres  # noqa: F401 (fixture)
 
 KAIROS = str(Path(sys.executable).parent / "kairos")
@@ -36,14 +36,8 @@ VOLATILE = {"run_id", "recorded_at", "synced_at", "created_at", "updated_at", "w
 
 
 def base_env(root: Path, instance_yaml: Path, **extra: str) -> dict[str, str]:
-    home = root / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(instance_yaml, home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "NASDAQ_", "APCA_", "ALPACA_"))}
-    return env | {"DAGSTER_HOME": str(home), "KAIROS_DUCKDB_PATH": str(root / "kairos.duckdb"),
-                  "KAIROS_OUTPUT_DIR": str(root / "outputs"), "KAIROS_SYNTHETIC_TICKERS": "40",
-                  "KAIROS_START_DATE": SYNC[0], "KAIROS_AS_OF": "2023-09-05", "PYTHONUNBUFFERED": "1",
-                  "KAIROS_POOL_WAIT_S": "60", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true", **extra}
+    return cli_env(root, instance_yaml, KAIROS_SYNTHETIC_TICKERS="40", KAIROS_START_DATE=SYNC[0],
+                   KAIROS_AS_OF="2023-09-05", **extra)
 
 
 def kairos(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
