@@ -22,7 +22,7 @@ RANGE = ("2023-01-02", "2024-12-31")
 
 
 def make_env(root: Path, **extra: str) -> dict[str, str]:
-    return cli_env(root, INSTANCE_YAML, KAIROS_SYNTHETIC_TICKERS="150", KAIROS_START_DATE=START, **extra)
+    return cli_env(root, INSTANCE_YAML, **({"KAIROS_SYNTHETIC_TICKERS": "150", "KAIROS_START_DATE": START} | extra))
 
 
 def kairos(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
