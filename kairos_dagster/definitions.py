@@ -6,7 +6,7 @@ Dagster (the webserver, a run worker) or a caller asks for it, from the settings
 
 from __future__ import annotations
 
-from dagster import Definitions, definitions, in_process_executor
+from dagster import Definitions, ExecutorDefinition, definitions, in_process_executor, multiprocess_executor
 
 from kairos_dagster.defs.backtest.definitions import build_defs as backtest_defs
 from kairos_dagster.defs.execution.definitions import build_defs as execution_defs
@@ -33,11 +33,29 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         *(domain(weekly) for domain in DOMAINS),
         Definitions(
             resources=build_resources(settings),
-            # One DuckDB writer: separate processes buy nothing and cost ~3 s of start-up per step.
-            executor=in_process_executor,
+            executor=run_executor(settings.executor, settings.processes),
             loggers={"console": compact_console_logger},
         ),
     )
+
+
+def run_executor(executor: str, processes: int) -> ExecutorDefinition:
+    """How a run executes its steps (KAIROS_EXECUTOR). One process by default: a DuckDB file takes one
+    writer, so separate processes buy nothing there and cost ~3 s of start-up per step. On DuckLake,
+    `multiprocess` runs KAIROS_PROCESSES independent steps at once, each in its own process, and `k8s_job`
+    (dagster-k8s, the Helm deployment) each in its own Kubernetes Job, with the run launcher's image,
+    secrets and volumes. The `duckdb` pool's limit in dagster.yaml caps the warehouse writers across runs."""
+    if executor == "in_process":
+        return in_process_executor
+    if executor == "k8s_job":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError:
+            from kairos_dagster.settings import SettingsError
+
+            raise SettingsError("KAIROS_EXECUTOR=k8s_job needs dagster-k8s: pip install 'kairos_dagster[deploy]'") from None
+        return k8s_job_executor.configured({"max_concurrent": processes}, name="k8s_job")
+    return multiprocess_executor.configured({"max_concurrent": processes}, name="multiprocess")
 
 
 @definitions

@@ -147,6 +147,10 @@ class Settings:
     # KAIROS_WAREHOUSE=ducklake:postgres:<libpq params> and KAIROS_LAKE_DATA_PATH: the warehouse on DuckLake;
     # unset: the DuckDB file at duckdb_path
     lake: Lake | None = None
+    # KAIROS_PROCESSES: steps of one run executed at once, each in its own process (DuckLake only);
+    # KAIROS_EXECUTOR: how (in_process, multiprocess, or k8s_job: each step a Kubernetes Job)
+    processes: int = 1
+    executor: str = "in_process"
 
     @property
     def warehouse(self) -> Path | Lake:
@@ -208,7 +212,30 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_backtest_gap=_float(env, "KAIROS_MAX_BACKTEST_GAP", 0.05, minimum=0.0001, maximum=5.0),
         demo_traded_weeks=_int(env, "KAIROS_DEMO_TRADED_WEEKS", 8, minimum=1, maximum=52),
         lake=lake,
+        processes=_int(env, "KAIROS_PROCESSES", 1, minimum=1, maximum=64),
+        executor=_executor(env, lake),
     )
+
+
+EXECUTORS = ("in_process", "multiprocess", "k8s_job")
+
+
+def _executor(env: Mapping[str, str], lake: Lake | None) -> str:
+    """KAIROS_EXECUTOR, by default in_process for one process and multiprocess for several. Anything but
+    in_process writes from several processes at once: DuckLake only."""
+    processes = _int(env, "KAIROS_PROCESSES", 1, minimum=1, maximum=64)
+    raw = env.get("KAIROS_EXECUTOR", "").strip().lower()
+    if raw and raw not in EXECUTORS:
+        raise SettingsError(f"KAIROS_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {raw!r}")
+    executor = raw or ("multiprocess" if processes > 1 else "in_process")
+    if executor == "in_process" and processes > 1:
+        raise SettingsError(f"KAIROS_PROCESSES={processes} with KAIROS_EXECUTOR=in_process: one process runs "
+                            "one step at a time; unset KAIROS_EXECUTOR or choose multiprocess or k8s_job")
+    if executor != "in_process" and lake is None:
+        what = f"KAIROS_PROCESSES={processes}" if not raw else f"KAIROS_EXECUTOR={executor}"
+        raise SettingsError(f"{what} needs the warehouse on DuckLake (KAIROS_WAREHOUSE=ducklake:postgres:...): "
+                            "a DuckDB file takes one writing process")
+    return executor
 
 
 def _lake(env: Mapping[str, str]) -> Lake | None:

@@ -97,6 +97,9 @@ def run_selection(
     config.setdefault("loggers", {"console": {"config": {"log_level": os.environ.get("KAIROS_LOG_LEVEL", "INFO")}}})
 
     def execute() -> ExecuteInProcessResult:
+        if job.executor_def.name != "in_process":
+            return _execute_in_processes(job.name, keys, config, run_tags, partition_key, run_id, instance,
+                                         raise_on_error)
         with _recorded_origin(instance, job.name):
             return job.execute_in_process(run_config=config, asset_selection=keys, instance=instance,
                                           partition_key=partition_key, tags=run_tags, raise_on_error=raise_on_error,
@@ -122,6 +125,24 @@ def job_origin(job_name: str):
                                   working_directory=str(PROJECT_ROOT))
     location = ManagedGrpcPythonEnvCodeLocationOrigin(loadable_target_origin=target, location_name=LOCATION_NAME)
     return RemoteJobOrigin(repository_origin=RemoteRepositoryOrigin(location, REPOSITORY_NAME), job_name=job_name)
+
+
+def _execute_in_processes(job_name: str, keys: Sequence[AssetKey], config: Mapping[str, Any],
+                          tags: Mapping[str, str], partition_key: str | None, run_id: str,
+                          instance: DagsterInstance, raise_on_error: bool):
+    """The run through the job's multiprocess (or k8s job) executor (KAIROS_EXECUTOR, DuckLake): each step
+    in a process (a pod) that loads the code location from its module, as a run worker of the daemon does. The run
+    is created here, with the CLI's tags and id and the location's origin, then executed in this process."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.execution.api import execute_run
+
+    recon = ReconstructableRepository.for_module(DEFINITIONS_MODULE, "defs", working_directory=str(PROJECT_ROOT))
+    job = recon.get_reconstructable_job(job_name)
+    run_tags = dict(tags) | ({"dagster/partition": partition_key} if partition_key else {})
+    run = instance.create_run_for_job(job_def=job.get_definition(), run_id=run_id, run_config=dict(config),
+                                      tags=run_tags, asset_selection=frozenset(keys),
+                                      job_code_origin=job.get_python_origin(), remote_job_origin=job_origin(job_name))
+    return execute_run(job, run, instance, raise_on_error=raise_on_error)
 
 
 @contextlib.contextmanager

@@ -83,6 +83,12 @@ def _connect_lake(lake: Lake, read_only: bool) -> duckdb.DuckDBPyConnection:
             needed.append(_HTTPFS)
         for package, name in needed:
             con.execute(f"LOAD '{_extension_file(package, name)}'")
+        if _HTTPFS in needed and (secret := s3_secret_sql(os.environ)) is not None:
+            try:
+                con.execute(secret)
+            except duckdb.Error:  # its message may quote the statement, which holds the key: never shown
+                raise WarehouseError("the S3 credentials from AWS_* were refused by DuckDB's httpfs (the values "
+                                     "are not shown): check AWS_REGION and AWS_ENDPOINT_URL") from None
         options = []
         if lake.data_path:
             if "://" not in lake.data_path:
@@ -103,6 +109,26 @@ def _connect_lake(lake: Lake, read_only: bool) -> duckdb.DuckDBPyConnection:
         con.close()
         raise
     return con
+
+
+def s3_secret_sql(env: Mapping[str, str]) -> str | None:
+    """The DuckDB secret that gives httpfs the AWS credentials of the environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION or AWS_DEFAULT_REGION, AWS_ENDPOINT_URL for an
+    S3-compatible store): httpfs reads no environment itself. None without a key (anonymous access).
+    The statement holds the secret: it is executed, never logged."""
+    key = env.get("AWS_ACCESS_KEY_ID", "").strip()
+    if not key:
+        return None
+    fields = {"KEY_ID": key, "SECRET": env.get("AWS_SECRET_ACCESS_KEY", "").strip(),
+              "SESSION_TOKEN": env.get("AWS_SESSION_TOKEN", "").strip(),
+              "REGION": (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()}
+    endpoint = env.get("AWS_ENDPOINT_URL", "").strip()
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        fields |= {"ENDPOINT": host.rstrip("/") or scheme, "USE_SSL": "true" if scheme != "http" else "false",
+                   "URL_STYLE": "path"}
+    options = ", ".join(f"{k} '{_quote(v)}'" if k != "USE_SSL" else f"{k} {v}" for k, v in fields.items() if v)
+    return f"CREATE OR REPLACE SECRET kairos_s3 (TYPE s3, PROVIDER config, {options})"
 
 
 _LAKE_BASES: dict[Lake, tuple[int, duckdb.DuckDBPyConnection]] = {}

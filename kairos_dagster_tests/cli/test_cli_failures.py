@@ -120,7 +120,8 @@ def test_ctrl_c_cancels_the_run_after_its_current_step(tmp_path, clean_sync, sig
 BAD_SETTINGS = [({"KAIROS_START_DATE": "2023-01-03"}, "KAIROS_START_DATE"),
                 ({"KAIROS_SYNTHETIC_TICKERS": "abc"}, "KAIROS_SYNTHETIC_TICKERS"),
                 ({"KAIROS_DATA_SOURCE": "bogus"}, "KAIROS_DATA_SOURCE"),
-                ({"KAIROS_DATA_SOURCE": "nasdaq"}, "NASDAQ_DATA_LINK_API_KEY")]
+                ({"KAIROS_DATA_SOURCE": "nasdaq"}, "NASDAQ_DATA_LINK_API_KEY"),
+                ({"KAIROS_PROCESSES": "2"}, "KAIROS_PROCESSES")]
 COMMANDS = [("backfill", "2023-01-02", "2023-02-01"), ("sync", "--check-only"), ("status",),
             ("rebalance", "--date", "2023-06-30"), ("approve", "--date", "2023-06-30", "--by", "me"),
             ("execute", "--picks", "outputs/rebalance/2023-06-30/picks.csv")]

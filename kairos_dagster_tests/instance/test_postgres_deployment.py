@@ -3,7 +3,9 @@ dagster.yaml) and the warehouse on DuckLake (catalog in the same server, Parquet
 
 Through the real `kairos` CLI: a backfill there equals the same backfill on the embedded defaults (a
 DuckDB file, SQLite run history) row for row within 1e-9; a separately started dagster-webserver sees
-those runs over GraphQL; and a pool limit above 1 is refused while the warehouse is a DuckDB file.
+those runs over GraphQL; the feature backfill there runs its independent steps in two processes at once
+(Dagster's multiprocess executor, KAIROS_PROCESSES=2) and still equals the single-process one; and a pool
+limit above 1 is refused while the warehouse is a DuckDB file.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def kairos(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.
                           cwd=Path(env["DAGSTER_HOME"]).parent)
 
 
-def backfill(env: dict[str, str]) -> None:
-    for (start, end), select in ((SYNC, "sync"), (FEATURES, FEATURE_GROUPS)):
-        out = kairos(env, "backfill", start, end, "--select", select)
+def backfill(env: dict[str, str], feature_processes: int = 1) -> None:
+    for (start, end), select, processes in ((SYNC, "sync", 1), (FEATURES, FEATURE_GROUPS, feature_processes)):
+        out = kairos(env | {"KAIROS_PROCESSES": str(processes)}, "backfill", start, end, "--select", select)
         assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -66,7 +68,8 @@ def tables(where: Path | store.Lake) -> dict[str, pl.DataFrame]:
 
 @pytest.fixture(scope="module")
 def deployment(postgres, tmp_path_factory):  # noqa: F811
-    """The same two backfills on the embedded defaults and on PostgreSQL + DuckLake."""
+    """The same two backfills on the embedded defaults and on PostgreSQL + DuckLake, there the feature
+    backfill with two processes."""
     embedded = tmp_path_factory.mktemp("embedded")
     backfill(base_env(embedded, INSTANCE_YAML))
     shared = tmp_path_factory.mktemp("shared")
@@ -75,7 +78,7 @@ def deployment(postgres, tmp_path_factory):  # noqa: F811
     lake_env = base_env(shared, POSTGRES_YAML, **postgres.dagster_env("dagster"),
                         KAIROS_WAREHOUSE=f"ducklake:postgres:{postgres.libpq('lake')}",
                         KAIROS_LAKE_DATA_PATH=str(shared / "lake_files"))
-    backfill(lake_env)
+    backfill(lake_env, feature_processes=2)
     lake = store.target(lake_env["KAIROS_WAREHOUSE"], lake_env["KAIROS_LAKE_DATA_PATH"])
     return embedded / "kairos.duckdb", lake, lake_env
 
@@ -91,6 +94,35 @@ def test_a_backfill_on_ducklake_and_postgres_equals_the_same_backfill_on_the_emb
         assert_frame_equal(a[name], b[name], check_exact=False, rel_tol=1e-9, abs_tol=1e-12,
                            check_column_order=False, check_dtypes=True)
     assert any((Path(lake.data_path)).rglob("*.parquet"))  # the rows live in the lake's Parquet files
+
+
+def test_the_two_process_feature_backfill_ran_independent_assets_at_once_in_separate_processes(deployment):
+    from dagster import DagsterEventType, DagsterInstance
+
+    _, _, env = deployment
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_")})
+    try:
+        with DagsterInstance.get() as instance:
+            run = next(r for r in instance.get_runs()
+                       if r.tags.get("dagster/asset_partition_range_start") == FEATURES[0])
+            assert run.tags.get("kairos/pid")  # launched by the CLI, guarded as every CLI run
+            starts = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_START)
+            ends = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_SUCCESS)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    # every step in a child process of its own, none in the CLI's
+    pids = {e.step_key: e.dagster_event.pid for e in starts}
+    assert len(pids) >= 4 and len(set(pids.values())) == len(pids)
+    assert int(run.tags["kairos/pid"]) not in set(pids.values())
+    # and two of them at once: a step started before another one had ended
+    began = {e.step_key: e.timestamp for e in starts}
+    ended = {e.step_key: e.timestamp for e in ends}
+    assert set(ended) == set(began)
+    assert any(began[a] < began[b] < ended[a] for a in began for b in began if a != b)
+    # never more than the two processes KAIROS_PROCESSES allows
+    assert max(sum(began[b] <= began[a] < ended[b] for b in began) for a in began) <= 2
 
 
 def _free_port() -> int:

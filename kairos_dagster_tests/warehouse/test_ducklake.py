@@ -147,6 +147,30 @@ def test_the_lake_setting_is_checked_and_never_holds_a_password(tmp_path):
         load_settings({"KAIROS_WAREHOUSE": str(tmp_path / "w.duckdb"), "KAIROS_DUCKDB_PATH": str(tmp_path / "v.duckdb")})
 
 
+def test_several_processes_per_run_need_the_lake_and_select_the_multiprocess_executor(tmp_path):
+    from kairos_dagster.definitions import build_definitions
+
+    lake = {"KAIROS_WAREHOUSE": "ducklake:postgres:host=127.0.0.1 dbname=lake", "KAIROS_LAKE_DATA_PATH": str(tmp_path)}
+    with pytest.raises(SettingsError, match="KAIROS_PROCESSES=2 needs the warehouse on DuckLake"):
+        load_settings({"KAIROS_PROCESSES": "2", "KAIROS_DUCKDB_PATH": str(tmp_path / "w.duckdb")})
+    with pytest.raises(SettingsError, match="KAIROS_EXECUTOR=k8s_job needs the warehouse on DuckLake"):
+        load_settings({"KAIROS_EXECUTOR": "k8s_job", "KAIROS_DUCKDB_PATH": str(tmp_path / "w.duckdb")})
+    with pytest.raises(SettingsError, match="KAIROS_PROCESSES"):
+        load_settings({**lake, "KAIROS_PROCESSES": "0"})
+    with pytest.raises(SettingsError, match="KAIROS_EXECUTOR must be one of in_process, multiprocess, k8s_job"):
+        load_settings({**lake, "KAIROS_EXECUTOR": "celery"})
+    with pytest.raises(SettingsError, match="one process runs one step at a time"):
+        load_settings({**lake, "KAIROS_EXECUTOR": "in_process", "KAIROS_PROCESSES": "2"})
+    executors = {}
+    for name, extra in {"one": {}, "three": {"KAIROS_PROCESSES": "3"},
+                        "k8s": {"KAIROS_EXECUTOR": "k8s_job", "KAIROS_PROCESSES": "4"}}.items():
+        defs = build_definitions(load_settings({**lake, **extra}))
+        executors[name] = defs.resolve_implicit_global_asset_job_def().executor_def
+    assert executors["one"].name == "in_process"
+    assert executors["three"].name == "multiprocess"  # its limit of 3 at once: test_postgres_deployment (2)
+    assert executors["k8s"].name == "k8s_job"  # dagster-k8s's, as deploy/helm/values.yaml runs it
+
+
 def test_an_unreachable_catalog_is_one_clear_error(tmp_path):
     lake = store.target("ducklake:postgres:host=127.0.0.1 port=1 user=kairos dbname=none connect_timeout=2",
                         str(tmp_path / "files"))
@@ -154,3 +178,19 @@ def test_an_unreachable_catalog_is_one_clear_error(tmp_path):
           store.connect(lake)):
         pass
     assert not store.exists(lake)
+
+
+def test_s3_credentials_from_the_environment_become_a_duckdb_secret_that_is_never_shown():
+    import duckdb
+
+    assert store.s3_secret_sql({"AWS_REGION": "eu-west-1"}) is None  # no key: anonymous access
+    env = {"AWS_ACCESS_KEY_ID": "AKIAKAIROSTEST", "AWS_SECRET_ACCESS_KEY": "s3cr3t'with'quotes",
+           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://minio.local:9000"}
+    con = duckdb.connect()
+    con.execute(f"LOAD '{store._extension_file(*store._HTTPFS)}'")
+    con.execute(store.s3_secret_sql(env))
+    name, kind, provider, shown = con.execute(
+        "SELECT name, type, provider, secret_string FROM duckdb_secrets()").fetchone()
+    assert (name, kind, provider) == ("kairos_s3", "s3", "config")
+    assert "endpoint=minio.local:9000" in shown and "use_ssl=false" in shown and "region=eu-west-1" in shown
+    assert "s3cr3t" not in shown  # DuckDB redacts the secret itself
