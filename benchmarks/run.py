@@ -76,6 +76,9 @@ STAGES: tuple[Stage, ...] = (
           None, ("matrix",)),
     Stage("friday", 10, "the Friday schedule's runs for the last week: targets refresh + weekly_pipeline_job", 60,
           None, ("matrix",)),
+    Stage("features_lake", 16, "Phases 1-5 single-run backfill (`kairos backfill`) from the same synced tables: "
+          "DuckDB file + SQLite, DuckLake + PostgreSQL in 1 process, and in 2 (measured: the 2-process run)",
+          None, None, ("sync",)),
     Stage("demo", 10, "`make demo` from a fresh git clone (bootstrap included; details: without it)", None),
     Stage("backtest_ml", 13, "single-run backfill of the `ml` strategy's backtest, all weeks", 60, None, ("matrix",)),
     Stage("backtest", 13, "single-run backfill of the backtest, every strategy, all weeks", 180, None, ("matrix",)),
@@ -89,7 +92,8 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME = {s.name: s for s in STAGES}
 ISSUE_TITLES = {2: "Issue 2 — platform: synthetic market and sync", 3: "Issue 3 — feature graph, Phases 1-5",
                 4: "Issue 4 — ML, Phases 6-7", 5: "Issue 5 — rebalance", 10: "Issue 10 — the first run, the Friday run",
-                11: "Issue 11 — data integrity: restatements", 13: "Issue 13 — backtest and strategy statistics"}
+                11: "Issue 11 — data integrity: restatements", 13: "Issue 13 — backtest and strategy statistics",
+                16: "Issue 16 — scaling out: DuckLake + PostgreSQL"}
 
 
 # ------------------------------------------------------------------------------- machine
@@ -362,6 +366,13 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
     if n == "rebalance_core":
         return (f"{r['signal_rows']:,} rows, {r['eligible']:,} eligible, {r['positions']} positions; fresh "
                 f"{r['fresh_seconds']} s, with prior {r['with_prior_seconds']} s")
+    if n == "features_lake":
+        v = r["variants"]
+        return (f"file + SQLite {v['file']['seconds']} s; DuckLake + PostgreSQL, 1 process {v['lake_1']['seconds']} s "
+                f"(**{r['ratio_lake_1']}×** the file), 2 processes {v['lake_2']['seconds']} s (**{r['ratio_lake_2']}×**); "
+                f"{r['tables']} tables, {r['rows']:,} rows, row counts equal: {r['row_counts_equal']}; copying the "
+                f"{len(r['copied_tables'])} synced tables in: {v['file']['copy_seconds']} s / "
+                f"{v['lake_1']['copy_seconds']} s")
     if n == "demo":
         return (f"fresh clone: {r['with_bootstrap_s']} s with the .venv bootstrap, {r['without_bootstrap_s']} s "
                 f"without (fresh data, outputs and Dagster home)" + (f"; failed: {r['tail']}" if r.get("tail") else ""))

@@ -462,6 +462,113 @@ def stage_friday() -> dict:
             "step_seconds": {k: v for r in runs for k, v in r["step_seconds"].items()}}
 
 
+# ------------------------------------------------------------------------------- issue 16
+def _sync_tables() -> list[str]:
+    """The bench warehouse's tables a feature backfill starts from: every table but those of assets
+    outside the sync group (the feature, ML, rebalance, backtest tables and their side tables)."""
+    graph = _defs().resolve_asset_graph()
+    built = {k.path[-1] for k in graph.get_all_asset_keys() if graph.get(k).group_name != "sync"}
+    with _con() as con:
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()]
+    return sorted(set(names) - built)
+
+
+def _copy_tables(target: Any, tables: list[str]) -> float:
+    """The bench warehouse's `tables` copied into `target` (a new DuckDB file or a lake); seconds."""
+    from kairos_dagster.warehouse import store
+
+    t0 = time.perf_counter()
+    source = os.environ["KAIROS_DUCKDB_PATH"]
+    with store.connect(target) as con:
+        con.execute(f"ATTACH '{source}' AS bench_src (READ_ONLY)")
+        try:
+            for t in tables:
+                con.execute(f'CREATE TABLE "{t}" AS SELECT * FROM bench_src.main."{t}"')
+        finally:
+            con.execute("DETACH bench_src")
+    return time.perf_counter() - t0
+
+
+def _cli_backfill(env: dict[str, str], log: Any) -> float:
+    import subprocess
+
+    cmd = [os.path.join(os.path.dirname(sys.executable), "kairos"), "backfill", first_week(), last_week(),
+           "--select", ",".join(FEATURE_GROUPS)]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         cwd=env["BENCH_VARIANT_DIR"])
+    seconds = time.perf_counter() - t0
+    log.write(out.stdout)
+    if out.returncode != 0:
+        raise RuntimeError(f"kairos backfill failed ({env.get('KAIROS_WAREHOUSE', 'file')}, "
+                           f"KAIROS_PROCESSES={env.get('KAIROS_PROCESSES', '1')}): {out.stdout[-1500:]}")
+    return seconds
+
+
+def _table_counts(target: Any) -> dict[str, int]:
+    from kairos_dagster.warehouse import store
+
+    with store.connect(target, read_only=True) as con:
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()]
+        return {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in sorted(names)}
+
+
+def stage_features_lake() -> dict:
+    """Issue 16: the Phases 1-5 single-run backfill through `kairos backfill` three times from the same
+    synced tables: the embedded DuckDB file with SQLite run history, then DuckLake + PostgreSQL storage
+    in one process, then with KAIROS_PROCESSES=2. A PostgreSQL server is started for the stage
+    (Debian's package, as in the tests). `seconds` is the two-process lake run; ratios to the file."""
+    import shutil
+    from pathlib import Path
+
+    from kairos_dagster.settings import PROJECT_ROOT
+    from kairos_dagster.warehouse import store
+    from kairos_dagster_tests.fixtures.postgres import postgres_server
+
+    _require(("sep_base", "daily", "sf1"), "features_lake")
+    work = Path(os.environ["BENCH_WORK"]) / "features_lake"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tables = _sync_tables()
+    base = {k: v for k, v in os.environ.items() if k not in {"KAIROS_WAREHOUSE", "KAIROS_LAKE_DATA_PATH"}}
+    results: dict[str, Any] = {}
+    counts = {}
+    with postgres_server(work / "pg") as pg, open(work / "backfills.log", "w") as log:
+        for name, processes in (("file", 1), ("lake_1", 1), ("lake_2", 2)):
+            root = work / name
+            (root / "home").mkdir(parents=True)
+            env = base | {"BENCH_VARIANT_DIR": str(root), "DAGSTER_HOME": str(root / "home"),
+                          "KAIROS_PROCESSES": str(processes), "KAIROS_DUCKDB_PATH": str(root / "kairos.duckdb"),
+                          "KAIROS_OUTPUT_DIR": str(root / "outputs"), "KAIROS_MODELS_DIR": str(root / "models")}
+            if name == "file":
+                target = root / "kairos.duckdb"
+                home_yaml = (Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").read_text()
+                (root / "home" / "dagster.yaml").write_text(home_yaml.replace(os.environ["DAGSTER_HOME"],
+                                                                              str(root / "home")))
+            else:
+                pg.create_database(f"{name}_dagster")
+                pg.create_database(f"{name}_lake")
+                env |= pg.dagster_env(f"{name}_dagster") | {
+                    "KAIROS_WAREHOUSE": f"ducklake:postgres:{pg.libpq(name + '_lake')}",
+                    "KAIROS_LAKE_DATA_PATH": str(root / "lake_files")}
+                shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", root / "home" / "dagster.yaml")
+                target = store.target(env["KAIROS_WAREHOUSE"], env["KAIROS_LAKE_DATA_PATH"])
+            copy_s = _copy_tables(target, tables)
+            log.write(f"== {name} (KAIROS_PROCESSES={processes})\n")
+            results[name] = {"seconds": round(_cli_backfill(env, log), 2), "copy_seconds": round(copy_s, 2),
+                             "processes": processes}
+            counts[name] = _table_counts(target)
+    same = counts["file"] == counts["lake_1"] == counts["lake_2"]
+    file_s = results["file"]["seconds"]
+    return {"seconds": results["lake_2"]["seconds"], "success": same, "variants": results,
+            "ratio_lake_1": round(results["lake_1"]["seconds"] / file_s, 2),
+            "ratio_lake_2": round(results["lake_2"]["seconds"] / file_s, 2),
+            "tables": len(counts["file"]), "rows": sum(counts["file"].values()),
+            "row_counts_equal": same, "copied_tables": tables}
+
+
 def stage_demo() -> dict:
     """`make demo` from a fresh `git clone` of this checkout's HEAD, environment bootstrap included,
     then a second `make demo` timing without the bootstrap (fresh data, the .venv kept)."""
@@ -582,6 +689,7 @@ STAGES: dict[str, Callable[[], dict]] = {
     "friday": stage_friday,
     "sync_week": stage_sync_week,
     "demo": stage_demo,
+    "features_lake": stage_features_lake,
     "backtest_ml": stage_backtest_ml,
     "backtest": stage_backtest,
     "backtest_week": stage_backtest_week,
