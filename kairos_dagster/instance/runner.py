@@ -97,7 +97,7 @@ def run_selection(
     config.setdefault("loggers", {"console": {"config": {"log_level": os.environ.get("KAIROS_LOG_LEVEL", "INFO")}}})
 
     def execute() -> ExecuteInProcessResult:
-        if job.executor_def.name != "in_process":
+        if job.executor_def.name in PROCESS_EXECUTORS and job.executor_def.name == _settings_executor():
             return _execute_in_processes(job.name, keys, config, run_tags, partition_key, run_id, instance,
                                          raise_on_error)
         with _recorded_origin(instance, job.name):
@@ -125,6 +125,17 @@ def job_origin(job_name: str):
                                   working_directory=str(PROJECT_ROOT))
     location = ManagedGrpcPythonEnvCodeLocationOrigin(loadable_target_origin=target, location_name=LOCATION_NAME)
     return RemoteJobOrigin(repository_origin=RemoteRepositoryOrigin(location, REPOSITORY_NAME), job_name=job_name)
+
+
+# The executors of run_executor (definitions.py) that run steps in other processes: those reload the code
+# location from its module, so only a Definitions built from the settings (not a caller's own) runs there.
+PROCESS_EXECUTORS = ("multiprocess", "k8s_job")
+
+
+def _settings_executor() -> str:
+    from kairos_dagster.settings import load_settings
+
+    return load_settings().executor
 
 
 def _execute_in_processes(job_name: str, keys: Sequence[AssetKey], config: Mapping[str, Any],
