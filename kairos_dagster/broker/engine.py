@@ -49,6 +49,7 @@ from kairos_dagster.broker.orders import (
     positions_frame,
     risk_checks,
 )
+from kairos_dagster.warehouse import store
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,8 @@ def _submit_once(broker: Broker, req: OrderRequest, attempts: int) -> tuple[Orde
 
 
 def ensure_execution_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(_DDL)
+    # DuckLake has no key constraints: there the upsert below keeps client_order_id unique itself
+    con.execute(_DDL.replace(" PRIMARY KEY", "") if store.on_lake(con) else _DDL)
 
 
 def _upsert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, *, keep_existing_sent: bool = False) -> None:
@@ -209,14 +211,28 @@ def _upsert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, *, keep_existing
     if rows.height == 0:
         return
     cols = list(EXECUTION_ORDERS_SCHEMA)
-    sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "client_order_id")
-    where = " WHERE execution_orders.status IN ('skipped', 'submit_error')" if keep_existing_sent else ""
-    con.register("_exec_rows", rows.select(cols))
-    try:
-        con.execute(f"INSERT INTO execution_orders ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _exec_rows "
-                    f"ON CONFLICT (client_order_id) DO UPDATE SET {sets}{where}")
-    finally:
-        con.unregister("_exec_rows")
+    sent_guard = "execution_orders.status IN ('skipped', 'submit_error')"
+    if not store.on_lake(con):
+        sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "client_order_id")
+        where = f" WHERE {sent_guard}" if keep_existing_sent else ""
+        con.register("_exec_rows", rows.select(cols))
+        try:
+            con.execute(f"INSERT INTO execution_orders ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _exec_rows "
+                        f"ON CONFLICT (client_order_id) DO UPDATE SET {sets}{where}")
+        finally:
+            con.unregister("_exec_rows")
+        return
+    # DuckLake: the same upsert as an UPDATE of the ids held and an INSERT of the others, in one transaction
+    sets = ", ".join(f"{c} = s.{c}" for c in cols if c != "client_order_id")
+    where = f" AND {sent_guard}" if keep_existing_sent else ""
+
+    def write() -> None:
+        con.execute(f"UPDATE execution_orders SET {sets} FROM _exec_rows s "
+                    f"WHERE execution_orders.client_order_id = s.client_order_id{where}")
+        con.execute(f"INSERT INTO execution_orders ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _exec_rows s "
+                    "WHERE NOT EXISTS (SELECT 1 FROM execution_orders t WHERE t.client_order_id = s.client_order_id)")
+
+    store.atomic(con, "execution_orders: upsert failed", write, {"_exec_rows": rows.select(cols)})
 
 
 def _row(plan: ExecutionPlan, o: dict[str, Any], state: OrderState | None, status: str, reason: str | None,

@@ -194,3 +194,36 @@ def test_s3_credentials_from_the_environment_become_a_duckdb_secret_that_is_neve
     assert (name, kind, provider) == ("kairos_s3", "s3", "config")
     assert "endpoint=minio.local:9000" in shown and "use_ssl=false" in shown and "region=eu-west-1" in shown
     assert "s3cr3t" not in shown  # DuckDB redacts the secret itself
+
+
+def test_the_execution_log_upserts_by_client_order_id_on_the_lake_as_on_the_file(lake, tmp_path):
+    """execution_orders has a PRIMARY KEY on a file (ON CONFLICT upsert); DuckLake has no constraints,
+    so there the engine updates the ids held and inserts the others. Both must keep the same rows."""
+    from kairos_dagster.broker import engine
+
+    def row(cid: str, status: str, reason: str) -> dict:
+        base = {c: None for c in engine.EXECUTION_ORDERS_SCHEMA}
+        return base | {"rebalance_date": dt.date(2024, 6, 28), "client_order_id": cid, "ticker": cid[-4:],
+                       "side": "buy", "qty": 10.0, "status": status, "reason": reason}
+
+    def frame(rows: list[dict]) -> pl.DataFrame:
+        return pl.DataFrame(rows, schema=engine.EXECUTION_ORDERS_SCHEMA)
+
+    steps = [
+        (frame([row("k-AAAA", "filled", "sent"), row("k-BBBB", "skipped", "gap")]), False),
+        # a re-run's skipped rows never overwrite an order that was sent; they update skipped ones
+        (frame([row("k-AAAA", "skipped", "gap"), row("k-BBBB", "skipped", "gap again"),
+                row("k-CCCC", "skipped", "new")]), True),
+        (frame([row("k-AAAA", "canceled", "verified")]), False),
+    ]
+    results = []
+    for target in (tmp_path / "w.duckdb", lake):
+        with store.connect(target) as con:
+            engine.ensure_execution_table(con)
+            engine.ensure_execution_table(con)  # idempotent
+            for rows, keep in steps:
+                engine._upsert(con, rows, keep_existing_sent=keep)
+            results.append(con.execute("SELECT client_order_id, status, reason FROM execution_orders "
+                                       "ORDER BY client_order_id").fetchall())
+    assert results[0] == results[1] == [("k-AAAA", "canceled", "verified"), ("k-BBBB", "skipped", "gap again"),
+                                        ("k-CCCC", "skipped", "new")]
