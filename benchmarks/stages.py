@@ -468,10 +468,10 @@ def _sync_tables() -> list[str]:
     outside the sync group (the feature, ML, rebalance, backtest tables and their side tables)."""
     graph = _defs().resolve_asset_graph()
     built = {k.path[-1] for k in graph.get_all_asset_keys() if graph.get(k).group_name != "sync"}
+    from kairos_dagster.warehouse import store
+
     with _con() as con:
-        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                           "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()]
-    return sorted(set(names) - built)
+        return sorted(set(store.table_names(con)) - built)
 
 
 def _copy_tables(target: Any, tables: list[str]) -> float:
@@ -510,9 +510,7 @@ def _table_counts(target: Any) -> dict[str, int]:
     from kairos_dagster.warehouse import store
 
     with store.connect(target, read_only=True) as con:
-        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                           "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()]
-        return {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in sorted(names)}
+        return {t: con.execute(f"SELECT count(*) FROM {store.ident(t)}").fetchone()[0] for t in store.table_names(con)}
 
 
 def stage_features_lake() -> dict:

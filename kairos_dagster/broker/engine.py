@@ -203,7 +203,7 @@ def _submit_once(broker: Broker, req: OrderRequest, attempts: int) -> tuple[Orde
 
 def ensure_execution_table(con: duckdb.DuckDBPyConnection) -> None:
     # DuckLake has no key constraints: there the upsert below keeps client_order_id unique itself
-    con.execute(_DDL.replace(" PRIMARY KEY", "") if store.on_lake(con) else _DDL)
+    con.execute(store.table_ddl(con, _DDL))
 
 
 def _upsert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, *, keep_existing_sent: bool = False) -> None:

@@ -22,7 +22,6 @@ orders under the old symbol (they could never fill: prices are now under the new
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -63,11 +62,6 @@ ALTER TABLE sim_orders ADD COLUMN IF NOT EXISTS basis_date DATE;
 """
 
 
-def _unconstrained(ddl: str) -> str:
-    ddl = re.sub(r",\s*(UNIQUE|PRIMARY KEY) \([^)]*\)", "", ddl)
-    return ddl.replace(" PRIMARY KEY", "")
-
-
 SPLIT_TOLERANCE = 1e-6  # a ratio within this of 1 is rounding of the adjustment factors, not a split
 
 _ORDER_COLS = ("id, client_order_id, symbol, side, qty, type, time_in_force, status, filled_qty, filled_avg_price, "
@@ -103,10 +97,8 @@ class SimulatedBroker:
         self._processed_at: tuple | None = None  # the point _process last brought the account to
         self.account_id = account_id
         # DuckLake has no key constraints: there the uniqueness of client_order_id rests on submit's check
-        self.con.execute(_unconstrained(_DDL) if store.on_lake(self.con) else _DDL)
-        has_sep = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'sep_base'").fetchone()[0]
-        if not has_sep:
+        self.con.execute(store.table_ddl(self.con, _DDL))
+        if not store.table_exists(self.con, "sep_base"):
             raise BrokerError("simulated broker needs table sep_base (ticker, date, open, close, closeunadj) in the warehouse")
         row = self.con.execute("SELECT slippage_bps FROM sim_account WHERE account_id = ?", [account_id]).fetchone()
         if row is None:
@@ -135,9 +127,7 @@ class SimulatedBroker:
     # ------------------------------------------------------------ fills
     def _apply_ticker_changes(self, now: dt.datetime) -> None:
         """Apply the ticker changes recorded since the account last did, one sync's changes at once."""
-        has = self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'ticker_changes'"
-                               ).fetchone()[0]
-        if not has:
+        if not store.table_exists(self.con, "ticker_changes"):
             return
         done = self.con.execute("SELECT max(recorded_at) FROM sim_ticker_changes WHERE account_id = ?",
                                 [self.account_id]).fetchone()[0]

@@ -119,6 +119,9 @@ def s3_secret_sql(env: Mapping[str, str]) -> str | None:
     key = env.get("AWS_ACCESS_KEY_ID", "").strip()
     if not key:
         return None
+    if not env.get("AWS_SECRET_ACCESS_KEY", "").strip():
+        raise WarehouseError("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both, or neither "
+                             "for anonymous access to the lake's files")
     fields = {"KEY_ID": key, "SECRET": env.get("AWS_SECRET_ACCESS_KEY", "").strip(),
               "SESSION_TOKEN": env.get("AWS_SESSION_TOKEN", "").strip(),
               "REGION": (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()}
@@ -171,6 +174,14 @@ def open_lake_connection(lake: str | Lake) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def table_ddl(con: duckdb.DuckDBPyConnection, ddl: str) -> str:
+    """`ddl` as `con`'s warehouse takes it: on DuckLake, which has no key constraints, without its PRIMARY KEY
+    and UNIQUE clauses (the writer then keeps its keys unique itself)."""
+    if not on_lake(con):
+        return ddl
+    return re.sub(r",\s*(UNIQUE|PRIMARY KEY) \([^)]*\)", "", ddl).replace(" PRIMARY KEY", "")
+
+
 def on_lake(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether `con` works in a DuckLake (which has no PRIMARY KEY or UNIQUE constraints)."""
     return con.execute("SELECT current_database()").fetchone()[0] == LAKE_ALIAS
@@ -209,6 +220,13 @@ def connect(path: str | Path | Lake, *, read_only: bool = False, retries: int = 
         yield con
     finally:
         con.close()
+
+
+def table_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The warehouse's tables, sorted (the current database's main schema: not a lake's catalog tables)."""
+    return [r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = 'main' ORDER BY table_name").fetchall()]
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:

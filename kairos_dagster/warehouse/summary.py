@@ -97,10 +97,7 @@ def warehouse_summary(path: Path | store.Lake) -> str:
         return f"warehouse {path} does not exist yet"
     lines = [f"Warehouse {path}", f"{'table':32} {'rows':>12}  {'first':>10}  {'last':>10}"]
     with store.connect(path, read_only=True) as con:
-        tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
-            "AND table_schema = 'main' ORDER BY table_name").fetchall()]
-        for t in tables:
+        for t in store.table_names(con):
             cols = store.table_columns(con, t)
             col = next((c for c in DATE_COLUMNS if c in cols), None)
             if col:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from polars.testing import assert_frame_equal
 from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT
 from kairos_dagster.warehouse import store
 from kairos_dagster_tests.fixtures.helpers import cli_env
-from kairos_dagster_tests.fixtures.postgres import postgres  # noqa: F401 (fixture)
+from kairos_dagster_tests.fixtures.postgres import free_port, postgres  # noqa: F401 (fixture)
 
 KAIROS = str(Path(sys.executable).parent / "kairos")
 POSTGRES_YAML = PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml"
@@ -55,11 +54,8 @@ def backfill(env: dict[str, str], feature_processes: int = 1) -> None:
 
 def tables(where: Path | store.Lake) -> dict[str, pl.DataFrame]:
     with store.connect(where) as con:
-        names = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
-            "AND table_schema = 'main'").fetchall()]
         out = {}
-        for t in names:
+        for t in store.table_names(con):
             df = store.read_window(con, t, None, None, None)
             keep = [c for c in df.columns if c not in VOLATILE]
             out[t] = df.select(keep).sort(keep, nulls_last=True) if keep else df
@@ -125,18 +121,12 @@ def test_the_two_process_feature_backfill_ran_independent_assets_at_once_in_sepa
     assert max(sum(began[b] <= began[a] < ended[b] for b in began) for a in began) <= 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 RUNS = """{ runsOrError { ... on Runs { results { runId status jobName tags { key value } } } } }"""
 
 
 def test_a_separately_started_webserver_on_postgres_sees_the_runs(deployment, tmp_path):
     _, _, env = deployment
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "webserver.log"
     proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1",
                              "-p", str(port), "-w", "workspace.yaml"], cwd=PROJECT_ROOT, env=env,

@@ -184,6 +184,8 @@ def test_s3_credentials_from_the_environment_become_a_duckdb_secret_that_is_neve
     import duckdb
 
     assert store.s3_secret_sql({"AWS_REGION": "eu-west-1"}) is None  # no key: anonymous access
+    with pytest.raises(store.WarehouseError, match="AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"):
+        store.s3_secret_sql({"AWS_ACCESS_KEY_ID": "AKIAKAIROSTEST"})
     env = {"AWS_ACCESS_KEY_ID": "AKIAKAIROSTEST", "AWS_SECRET_ACCESS_KEY": "s3cr3t'with'quotes",
            "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://minio.local:9000"}
     con = duckdb.connect()
