@@ -40,8 +40,9 @@ import numpy as np
 import optuna
 import polars as pl
 import sqlalchemy.exc
+import sqlalchemy.pool
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from kairos_dagster.ml.dataset import LABEL_END, DatasetError, with_label_end
 from kairos_dagster.ml.metrics import auc, ic_stats, rank_ic_by_date
@@ -75,11 +76,32 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str | optuna
 
 
 def _rdb_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage; workers that start together on a new database race to create its tables (a
-    duplicate-key error for the loser, who finds them made on its next try)."""
-    return Retrying(stop=stop_after_attempt(attempts), wait=wait_incrementing(start=0.2, increment=0.2),
-                    retry=retry_if_exception_type(sqlalchemy.exc.IntegrityError), reraise=True,
-                    )(optuna.storages.RDBStorage, url)
+    """Optuna's RDB storage. Workers that start together on a new database race to create its tables and
+    enum types; on PostgreSQL an advisory lock makes them take turns, elsewhere the loser's duplicate error
+    is retried and it finds the schema made."""
+    make = Retrying(stop=stop_after_attempt(attempts), wait=wait_incrementing(start=0.2, increment=0.2),
+                    retry=retry_if_exception(_is_duplicate_schema), reraise=True)
+    if not url.startswith(("postgresql", "postgres://")):
+        return make(optuna.storages.RDBStorage, url)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as con:
+            con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
+            try:
+                return make(optuna.storages.RDBStorage, url)
+            finally:
+                con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK})
+    finally:
+        engine.dispose()
+
+
+_SCHEMA_LOCK = 0x6B6169726F73  # "kairos": the advisory lock key for creating Optuna's schema
+
+
+def _is_duplicate_schema(exc: BaseException) -> bool:
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    return isinstance(exc, sqlalchemy.exc.ProgrammingError) and "already exists" in str(exc.orig)
 
 
 def suggest_params(trial: optuna.Trial, max_boost_rounds: int = 400) -> dict[str, Any]:

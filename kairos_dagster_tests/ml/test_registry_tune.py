@@ -125,9 +125,9 @@ def shared_storage(request, tmp_path) -> str:
 
 def test_two_processes_tune_one_study_and_the_parameters_used_are_its_best_trial(shared_storage):
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, shared_storage, str(seed)], stdout=subprocess.PIPE,
-                              text=True) for seed in (1, 2)]
-    outs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
+                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    outs, errs = zip(*(p.communicate(timeout=180) for p in procs), strict=True)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-3000:] for e in errs)
     from kairos_dagster.ml.tune import resolve_storage
     study = optuna.load_study(study_name="shared", storage=resolve_storage(shared_storage, "shared"))
     workers = [t.user_attrs["worker"] for t in study.trials]
@@ -145,6 +145,38 @@ def test_two_processes_tune_one_study_and_the_parameters_used_are_its_best_trial
     last = max(results, key=lambda r: r["n_complete"])
     if last["n_complete"] == 6:  # not when both ended at the same moment, each before the other's last commit
         assert last["best_trial"] == study.best_trial.number
+
+
+OPENER = textwrap.dedent("""
+    import sys, optuna
+    from kairos_dagster.ml.tune import resolve_storage
+    print("ready", flush=True)
+    for url in sys.stdin:  # one new database per line, sent to every opener at once
+        try:
+            optuna.create_study(storage=resolve_storage(url.strip(), "s"), study_name="s", load_if_exists=True)
+            print("ok", flush=True)
+        except Exception as e:
+            print(type(e).__name__, str(e).splitlines()[0], flush=True)
+""")
+
+
+def test_workers_opening_a_new_study_database_at_once_all_get_it(postgres):  # noqa: F811 (fixture)
+    """Optuna creates its tables and enum types on first use; openers racing on a new database used to fail
+    with a duplicate type or table (about one pair in twenty)."""
+    openers = [subprocess.Popen([sys.executable, "-c", OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True) for _ in range(4)]
+    assert [p.stdout.readline().strip() for p in openers] == ["ready"] * 4
+    for i in range(6):
+        url = postgres.url(postgres.create_database(f"race_{i}"))
+        for p in openers:
+            p.stdin.write(url + "\n")
+            p.stdin.flush()
+        assert [p.stdout.readline().strip() for p in openers] == ["ok"] * 4, f"database {i}"
+        study = optuna.load_study(study_name="s", storage=url)
+        assert study.trials == []
+    for p in openers:
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
 
 
 def test_tuning_record_is_stored_once(tmp_path):
