@@ -391,6 +391,9 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
                 f"{v['count']:,} {k.lower()} events over {v['seconds']} s" for k, v in ev.items())
             if r.get("before_first_step_s") is not None:
                 s += f" ({r['before_first_step_s']} s before the first step starts)"
+        if r.get("phase_totals"):
+            tot = r["phase_totals"]
+            s += "; step time by phase: " + ", ".join(f"{k} {v} s" for k, v in tot.items() if v)
         if r.get("first_run"):
             s += (f"; the model was not in the registry: a first run of the week trained it in "
                   f"{_fmt_s(r['first_run']['seconds'])} (steps {r['first_run']['step_seconds']})")
@@ -398,6 +401,23 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
             s += f"; failed checks: {', '.join(r['failed_checks'][:6])}"
         return s
     return ""
+
+
+def phase_table(r: dict[str, Any], limit: int = 40) -> str:
+    """Where a Dagster stage's time went, per step (benchmarks.stages.step_phases): seconds and share."""
+    from benchmarks.stages import PHASES
+
+    cols = [*PHASES, "other"]
+    lines = [f"  {'step':34} {'total':>8} " + " ".join(f"{c:>8}" for c in cols)]
+    rows = list(r["step_phases"].items())[:limit]
+    for step, ph in rows:
+        total = sum(ph.values())
+        lines.append(f"  {step:34} {total:8.2f} " + " ".join(f"{ph.get(c, 0.0):8.2f}" for c in cols))
+    tot = r.get("phase_totals", {})
+    grand = sum(tot.values()) or 1.0
+    lines.append(f"  {'all steps':34} {grand:8.1f} " + " ".join(f"{tot.get(c, 0.0):8.1f}" for c in cols))
+    lines.append(f"  {'share':34} {'':8} " + " ".join(f"{100 * tot.get(c, 0.0) / grand:7.0f}%" for c in cols))
+    return "\n".join(lines)
 
 
 def render(db: dict[str, Any], notes: dict[str, str]) -> str:
@@ -487,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench {key}] {st.name}: measured {_fmt_s(res.get('seconds'))}, process "
               f"{_fmt_s(rec['process_seconds'])}, peak {rec['peak_rss_gb']:.2f} GB, load {rec['load_mean']}, "
               f"{verdict(st, rec, key)}" + (f"\n  {rec['error']}" if "error" in rec else ""), flush=True)
+        if res.get("step_phases"):
+            print(phase_table(res), flush=True)
     db = load_db()
     a.out.write_text(render(db, {}))
     if a.clean:  # the large scratch files; the records stay

@@ -80,18 +80,57 @@ def _materialize(selection: Any, partition_range: tuple[str, str], run_config: d
             mats.setdefault(key, None)
     return {"seconds": seconds, "success": result.success, "partition_range": list(partition_range),
             "assets": mats, "checks": len(checks), "failed_checks": failed, "step_seconds": timing["steps"],
-            "dagster_events": timing["events"], "before_first_step_s": timing["before_first_step_s"],
+            "dagster_events": timing["events"], "step_phases": timing["phases"],
+            "phase_totals": timing["phase_totals"], "before_first_step_s": timing["before_first_step_s"],
             "run_log_span_s": timing["run_log_span_s"]}
 
 
+PHASES = ("load", "compute", "write", "events", "checks")
+
+
+def step_phases(kinds_and_times: list[tuple[str, float]]) -> dict[str, float]:
+    """Split one step's wall time by its event log (DagsterEventType values and timestamps, in order).
+
+    Dagster logs a step as STEP_START, one LOADED_INPUT per input as it is loaded, STEP_OUTPUT when the
+    asset yields its output (the compute, metadata included, is done), the IO manager's write, then the
+    step's ASSET_MATERIALIZATION events (one per week of a range run) and HANDLED_OUTPUT; the asset then
+    computes its checks (ASSET_CHECK_EVALUATION) and the step ends (STEP_SUCCESS). `load` runs from the
+    start to the last input loaded, `compute` to the output, `write` to the first materialization event,
+    `events` to the output handled, `checks` to the end. A step without one of the marks (a failed one) is
+    split as far as its marks go; the remainder is `other`.
+    """
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for kind, t in kinds_and_times:
+        first.setdefault(kind, t)
+        last[kind] = t
+    start = first.get("STEP_START")
+    end = last.get("STEP_SUCCESS", last.get("STEP_FAILURE"))
+    if start is None or end is None:
+        return {}
+    handled = last.get("HANDLED_OUTPUT")
+    marks = [("load", last.get("LOADED_INPUT", start)), ("compute", first.get("STEP_OUTPUT")),
+             ("write", first.get("ASSET_MATERIALIZATION")), ("events", handled),
+             ("checks", end if handled is not None else None)]
+    out: dict[str, float] = {}
+    at = start
+    for phase, mark in marks:
+        if mark is None or mark < at:
+            continue
+        out[phase] = round(mark - at, 2)
+        at = mark
+    if end > at:
+        out["other"] = round(end - at, 2)
+    return out
+
+
 def _step_seconds(instance: Any, run_id: str) -> dict[str, Any]:
-    """Where the time of a run goes, from its event log: wall time per step, and the Dagster
-    bookkeeping events a single-run backfill writes one per partition per asset (planned and
-    materialization events) with the seconds spanned by each kind's burst of writes."""
+    """Where the time of a run goes, from its event log: wall time per step and its split by phase
+    (`step_phases`), and the Dagster bookkeeping events a single-run backfill writes one per partition
+    per asset (planned and materialization events) with the seconds spanned by each kind's burst of writes."""
     from dagster import DagsterEventType
 
-    starts: dict[str, float] = {}
-    steps: dict[str, float] = {}
+    per_step: dict[str, list[tuple[str, float]]] = {}
     bursts: dict[tuple[str | None, str], list[float]] = {}
     first = last = None
     for rec in instance.all_logs(run_id):
@@ -102,19 +141,30 @@ def _step_seconds(instance: Any, run_id: str) -> dict[str, Any]:
             continue
         if ev.event_type in (DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION):
             bursts.setdefault((ev.step_key, ev.event_type.value), []).append(rec.timestamp)
-        if not ev.step_key:
+        if ev.step_key:
+            per_step.setdefault(ev.step_key, []).append((ev.event_type.value, rec.timestamp))
+    steps: dict[str, float] = {}
+    phases: dict[str, dict[str, float]] = {}
+    starts = []
+    for step, marks in per_step.items():
+        times = dict(marks)  # the last time of each kind is enough for start and end
+        begin = next((t for k, t in marks if k == "STEP_START"), None)
+        end = times.get("STEP_SUCCESS", times.get("STEP_FAILURE"))
+        if begin is None:
             continue
-        if ev.event_type == DagsterEventType.STEP_START:
-            starts[ev.step_key] = rec.timestamp
-        elif ev.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE) and ev.step_key in starts:
-            steps[ev.step_key] = round(rec.timestamp - starts[ev.step_key], 2)
+        starts.append(begin)
+        if end is not None:
+            steps[step] = round(end - begin, 2)
+            phases[step] = step_phases(marks)
     events: dict[str, dict[str, float]] = {}
     for (_, kind), ts in bursts.items():
         e = events.setdefault(kind, {"count": 0, "seconds": 0.0})
         e["count"] += len(ts)
         e["seconds"] = round(e["seconds"] + max(ts) - min(ts), 1)
-    first_step = min(starts.values()) if starts else None
+    totals = {p: round(sum(ph.get(p, 0.0) for ph in phases.values()), 1) for p in (*PHASES, "other")}
+    first_step = min(starts) if starts else None
     return {"steps": dict(sorted(steps.items(), key=lambda kv: -kv[1])), "events": events,
+            "phases": {k: phases[k] for k in sorted(phases, key=lambda k: -steps[k])}, "phase_totals": totals,
             "before_first_step_s": round(first_step - first, 1) if first_step and first else None,
             "run_log_span_s": round(last - first, 1) if first and last else None}
 
