@@ -41,10 +41,20 @@ def test_range_run_events_are_all_stored_and_visible_to_a_second_instance(tmp_pa
     _home(tmp_path, monkeypatch)
     keys = WEEKLY.get_partition_keys()[-30:]
     defs = Definitions(assets=[weekly_probe])
+    batches = []
+    original = PooledSqliteEventLogStorage.store_event_batch
+
+    def spy(self, events):
+        batches.append([(e.dagster_event.event_type_value, e.dagster_event.partition) for e in events])
+        original(self, events)
+
+    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_event_batch", spy)
     with DagsterInstance.get() as writer:
         result = run_selection(defs, ["weekly_probe"], partition_range=(keys[0], keys[-1]), instance=writer)
         assert result.success
         run_id = result.run_id
+    # The 30 weekly materializations were written as one batch (two transactions, not sixty).
+    assert [(kind, key) for kind, key in batches[-1]] == [("ASSET_MATERIALIZATION", k) for k in keys]
     # A fresh instance on the same files (the webserver's view) sees every week and the run's events.
     with DagsterInstance.get() as reader:
         assert reader.get_materialized_partitions(AssetKey("weekly_probe")) == set(keys)
@@ -52,6 +62,9 @@ def test_range_run_events_are_all_stored_and_visible_to_a_second_instance(tmp_pa
                 if e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
         assert len(mats) == 30
         assert reader.get_run_by_id(run_id).is_success
+        latest = reader.get_latest_materialization_event(AssetKey("weekly_probe"))
+        assert latest.run_id == run_id and latest.dagster_event.partition == keys[-1]
+        assert reader.get_latest_materialization_code_versions([AssetKey("weekly_probe")])
         # A second run updates the asset's summary row (latest materialization, last run).
         again = run_selection(defs, ["weekly_probe"], partition_key=keys[3], instance=reader)
         latest = reader.get_latest_materialization_event(AssetKey("weekly_probe"))
