@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from kairos_dagster import calendar
+from kairos_dagster.features import keys
 from kairos_dagster.features.composites import COMPOSITES
 from kairos_dagster.features.fundamental import FUNDAMENTAL_TABLES
 from kairos_dagster.features.technical import TECHNICAL_TABLES
@@ -43,6 +44,8 @@ def _left_join(left: pl.DataFrame, right: pl.DataFrame, on: list[str]) -> pl.Dat
     value_cols = [c for c in right.columns if c not in on]
     if _same_keys(left, right, on):
         return left.hstack(right.select(value_cols))
+    if on == KEY and all(f.schema["ticker"] == pl.String and f.schema["date"] == pl.Date for f in (left, right)):
+        return keys.left_join(left, right, "date", value_cols)  # one Int64 key: several times faster
     return left.join(right.select(on + value_cols), on=on, how="left", maintain_order="left")
 
 

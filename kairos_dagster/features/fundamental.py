@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from kairos_dagster import calendar
-from kairos_dagster.features import xs
+from kairos_dagster.features import keys, xs
 from kairos_dagster.features.pit import (
     DAILY_STALE_DAYS,
     SF1_STALE_DAYS,
@@ -222,17 +222,15 @@ def feat_momentum_v2(rows: pl.DataFrame, prices: pl.DataFrame, tickers: pl.DataF
         high_52w_ratio=c
         / c.rolling_max_by("_idx", window_size=f"{HIGH_WINDOW}i", min_samples=HIGH_MIN_SESSIONS).over("ticker")
     )
+    # closeadj k sessions back: the row of the same ticker whose session index is k lower (null in a gap)
+    key = p.select(keys.packed(keys.ticker_enum([p]), "_idx")).to_series()  # increasing: p is sorted, unique
     for name, (skip, back) in MOMENTUM_LAGS.items():
-        lags = [
-            p.select("ticker", (pl.col("_idx") + k).alias("_idx"), pl.col("closeadj").alias(f"_c{k}"))
-            for k in (skip, back)
-        ]
-        for lag in lags:
-            if lag.columns[-1] not in p.columns:
-                p = p.join(lag, on=["ticker", "_idx"], how="left")
+        for k in (skip, back):
+            if f"_c{k}" not in p.columns:
+                p = p.with_columns(pl.col("closeadj").gather(keys.positions(key, key - k)).alias(f"_c{k}"))
         p = p.with_columns(_pos_div(pl.col(f"_c{skip}"), pl.col(f"_c{back}")).sub(1.0).alias(name))
     feats = ["mom_12_1", "mom_6_1", "high_52w_ratio"]
-    r = r.join(p.select("ticker", "date", *feats), on=["ticker", "date"], how="left")
+    r = keys.left_join(r, p, "date", feats)
     r = r.join(_industry(tickers), on="ticker", how="left").with_columns(
         mom_12_1_ind_rel=xs.demean("mom_12_1", ["date", "industry"])
     )
@@ -249,28 +247,32 @@ def _abs_value() -> pl.Expr:
     return pl.coalesce(v, alt).abs()
 
 
-def _window_sum(rows: pl.DataFrame, events: pl.DataFrame, value: str, days: int, name: str) -> pl.DataFrame:
-    """Sum of `value` over events with filingdate in (d - days, d] per ticker, via cumulative sums."""
+def _window_sums(rows: pl.DataFrame, events: pl.DataFrame, values: dict[str, str], days: int) -> pl.DataFrame:
+    """Per value column of `events` (mapped to its output name), the sum over events with filingdate in
+    (d - days, d] per ticker, via cumulative sums: two as-of joins for all the columns at once."""
+    cums = {v: f"_cum_{v}" for v in values}
     cum = (
         events.group_by("ticker", "filingdate")
-        .agg(pl.col(value).sum())
+        .agg(*[pl.col(v).sum() for v in values])
         .sort("ticker", "filingdate")
-        .with_columns(_cum=pl.col(value).cum_sum().over("ticker"))
-        .select("ticker", "filingdate", "_cum")
+        .with_columns(*[pl.col(v).cum_sum().over("ticker").alias(c) for v, c in cums.items()])
+        .select("ticker", "filingdate", *cums.values())
         .sort("filingdate")
     )
     r = rows.with_columns(_d0=pl.col("date") - dt.timedelta(days=days))
-
-    for key, alias in (("date", "_c1"), ("_d0", "_c0")):
+    for key, side in (("date", "_c1"), ("_d0", "_c0")):
         r = r.sort(key).join_asof(
-            cum.rename({"_cum": alias}), left_on=key, right_on="filingdate", by="ticker",
+            cum.rename({c: f"{side}{c}" for c in cums.values()}), left_on=key, right_on="filingdate", by="ticker",
             strategy="backward", check_sortedness=False,
         ).drop("filingdate")
-    c1, c0 = pl.col("_c1").fill_null(0.0), pl.col("_c0").fill_null(0.0)
-    diff = c1 - c0
-    # a window whose events net to zero is exactly 0, not the add-subtract residue of two large cum sums
-    residue = diff.abs() <= xs.FLAT_RTOL * pl.max_horizontal(c1.abs(), c0.abs())
-    return r.with_columns(pl.when(residue).then(0.0).otherwise(diff).alias(name)).drop("_c1", "_c0", "_d0")
+    out = []
+    for v, name in values.items():
+        c1, c0 = pl.col(f"_c1{cums[v]}").fill_null(0.0), pl.col(f"_c0{cums[v]}").fill_null(0.0)
+        diff = c1 - c0
+        # a window whose events net to zero is exactly 0, not the add-subtract residue of two large cum sums
+        residue = diff.abs() <= xs.FLAT_RTOL * pl.max_horizontal(c1.abs(), c0.abs())
+        out.append(pl.when(residue).then(0.0).otherwise(diff).alias(name))
+    return r.with_columns(out).drop("_d0", *[f"{side}{c}" for side in ("_c1", "_c0") for c in cums.values()])
 
 
 def _window_distinct(rows: pl.DataFrame, events: pl.DataFrame, who: str, days: int, name: str) -> pl.DataFrame:
@@ -337,9 +339,8 @@ def feat_insider(rows: pl.DataFrame, sf2: pl.DataFrame, daily: pl.DataFrame) -> 
     r = pit_daily(r, daily, ["marketcap"])
     names = []
     for n in INSIDER_WINDOWS:
-        r = _window_sum(r, e, "_net", n, f"insider_net_value_{n}d")
-        r = _window_sum(r, e, "_offbuy", n, f"insider_officer_buys_{n}d")
-        r = _window_sum(r, e, "_offval", n, f"insider_officer_buy_value_{n}d")
+        r = _window_sums(r, e, {"_net": f"insider_net_value_{n}d", "_offbuy": f"insider_officer_buys_{n}d",
+                                "_offval": f"insider_officer_buy_value_{n}d"}, n)
         r = _window_distinct(r, buys, "ownername", n, f"insider_buyers_{n}d")
         r = r.with_columns(
             _pos_div(pl.col(f"insider_net_value_{n}d"), pl.col("marketcap") * DAILY_UNITS).alias(f"insider_net_mcap_{n}d"),

@@ -28,6 +28,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from kairos_dagster.settings import Lake, SettingsError, parse_warehouse
 from kairos_dagster.settings import is_lake as is_lake  # re-exported: the store names its targets
+from kairos_dagster.warehouse.ordering import in_key_order
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STAGING = "_kairos_incoming"
@@ -429,9 +430,14 @@ def read_window(
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
     order = [c for c in ("ticker", column or "date") if c in existing]
-    if order:
-        sql += " ORDER BY " + ", ".join(ident(c) for c in order)
-    return con.execute(sql, params).pl()
+    if any(c not in cols for c in order):  # ordered by a column the caller does not read
+        return con.execute(sql + " ORDER BY " + ", ".join(ident(c) for c in order), params).pl()
+    out = con.execute(sql, params).pl()
+    # Tables are written sorted window by window, so a scan usually returns sorted rows already: checking
+    # that in one pass costs a fraction of DuckDB's ORDER BY over millions of rows.
+    if order and not in_key_order(out, order):
+        out = out.sort(order, maintain_order=True)
+    return out
 
 
 def date_range(con: duckdb.DuckDBPyConnection, table: str, column: str) -> tuple[dt.date | None, dt.date | None, int]:

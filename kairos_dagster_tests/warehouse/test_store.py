@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from kairos_dagster.warehouse import store
+from kairos_dagster.warehouse.ordering import in_key_order
 
 D = dt.date
 
@@ -149,3 +150,33 @@ def test_upsert_many_writes_every_table_or_none(tmp_path):
                                 ("log", pl.DataFrame({"ticker": ["A"], "n": [2]}), ["ticker"])])
         assert con.execute("SELECT close FROM prices ORDER BY ticker").fetchall() == [(10.0,), (20.0,)]
         assert con.execute("SELECT n FROM log").fetchall() == [(2,)]
+
+
+def test_windows_written_out_of_order_read_back_sorted_by_ticker_and_date(tmp_path):
+    """A later week written for one ticker, then an earlier week (an incremental run after a backfill): the
+    stored order is not (ticker, date), and read_window sorts; a sorted table is returned as stored."""
+    with store.connect(tmp_path / "w.duckdb") as con:
+        store.replace_window(con, "prices", _week(D(2024, 1, 8), 2.0), "date", D(2024, 1, 8), D(2024, 1, 15))
+        store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0, ("BBB", "AAA")), "date", D(2024, 1, 1),
+                             D(2024, 1, 8))
+        stored = con.execute("SELECT ticker, date FROM prices").pl()
+        assert not in_key_order(stored, ["ticker", "date"])
+        got = store.read_window(con, "prices", "date", None, None)
+        assert got.select("ticker", "date").equals(stored.sort("ticker", "date"))
+        assert store.read_window(con, "prices", "date", D(2024, 1, 1), D(2024, 1, 8)).get_column("ticker").to_list() \
+            == ["AAA"] * 5 + ["BBB"] * 5
+        # Ordered by ticker even when the caller reads only the dates.
+        only = store.read_window(con, "prices", "date", None, None, columns=["date", "close"])
+        assert only.get_column("close").to_list() == got.get_column("close").to_list()
+
+
+def test_key_order_is_lexicographic_and_strict_when_asked():
+    df = pl.DataFrame({"ticker": ["A", "A", "B", "B"], "date": [D(2024, 1, 2), D(2024, 1, 3), D(2024, 1, 1),
+                                                                 D(2024, 1, 1)]})
+    assert in_key_order(df, ["ticker", "date"])  # ties allowed
+    assert not in_key_order(df, ["date"])
+    assert not in_key_order(df.reverse(), ["ticker", "date"])
+    assert not in_key_order(df.with_columns(pl.lit(None, pl.Date).alias("date")), ["ticker", "date"])
+    assert in_key_order(df.head(1), ["ticker", "date"])
+    assert not in_key_order(df, ["ticker", "date"], strict=True)  # B 2024-01-01 twice
+    assert in_key_order(df.head(3), ["ticker", "date"], strict=True)

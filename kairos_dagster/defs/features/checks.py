@@ -6,6 +6,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PartitionsDefinition
 
 from kairos_dagster.defs import checks
+from kairos_dagster.warehouse.ordering import in_key_order
 from kairos_dagster.warehouse.summary import markdown_table, null_rates, significant
 
 FEATURE_CHECKS = ("unique_keys", "finite_values", "null_rate_after_warmup", "rows_match_universe")
@@ -20,11 +21,7 @@ class FeatureCheckConfig:
 def duplicate_keys(df: pl.DataFrame) -> int:
     """Rows beyond the first of each (ticker, date). Tables are stored sorted by (ticker, date): a
     strictly increasing key sequence proves uniqueness in one pass; otherwise count with a hash."""
-    if df.height < 2:
-        return 0
-    t, d = df.get_column("ticker"), df.get_column("date")
-    increasing = ((t > t.shift(1)) | ((t == t.shift(1)) & (d > d.shift(1)))).slice(1)
-    if increasing.fill_null(False).all():
+    if in_key_order(df, ["ticker", "date"], strict=True):
         return 0
     return df.height - df.select("ticker", "date").unique().height
 
