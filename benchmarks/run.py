@@ -391,6 +391,11 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
                 f"{v['count']:,} {k.lower()} events over {v['seconds']} s" for k, v in ev.items())
             if r.get("before_first_step_s") is not None:
                 s += f" ({r['before_first_step_s']} s before the first step starts)"
+        if r.get("reference", {}).get("seconds"):
+            ref = r["reference"]
+            s += (f"; {r['output_columns']} output columns beside the reference pass (../shared/bench/feature_ref.py: "
+                  f"{ref['features']} rolling features in {ref['seconds']} s): **{r['per_column_ratio']}×** its time "
+                  f"per column")
         if r.get("phase_totals"):
             tot = r["phase_totals"]
             s += "; step time by phase: " + ", ".join(f"{k} {v} s" for k, v in tot.items() if v)

@@ -252,8 +252,39 @@ def stage_sync_week() -> dict:
 
 # ------------------------------------------------------------------------------- issue 3
 def stage_features() -> dict:
+    """The Phases 1-5 backfill, profiled (`step_phases`), beside the issue's reference: one plain polars pass
+    of 20 rolling features over the same sep_base, written back (../shared/bench/feature_ref.py, when that
+    checkout is there), compared per output column."""
     _require(("sep_base", "daily", "sf1"), "features")
-    return _materialize(_groups(*FEATURE_GROUPS), (first_week(), last_week()))
+    out = _materialize(_groups(*FEATURE_GROUPS), (first_week(), last_week()))
+    with _con() as con:
+        from kairos_dagster.warehouse.store import table_columns
+
+        key = {"ticker", "date"}
+        out["output_columns"] = sum(len(set(table_columns(con, t)) - key) for t in out["assets"])
+    out["reference"] = feature_reference()
+    ref = out["reference"]
+    if ref.get("seconds") and out["output_columns"]:
+        out["per_column_ratio"] = round((out["seconds"] / out["output_columns"]) / (ref["seconds"] / ref["features"]), 2)
+    return out
+
+
+def feature_reference() -> dict:
+    """Run the reference pass on this warehouse in its own process: its seconds and feature count."""
+    import subprocess
+    from pathlib import Path
+
+    from kairos_dagster.settings import PROJECT_ROOT, load_settings
+
+    script = Path(os.environ.get("BENCH_FEATURE_REF", PROJECT_ROOT.parent / "shared" / "bench" / "feature_ref.py"))
+    if not script.exists():
+        return {"error": f"{script} not found (set BENCH_FEATURE_REF)"}
+    done = subprocess.run([sys.executable, str(script), str(load_settings().duckdb_path)], capture_output=True,
+                          text=True, timeout=1800)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    seconds, features = done.stdout.split()[-2:]
+    return {"seconds": float(seconds), "features": int(features), "script": str(script)}
 
 
 def stage_reports() -> dict:
