@@ -41,7 +41,7 @@ import sqlalchemy.exc as db_exc
 from dagster import AssetKey, DagsterInvariantViolationError
 from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
+from dagster._core.storage.event_log.schema import AssetEventTagsTable, AssetKeyTable, SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
@@ -194,8 +194,6 @@ class PooledSqliteEventLogStorage(RangeRunPartitionStatus, SqliteEventLogStorage
             super().store_event_batch(events)  # Dagster's: one store_event each
             return
         rows = [self._event_to_row(e) for e in events]
-        with self.run_connection(events[0].run_id) as conn:
-            conn.execute(SqlEventLogStorageTable.insert(), rows)
         with self.index_transaction() as conn:
             ids = [conn.execute(SqlEventLogStorageTable.insert().values(**row)).inserted_primary_key[0] for row in rows]
             if any(i is None for i in ids):
@@ -204,6 +202,16 @@ class PooledSqliteEventLogStorage(RangeRunPartitionStatus, SqliteEventLogStorage
             last = {e.dagster_event.asset_key: (e, i) for e, i in zip(events, ids, strict=True)}
             for event, event_id in last.values():
                 self._store_asset_event(conn, event, event_id)
+        try:
+            with self.run_connection(events[0].run_id) as conn:
+                conn.execute(SqlEventLogStorageTable.insert(), rows)
+        except Exception:
+            # Two files, two transactions: take the index's copies back out, so that Dagster's fallback (it
+            # stores a failed batch again one event at a time) leaves each event once in each file.
+            with self.index_transaction() as conn:
+                conn.execute(AssetEventTagsTable.delete().where(AssetEventTagsTable.c.event_id.in_(ids)))
+                conn.execute(SqlEventLogStorageTable.delete().where(SqlEventLogStorageTable.c.id.in_(ids)))
+            raise
 
     def dispose(self) -> None:
         super().dispose()

@@ -162,3 +162,52 @@ def test_a_failed_range_run_marks_each_of_its_weeks_failed_until_a_later_run_mat
             assert not in_progress.get_partition_keys()
     finally:
         FAILING_WEEK.clear()
+
+
+@pytest.mark.parametrize("refusing_file", ["run", "index"])
+def test_a_batch_that_one_file_refuses_is_stored_once_by_the_fallback(tmp_path, monkeypatch, refusing_file):
+    """A batch goes to two SQLite files in two transactions. When either refuses it, nothing of it stays in
+    the other, and Dagster's fallback stores the events one by one: each week once in each file, none lost."""
+    from contextlib import contextmanager
+
+    _home(tmp_path, monkeypatch)
+    keys = WEEKLY.get_partition_keys()[-5:]
+    original_run, original_tags = (PooledSqliteEventLogStorage.run_connection,
+                                   PooledSqliteEventLogStorage._store_asset_event_tags)
+    refused = []
+
+    class _Refusing:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, statement, params=None):
+            if isinstance(params, list):  # the batch's one multi-row insert
+                refused.append(len(params))
+                raise RuntimeError("disk full")
+            return self.conn.execute(statement) if params is None else self.conn.execute(statement, params)
+
+    @contextmanager
+    def refusing_run(self, run_id=None):
+        with original_run(self, run_id) as conn:
+            yield _Refusing(conn)
+
+    def refusing_tags(self, conn, events, ids):
+        if len(events) > 1:  # the batch's tags, after its index rows were inserted
+            refused.append(len(events))
+            raise RuntimeError("disk full")
+        return original_tags(self, conn, events, ids)
+
+    if refusing_file == "run":
+        monkeypatch.setattr(PooledSqliteEventLogStorage, "run_connection", refusing_run)
+    else:
+        monkeypatch.setattr(PooledSqliteEventLogStorage, "_store_asset_event_tags", refusing_tags)
+    defs = Definitions(assets=[weekly_probe])
+    with DagsterInstance.get() as instance:
+        result = run_selection(defs, ["weekly_probe"], partition_range=(keys[0], keys[-1]), instance=instance)
+        assert result.success and refused == [5]
+        monkeypatch.setattr(PooledSqliteEventLogStorage, "run_connection", original_run)
+        in_run = [e.dagster_event.partition for e in instance.all_logs(result.run_id)
+                  if e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
+        assert in_run == keys
+        indexed = instance.fetch_materializations(AssetKey("weekly_probe"), limit=100).records
+        assert sorted(r.partition_key for r in indexed) == keys
