@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from kairos_dagster.warehouse.ordering import in_key_order
+
 KEY_COLUMN = "_kairos_key"
 
 
@@ -26,10 +28,6 @@ def packed(tickers: pl.Enum, second: str) -> pl.Expr:
     low = pl.col(second).cast(pl.Int32) if second == "date" else pl.col(second)
     return (pl.col("ticker").cast(tickers).to_physical().cast(pl.Int64) * (1 << 32)
             + low.cast(pl.Int64)).alias(KEY_COLUMN)
-
-
-def strictly_increasing(key: pl.Series) -> bool:
-    return key.null_count() == 0 and bool((key.diff().slice(1) > 0).all())
 
 
 def positions(sorted_keys: pl.Series, wanted: pl.Series) -> pl.Series:
@@ -46,9 +44,9 @@ def left_join(left: pl.DataFrame, right: pl.DataFrame, second: str, value_cols: 
     """`left` with `right`'s `value_cols` matched on (ticker, `second`), in `left`'s order, null where absent,
     as polars' left join on the two columns gives it (every match of a repeated right-hand key)."""
     tickers = ticker_enum([left, right])
-    right_key = right.select(packed(tickers, second)).to_series()
-    left_key = left.select(packed(tickers, second)).to_series()
-    if strictly_increasing(right_key) and not set(value_cols) & set(left.columns):
+    right_keyed = right.select(packed(tickers, second))
+    right_key, left_key = right_keyed.to_series(), left.select(packed(tickers, second)).to_series()
+    if in_key_order(right_keyed, [KEY_COLUMN], strict=True) and not set(value_cols) & set(left.columns):
         pos = positions(right_key, left_key)  # unique sorted keys: a binary search, no hash table
         return left.hstack(right.select(pl.col(c).gather(pos) for c in value_cols))
     keyed = right.select(right_key, *value_cols)
