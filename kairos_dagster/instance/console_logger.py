@@ -1,7 +1,9 @@
 """The console logger of Kairos runs: one short line per event an operator reads, no tracebacks.
 
 Replaces Dagster's colored console logger (Definitions(loggers={"console": ...})): a step's start and
-end, each asset log line, and a failed step as `step X failed (week W): <innermost cause>`. The full
+end, each asset log line, and a failed step as `step X failed (week W): <innermost cause>`. A run over
+several weeks leaves out the per-week materialization and passed-check lines (the CLI prints one
+progress line per asset instead: instance.progress); failed checks still print. The full
 error with its stack trace stays in the run's event log (the UI shows it) and is printed at DEBUG
 (KAIROS_LOG_LEVEL=DEBUG, or `kairos --debug`).
 """
@@ -15,6 +17,7 @@ from dagster import Field, InitLoggerContext, logger
 from dagster._core.utils import coerce_valid_log_level
 
 from kairos_dagster.defs.errors import innermost_error  # noqa: F401 (re-exported: the CLI reads it here)
+from kairos_dagster.defs.tags import RANGE_START_TAG
 
 QUIET_EVENTS = {"STEP_OUTPUT", "HANDLED_OUTPUT", "LOADED_INPUT", "STEP_INPUT", "ASSET_MATERIALIZATION_PLANNED",
                 "ASSET_CHECK_EVALUATION_PLANNED", "RESOURCE_INIT_STARTED", "RESOURCE_INIT_SUCCESS",
@@ -66,8 +69,21 @@ class _Filter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.debug:
             return True
-        event = (getattr(record, "dagster_meta", None) or {}).get("dagster_event")
-        return event is None or event.event_type_value not in QUIET_EVENTS
+        meta = getattr(record, "dagster_meta", None) or {}
+        event = meta.get("dagster_event")
+        if event is None:
+            return True
+        kind = event.event_type_value
+        if kind in QUIET_EVENTS:
+            return False
+        # A run over several weeks: one line per asset comes from instance.progress, not one per week;
+        # a failed check still prints.
+        if RANGE_START_TAG in (meta.get("job_tags") or {}):
+            if kind == "ASSET_MATERIALIZATION":
+                return False
+            if kind == "ASSET_CHECK_EVALUATION":
+                return not getattr(event.event_specific_data, "passed", False)
+        return True
 
 
 @logger(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from dagster._core.utils import make_new_run_id
 
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.instance import run_guard
+from kairos_dagster.instance.progress import RunProgress, run_weeks
 from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT
 
 
@@ -105,7 +107,16 @@ def run_selection(
                                           partition_key=partition_key, tags=run_tags, raise_on_error=raise_on_error,
                                           run_id=run_id)
 
-    return _interruptible(execute, instance, run_id, echo or _stderr)
+    progress = None
+    if _level_shows_info(config):
+        weeks = run_weeks(run_tags) if partition_range is not None else 1
+        progress = RunProgress(instance, run_id, keys, weeks, echo or _stderr)
+    return _interruptible(execute, instance, run_id, echo or _stderr, progress)
+
+
+def _level_shows_info(config: Mapping[str, Any]) -> bool:
+    level = ((config.get("loggers") or {}).get("console") or {}).get("config", {}).get("log_level", "INFO")
+    return logging.getLevelName(str(level).upper()) in (logging.DEBUG, logging.INFO)
 
 
 # The code location of workspace.yaml and [tool.dagster] (the webserver's and the daemon's).
@@ -184,13 +195,14 @@ class RunInterrupted(RuntimeError):
 
 
 def _interruptible(execute: Callable[[], ExecuteInProcessResult], instance: DagsterInstance, run_id: str,
-                   echo: Callable[[str], None]) -> ExecuteInProcessResult:
+                   echo: Callable[[str], None], progress: RunProgress | None = None) -> ExecuteInProcessResult:
     """Run `execute` in a worker thread, so that SIGINT/SIGTERM reach this (main) thread.
 
     Dagster's in-process execution captures SIGINT and never acts on it between steps. Here a signal
     marks the run CANCELING and raises DagsterExecutionInterruptedError inside the worker at its next
     Python instruction: a step in a DuckDB call finishes that call first, then its transaction rolls back
-    (atomic window writes), no further step starts, and Dagster records the run as CANCELED."""
+    (atomic window writes), no further step starts, and Dagster records the run as CANCELED. While it waits,
+    this thread prints the run's progress, one line per asset done (instance.progress)."""
     if threading.current_thread() is not threading.main_thread():
         return execute()
     box: dict[str, Any] = {}
@@ -220,6 +232,10 @@ def _interruptible(execute: Callable[[], ExecuteInProcessResult], instance: Dags
         worker.start()
         while worker.is_alive():
             worker.join(0.2)
+            if progress is not None:
+                progress.poll()
+        if progress is not None:
+            progress.poll(force=True)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
