@@ -3,10 +3,21 @@
 ``DEFAULT_PARAMS`` are the fixed parameters of ``ml_predictions_v2`` (column ``alpha_ml_v2_clf``):
 shallow hist trees with row/column subsampling and a large ``min_child_weight``, because the label
 (market-residual 5-day return above its date's median) is very noisy and deep trees only memorise
-it. Three keys are training controls rather than booster parameters:
+it. The learning rate, column sample and early-stopping patience were chosen on the 5,000-ticker x
+10-year synthetic panel by one walk-forward per setting (39 quarterly models, OOS rank IC over 499
+rebalance dates, SE ~0.002): learning_rate 0.05 / colsample 0.8 / patience 30 gave 0.0299 in 393 s of
+fitting, 0.1 / 0.8 / 10 gave 0.0287 in 292 s, and 0.1 / 0.5 / 10 (these) 0.0311 in 303 s.
+Three keys are training controls rather than booster parameters:
 ``num_boost_round`` (upper bound on trees), ``early_stopping_rounds`` and ``valid_fraction`` (the
 time-ordered tail of the training dates used for early stopping; rows before it whose label horizon
 reaches into it are purged from the fit set). Set ``valid_fraction`` to 0 to disable early stopping.
+
+Speed: every fit trains on a ``QuantileDMatrix`` whose histogram cuts come from a seeded sample of at most
+``SKETCH_ROWS`` of its own fit rows (never from later rows): binning 620,000 rows x 156 features with cuts
+given takes half the time of sketching them too, and 50,000 rows (195 per bin) place 256 bins within a
+fraction of a bin of the full sketch. The early-stopping tail stays a plain ``DMatrix``, whose predictions XGBoost caches
+between rounds (a quantized one doubled the cost of every round). The tuner builds each CV fold's matrix
+once for all its trials (``fit_matrix``, then ``boost`` per trial).
 
 Determinism: a fixed ``seed`` and ``nthread`` give byte-identical models and predictions on CPU.
 """
@@ -38,18 +49,19 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "eval_metric": "logloss",
     "tree_method": "hist",
     "max_depth": 4,
-    "learning_rate": 0.05,
+    "learning_rate": 0.1,
     "subsample": 0.8,
-    "colsample_bytree": 0.8,
+    "colsample_bytree": 0.5,
     "min_child_weight": 20.0,
     "reg_lambda": 1.0,
     "max_bin": 256,
     "num_boost_round": 300,
-    "early_stopping_rounds": 30,
+    "early_stopping_rounds": 10,
     "valid_fraction": 0.2,
 }
 CONTROL_KEYS = ("num_boost_round", "early_stopping_rounds", "valid_fraction")
 TOP_GAIN = 20
+SKETCH_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,69 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return merged, controls
 
 
+def quantized(x: np.ndarray, y: np.ndarray | None, names: Sequence[str], max_bin: int, *, seed: int,
+              n_threads: int, ref: xgb.QuantileDMatrix | None = None) -> xgb.QuantileDMatrix:
+    """``x`` binned for hist training: with ``ref``'s cuts, else cuts sketched from a seeded sample of at
+    most ``SKETCH_ROWS`` of its rows (all of them when fewer)."""
+    names = list(names)
+    if ref is None and len(x) > SKETCH_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), SKETCH_ROWS, replace=False))
+        ref = xgb.QuantileDMatrix(x[rows], max_bin=max_bin, nthread=n_threads, feature_names=names)
+    return xgb.QuantileDMatrix(x, label=y, ref=ref, max_bin=max_bin, nthread=n_threads, feature_names=names)
+
+
+@dataclass(frozen=True)
+class FitMatrix:
+    """Training rows made ready for boosting once, to be fitted many times (the tuner's CV folds): the
+    fit rows quantized, and the purged early-stopping tail binned with the same cuts."""
+
+    fit: xgb.QuantileDMatrix
+    valid: xgb.DMatrix | None  # plain: XGBoost caches its predictions between rounds, a quantized one it does not
+    valid_rows: pl.DataFrame  # the tail's rows (validation metrics), empty without a tail
+    features: tuple[str, ...]
+    categories: dict[str, list[str]]
+    max_bin: int
+    n_rows: int
+    n_fit_rows: int
+
+
+def fit_matrix(frame: pl.DataFrame, features: Sequence[str], label: str, *, max_bin: int, valid_fraction: float,
+               seed: int, n_threads: int = 2) -> FitMatrix:
+    """The quantized design matrix of ``frame`` (sorted by date, ticker) with its own category vocabulary,
+    split into fit rows and the time-ordered ``valid_fraction`` tail of its dates (``_tail_split``)."""
+    assert_no_target_features(features)
+    require_columns(frame, ["ticker", "date", *features, label], "training rows")
+    if frame[label].null_count():
+        raise DatasetError(f"training rows have {frame[label].null_count()} null {label} values")
+    frame = frame.sort(["date", "ticker"])
+    categories = fit_categories(frame, features)
+    fit, valid = _tail_split(frame, valid_fraction)
+    names = list(features)
+    dfit = quantized(feature_matrix(fit, names, categories), fit[label].to_numpy(), names, max_bin, seed=seed,
+                     n_threads=n_threads)
+    dvalid = None
+    if valid.height:
+        dvalid = xgb.DMatrix(feature_matrix(valid, names, categories), label=valid[label].to_numpy(),
+                             feature_names=names, nthread=n_threads)
+    return FitMatrix(dfit, dvalid, valid, tuple(names), categories, max_bin, frame.height, fit.height)
+
+
+def boost(matrix: FitMatrix, params: Mapping[str, Any], *, seed: int, device: str = "cpu",
+          n_threads: int = 2) -> tuple[xgb.Booster, int]:
+    """(booster, best iteration): at most ``num_boost_round`` trees on a prepared matrix, early-stopped on
+    its tail when it has one (``params`` as DEFAULT_PARAMS), cut to the trees up to the optimum."""
+    booster_params, controls = split_params(params)
+    if int(booster_params["max_bin"]) != matrix.max_bin:
+        raise ValueError(f"max_bin {booster_params['max_bin']} differs from the matrix's {matrix.max_bin}")
+    booster_params |= {"seed": seed, "nthread": n_threads, "device": device, "verbosity": 0}
+    stop = (int(controls["early_stopping_rounds"]) or None) if matrix.valid is not None else None
+    evals = [(matrix.valid, "valid")] if stop else []
+    booster = xgb.train(booster_params, matrix.fit, num_boost_round=int(controls["num_boost_round"]),
+                        evals=evals, early_stopping_rounds=stop, verbose_eval=False)
+    best = booster.best_iteration if stop else booster.num_boosted_rounds() - 1
+    return booster[: best + 1], int(best)
+
+
 def _tail_split(frame: pl.DataFrame, valid_fraction: float) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Time-ordered tail for early stopping, with the fit rows purged against it."""
     dates = frame["date"].unique().sort()
@@ -96,39 +171,24 @@ def train_classifier(train_frame: pl.DataFrame, features: Sequence[str], label: 
                      params: Mapping[str, Any] | None = None, *, seed: int, device: str = "cpu",
                      n_threads: int = 2, ret_col: str | None = "ret_5d_f") -> TrainedModel:
     """Fit a binary XGBoost classifier of ``label`` on ``features`` (rows keyed ticker, date)."""
-    assert_no_target_features(features)
-    require_columns(train_frame, ["ticker", "date", *features, label], "training rows")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if train_frame[label].null_count():
-        raise DatasetError(f"training rows have {train_frame[label].null_count()} null {label} values")
     started = time.perf_counter()
     booster_params, controls = split_params(params or {})
-    booster_params |= {"seed": seed, "nthread": n_threads, "device": device, "verbosity": 0}
-    frame = train_frame.sort(["date", "ticker"])
-    categories = fit_categories(frame, features)
-    fit, valid = _tail_split(frame, float(controls["valid_fraction"]))
-    names = list(features)
-    dfit = xgb.DMatrix(feature_matrix(fit, names, categories), label=fit[label].to_numpy(), feature_names=names)
-    evals, stop = [], None
-    if valid.height:
-        dvalid = xgb.DMatrix(feature_matrix(valid, names, categories), label=valid[label].to_numpy(),
-                             feature_names=names)
-        evals, stop = [(dvalid, "valid")], int(controls["early_stopping_rounds"]) or None
-    booster = xgb.train(booster_params, dfit, num_boost_round=int(controls["num_boost_round"]),
-                        evals=evals, early_stopping_rounds=stop, verbose_eval=False)
-    best = booster.best_iteration if stop else booster.num_boosted_rounds() - 1
-    booster = booster[: best + 1]  # keep only the trees up to the early-stopping optimum
+    matrix = fit_matrix(train_frame, features, label, max_bin=int(booster_params["max_bin"]),
+                        valid_fraction=float(controls["valid_fraction"]), seed=seed, n_threads=n_threads)
+    booster, best = boost(matrix, params or {}, seed=seed, device=device, n_threads=n_threads)
+    valid = matrix.valid_rows
     valid_metrics: dict[str, float] = {}
     if valid.height:
-        scored = valid.with_columns(pl.Series("_p", booster.predict(dvalid).astype(np.float64)))
+        scored = valid.with_columns(pl.Series("_p", booster.predict(matrix.valid).astype(np.float64)))
         valid_metrics = evaluate(scored, "_p", label, ret_col if ret_col in valid.columns else None)
     gain = booster.get_score(importance_type="total_gain")
     top = sorted(gain.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_GAIN]
     return TrainedModel(
-        booster=booster, features=tuple(names), categories=categories, label=label,
-        params={**DEFAULT_PARAMS, **(params or {})}, seed=seed, best_iteration=int(best),
-        n_rows=frame.height, n_fit_rows=fit.height, n_valid_rows=valid.height,
+        booster=booster, features=matrix.features, categories=matrix.categories, label=label,
+        params={**DEFAULT_PARAMS, **(params or {})}, seed=seed, best_iteration=best,
+        n_rows=matrix.n_rows, n_fit_rows=matrix.n_fit_rows, n_valid_rows=valid.height,
         train_seconds=time.perf_counter() - started, valid_metrics=valid_metrics,
         feature_gain=[(k, float(v)) for k, v in top],
     )
@@ -139,8 +199,15 @@ def predict_proba(model: TrainedModel, frame: pl.DataFrame, features: Sequence[s
     names = list(model.features if features is None else features)
     if tuple(names) != model.features:
         raise DatasetError(f"scoring features {names} differ from the model's {list(model.features)}")
-    x = feature_matrix(frame, names, model.categories)
-    p = model.booster.predict(xgb.DMatrix(x, feature_names=names)) if len(x) else np.empty(0, np.float32)
+    return booster_proba(model.booster, frame, names, model.categories)
+
+
+def booster_proba(booster: xgb.Booster, frame: pl.DataFrame, features: Sequence[str],
+                  categories: Mapping[str, list[str]]) -> pl.Series:
+    """A booster's probability for every row of ``frame`` (Float64, same order), categories encoded as fitted."""
+    names = list(features)
+    x = feature_matrix(frame, names, categories)
+    p = booster.predict(xgb.DMatrix(x, feature_names=names)) if len(x) else np.empty(0, np.float32)
     return pl.Series("proba", p.astype(np.float64))
 
 

@@ -14,10 +14,13 @@ Subsampled CV, for speed (a 20-trial tuning at 5,000 tickers x 10 years must fit
 fold fits on the rows of a fixed, seeded subset of ``fit_fraction`` of the tickers (the same subset in
 every fold and trial, so trials stay comparable) with ``cv_max_bin`` histogram bins; the OOS block is
 scored on all of its rows. The returned parameters are for the full-data fit (default ``max_bin``).
+Each fold's fit rows are quantized and its OOS rows converted once per tuning, not once per trial.
 
 Search space: max_depth 2..6, learning_rate 0.01..0.2 (log), num_boost_round max_boost_rounds/8..max_boost_rounds (log; default 400), subsample
-0.5..1, colsample_bytree 0.5..1, min_child_weight 1..100 (log), reg_lambda 1e-3..10 (log); CV fits
-use no early stopping (the fold's OOS block must not choose its own tree count).
+0.5..1, colsample_bytree 0.5..1, min_child_weight 1..100 (log), reg_lambda 1e-3..10 (log).
+Early stopping everywhere, as in the final fit: a CV fit stops on the purged ``cv_valid_fraction`` tail of
+its own fit dates (never on the fold's OOS block, which must not choose its own tree count), so
+``num_boost_round`` is an upper bound and a trial with a fast learning rate stops in tens of trees.
 
 Storage: ``None`` keeps the study in memory; a string with ``://`` is an Optuna RDB URL (e.g.
 ``sqlite:///tune.db``); any other path is a file: ``*.db``/``*.sqlite`` become SQLite, anything else
@@ -41,12 +44,13 @@ import optuna
 import polars as pl
 import sqlalchemy.exc
 import sqlalchemy.pool
+import xgboost as xgb
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
-from kairos_dagster.ml.dataset import LABEL_END, DatasetError, with_label_end
+from kairos_dagster.ml.dataset import LABEL_END, DatasetError, feature_matrix, with_label_end
 from kairos_dagster.ml.metrics import auc, ic_stats, rank_ic_by_date
-from kairos_dagster.ml.train import DEFAULT_PARAMS, predict_proba, train_classifier
+from kairos_dagster.ml.train import DEFAULT_PARAMS, boost, fit_matrix
 
 
 class TuningInfeasible(DatasetError):
@@ -195,13 +199,14 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
          storage: str | Path | None = None, study_name: str, n_jobs: int = 1, n_folds: int = 3,
          embargo_weeks: int = 1, ret_col: str | None = "ret_5d_f", base_params: Mapping[str, Any] | None = None,
          n_threads: int = 2, device: str = "cpu", worker: str | None = None,
-         max_boost_rounds: int = 400, fit_fraction: float = 0.4, cv_max_bin: int = 64) -> TuneResult:
+         max_boost_rounds: int = 400, fit_fraction: float = 0.4, cv_max_bin: int = 64,
+         cv_valid_fraction: float = 0.2) -> TuneResult:
     """Run ``n_trials`` more trials of the study and return the study's best parameters."""
     if ret_col is not None and ret_col not in train_frame.columns:
         raise DatasetError(f"tuning rows lack the return column {ret_col!r} the objective needs")
     if not 0.0 < fit_fraction <= 1.0:
         raise ValueError(f"fit_fraction must be in (0, 1], got {fit_fraction}")
-    base = {**DEFAULT_PARAMS, **(base_params or {}), "valid_fraction": 0.0, "max_bin": cv_max_bin}
+    base = {**DEFAULT_PARAMS, **(base_params or {}), "valid_fraction": cv_valid_fraction, "max_bin": cv_max_bin}
     planned_folds = n_folds
     # A short window (a holiday moves its end, the first tune after the anchor) gets fewer folds, never
     # an aborted run; not even one fold: the caller keeps the fixed parameters (TuningInfeasible).
@@ -215,15 +220,20 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
         keep = pl.Series(rng.choice(tickers.to_numpy(), max(1, round(fit_fraction * len(tickers))), replace=False))
         folds = [(fit.filter(pl.col("ticker").is_in(keep.implode())), oos) for fit, oos in folds]
     worker = worker or f"pid{os.getpid()}"
+    # Each fold's rows are quantized once for every trial: the trials differ only in booster parameters.
+    matrices = [fit_matrix(fit, features, label, max_bin=cv_max_bin, valid_fraction=cv_valid_fraction, seed=seed,
+                           n_threads=n_threads) for fit, _ in folds]
+    oos_x = [xgb.DMatrix(feature_matrix(oos, list(features), m.categories), feature_names=list(features))
+             for (_, oos), m in zip(folds, matrices, strict=True)]
 
     def objective(trial: optuna.Trial) -> float:
         params = {**base, **suggest_params(trial, max_boost_rounds)}
         trial.set_user_attr("worker", worker)
         scores = []
-        for k, (fit, oos) in enumerate(folds):
-            model = train_classifier(fit, features, label, params, seed=seed, device=device,
-                                     n_threads=n_threads, ret_col=ret_col)
-            s = fold_score(oos, predict_proba(model, oos), label, ret_col)
+        for k, ((_, oos), matrix, x) in enumerate(zip(folds, matrices, oos_x, strict=True)):
+            booster, _ = boost(matrix, params, seed=seed, device=device, n_threads=n_threads)
+            proba = pl.Series("proba", booster.predict(x).astype(np.float64))
+            s = fold_score(oos, proba, label, ret_col)
             scores.append(0.0 if math.isnan(s) else s)
             trial.report(sum(scores) / len(scores), step=k)
             if trial.should_prune():
@@ -253,6 +263,7 @@ def tune(train_frame: pl.DataFrame, features: Sequence[str], label: str, *, n_tr
         "folds_note": f"tuning: {n_folds} folds" + (f" ({folds_why})" if folds_why else ""),
         "embargo_weeks": embargo_weeks,
         "seed": seed, "rows": train_frame.height, "fit_fraction": fit_fraction, "cv_max_bin": cv_max_bin,
+        "cv_valid_fraction": cv_valid_fraction,
         "train_start": train_frame["date"].min(), "train_end": train_frame["date"].max(),
     }
     best_params = {**DEFAULT_PARAMS, **(base_params or {}), **best.params}

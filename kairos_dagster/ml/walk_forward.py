@@ -30,6 +30,7 @@ from kairos_dagster.settings import Settings
 
 RET = "ret_5d_f"
 ANCHOR_WARMUP_WEEKS = weeks_for_sessions(universe_core.ADV_WINDOW)
+LOAD_WEEKS = 104  # scored weeks per feature-matrix query: about 1 GB of rows at 5,000 tickers
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 
@@ -79,6 +80,21 @@ def model_chunks(weeks: list[dt.date], cfg: WalkForwardConfig, model_name: str) 
     return list(chunks.values())
 
 
+def load_groups(chunks: list[list[dt.date]], max_weeks: int = LOAD_WEEKS) -> list[list[list[dt.date]]]:
+    """Consecutive model chunks gathered into spans of at most ``max_weeks`` weeks (a chunk longer than
+    that is a group of its own): one feature-matrix query per group. Every query scans the feature
+    tables whole (they are stored in ticker order, so a date range prunes nothing), so a backfill pays
+    that scan once per two years rather than once per retrain point (at 5,000 x 10: a 1-year query
+    7.6 s, a 2-year one 8.9 s)."""
+    groups: list[list[list[dt.date]]] = []
+    for chunk in chunks:
+        if groups and (chunk[-1] - groups[-1][0][0]).days // 7 < max_weeks:
+            groups[-1].append(chunk)
+        else:
+            groups.append([chunk])
+    return groups
+
+
 def history_start(weeks: list[dt.date], cfg: WalkForwardConfig, tuned: bool, model_name: str) -> dt.date:
     """Earliest training row date any model (or tune) of ``weeks`` needs."""
     plans = [model_schedule(w, model_name=model_name, **cfg.schedule_kwargs()) for w in weeks]
@@ -104,10 +120,11 @@ def score_weeks(connect: Connect, keys: pl.DataFrame, start: dt.date, end: dt.da
                 cfg: WalkForwardConfig) -> ScoredWindow:
     """Score every universe row in `keys` (the window's ticker, date) that a model can score.
 
-    One model's weeks at a time, so a 10-year single-run backfill holds one quarter of feature rows in
-    memory, not 12M rows x 150 columns. The usual weekly run scores with models already in the registry:
-    the training history (rebalance dates only) is loaded once, and only when a model or a tuning must be
-    fitted. [start, end) is the window."""
+    Two years of feature rows at a time (``load_groups``), scored one model's weeks at a time, so a 10-year
+    single-run backfill holds two years of daily rows in memory, not 12M rows x 150 columns. The usual
+    weekly run scores with models already in the registry: the training history (rebalance dates only)
+    is loaded only when a model or a tuning must be fitted, once for the dates before the first group
+    that needs it, and grows from each group's own rows after that. [start, end) is the window."""
     schema = {alpha: pl.Float64, "model_version": pl.String}
     weeks = sorted({d - dt.timedelta(days=d.weekday()) for d in keys["date"].unique().to_list()})
     scored = scorable_weeks(weeks, cfg)
@@ -126,32 +143,42 @@ def score_weeks(connect: Connect, keys: pl.DataFrame, start: dt.date, end: dt.da
             models_dir=cfg.models_dir, alpha_column=alpha, params=cfg.params, tuner=tuner, label=ML_LABEL,
             ret_col=RET, seed=cfg.seed, device=cfg.device, n_threads=cfg.n_threads, **cfg.schedule_kwargs())
 
-    history: pl.DataFrame | None = None
+    history: pl.DataFrame | None = None  # training rows (rebalance dates) before the current load group
     labels_all: pl.DataFrame | None = None
     preds, registries, metric_frames = [], [], []
     unscored: dict[dt.date, str] = {}
     notes: dict[dt.date, str] = {}
-    for chunk in model_chunks(scored, cfg, model_name):
-        lo, hi = chunk[0], chunk[-1] + dt.timedelta(days=7)
+    for group in load_groups(model_chunks(scored, cfg, model_name)):
+        g_lo, g_hi = group[0][0], group[-1][-1] + dt.timedelta(days=7)
         with connect() as con:
-            window = tables.load_matrix(con, tables.ml_features(), lo, hi)
-            chunk_labels = labels_all if labels_all is not None else tables.load_labels(con, lo, hi, [])
-        try:
-            result = predict(window, chunk_labels, chunk)
-        except MissingHistoryError:
-            if history is None:
-                hist_start = history_start(scored, cfg, tuned, model_name)
-                train_dates = rebalance_dates_between(hist_start, end - dt.timedelta(days=1))
-                with connect() as con:
-                    history = tables.load_matrix(con, tables.ml_features(), hist_start, end, dates=train_dates)
-                    labels_all = tables.load_labels(con, start, end, train_dates)
-            result = predict(pl.concat([history.filter(pl.col("date") < lo), window], how="vertical"),
-                             labels_all, chunk)
-        preds.append(result.predictions)
-        registries.append(result.registry)
-        metric_frames.append(result.metrics)
-        unscored |= result.unscored_weeks
-        notes |= result.notes
+            window = tables.load_matrix(con, tables.ml_features(), g_lo, g_hi)
+            group_labels = labels_all if labels_all is not None else tables.load_labels(con, g_lo, g_hi, [])
+        rebalance = pl.Series(rebalance_dates_between(g_lo, g_hi - dt.timedelta(days=1)), dtype=pl.Date)
+        window_history = window.filter(pl.col("date").is_in(rebalance.implode()))
+        for chunk in group:
+            lo, hi = chunk[0], chunk[-1] + dt.timedelta(days=7)
+            chunk_window = window.filter(pl.col("date").is_between(lo, hi, closed="left"))
+            try:
+                result = predict(chunk_window, group_labels, chunk)
+            except MissingHistoryError:
+                if history is None:
+                    hist_start = history_start(scored, cfg, tuned, model_name)
+                    train_dates = rebalance_dates_between(hist_start, end - dt.timedelta(days=1))
+                    with connect() as con:
+                        before = [d for d in train_dates if d < g_lo]
+                        history = tables.load_matrix(con, tables.ml_features(), hist_start, g_lo, dates=before)
+                        labels_all = tables.load_labels(con, start, end, train_dates)
+                    group_labels = labels_all
+                frame = pl.concat([history, window_history.filter(pl.col("date") < lo), chunk_window],
+                                  how="vertical")
+                result = predict(frame, group_labels, chunk)
+            preds.append(result.predictions)
+            registries.append(result.registry)
+            metric_frames.append(result.metrics)
+            unscored |= result.unscored_weeks
+            notes |= result.notes
+        if history is not None:
+            history = pl.concat([history, window_history], how="vertical")
     out = keys.join(pl.concat(preds), on=list(KEY), how="left", maintain_order="left")
     out = out.select(*KEY, *[pl.col(c).cast(t) for c, t in schema.items()])
     registry = pl.concat(registries, how="vertical_relaxed").unique("model_version", keep="first", maintain_order=True)

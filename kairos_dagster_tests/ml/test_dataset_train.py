@@ -4,6 +4,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+import xgboost as xgb
 
 from kairos_dagster.calendar import rebalance_dates_between, sessions_between, sessions_offset
 from kairos_dagster.ml.dataset import (
@@ -151,3 +152,42 @@ def test_scoring_with_other_features_is_refused(rows):
     m = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 5}, seed=1)
     with pytest.raises(DatasetError, match="differ from the model"):
         predict_proba(m, rows, FEATURES[::-1])
+
+
+def test_bin_cuts_come_from_a_seeded_sample_of_the_fit_rows(rows, monkeypatch):
+    from kairos_dagster.ml import train
+
+    x = feature_matrix(rows, FEATURES, fit_categories(rows, FEATURES))
+    y = rows[LABEL].to_numpy()
+    full = train.quantized(x, y, FEATURES, 64, seed=5, n_threads=1)
+    monkeypatch.setattr(train, "SKETCH_ROWS", 300)
+    sampled = train.quantized(x, y, FEATURES, 64, seed=5, n_threads=1)
+    picked = np.sort(np.random.default_rng(5).choice(len(x), 300, replace=False))
+    own = xgb.QuantileDMatrix(x[picked], max_bin=64, nthread=1, feature_names=FEATURES)
+    cuts = [c.tobytes() for c in sampled.get_quantile_cut()]
+    assert cuts == [c.tobytes() for c in own.get_quantile_cut()]  # the sample's cuts, all rows binned with them
+    assert cuts != [c.tobytes() for c in full.get_quantile_cut()]
+    assert sampled.num_row() == len(x)
+    assert cuts == [c.tobytes() for c in train.quantized(x, y, FEATURES, 64, seed=5, n_threads=1).get_quantile_cut()]
+    # A sampled sketch still finds the planted signal and stays byte-for-byte deterministic.
+    a = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 60}, seed=2)
+    b = train_classifier(rows, FEATURES, LABEL, {"num_boost_round": 60}, seed=2)
+    assert bytes(a.booster.save_raw("ubj")) == bytes(b.booster.save_raw("ubj"))
+    assert a.feature_gain[0][0] in ("f_signal_a", "f_signal_b")
+
+
+def test_a_prepared_matrix_boosts_like_a_plain_fit_and_early_stops_on_its_tail(rows):
+    from kairos_dagster.ml.train import boost, booster_proba, fit_matrix
+
+    for valid_fraction in (0.0, 0.2):
+        params = {"num_boost_round": 300, "valid_fraction": valid_fraction, "max_bin": 64, "learning_rate": 0.3,
+                  "early_stopping_rounds": 10}
+        matrix = fit_matrix(rows, FEATURES, LABEL, max_bin=64, valid_fraction=valid_fraction, seed=3)
+        plain = train_classifier(rows, FEATURES, LABEL, params, seed=3)
+        booster, best = boost(matrix, params, seed=3)
+        assert bytes(booster.save_raw("ubj")) == bytes(plain.booster.save_raw("ubj"))
+        assert booster_proba(booster, rows, FEATURES, matrix.categories).equals(predict_proba(plain, rows))
+        assert best == plain.best_iteration and booster.num_boosted_rounds() == best + 1
+        assert (best < 299) == (valid_fraction > 0)  # the tail stops it; without one all rounds are kept
+    with pytest.raises(ValueError, match="max_bin 256 differs"):
+        boost(matrix, {**params, "max_bin": 256}, seed=3)

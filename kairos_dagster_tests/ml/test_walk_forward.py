@@ -176,3 +176,16 @@ def test_short_training_window_reuses_the_previous_model(market, tmp_path):
     assert res.predictions["a"].null_count() == 0
     reused = res.metrics.filter((pl.col("split") == "plan") & (pl.col("metric") == "reused_previous_model"))
     assert sorted(reused["value"].to_list()) == [0.0, 1.0]
+
+
+def test_load_groups_gather_whole_chunks_into_spans_of_at_most_max_weeks():
+    from kairos_dagster.ml.walk_forward import load_groups
+
+    chunks = [mondays(dt.date(2021, 1, 4) + dt.timedelta(weeks=13 * i), 13) for i in range(9)]
+    groups = load_groups(chunks, max_weeks=52)
+    assert [c for g in groups for c in g] == chunks  # every chunk once, in order, never split
+    assert [len(g) for g in groups] == [4, 4, 1]
+    for g in groups:
+        assert (g[-1][-1] - g[0][0]).days // 7 + 1 <= 52
+    assert load_groups(chunks, max_weeks=10) == [[c] for c in chunks]  # a chunk longer than the span stands alone
+    assert load_groups([], max_weeks=52) == []
