@@ -89,9 +89,10 @@ def is_categorical(dtype: pl.DataType) -> bool:
 
 def fit_categories(frame: pl.DataFrame, features: Sequence[str]) -> dict[str, list[str]]:
     """Sorted vocabulary of every categorical feature (see module docstring)."""
+    schema = frame.schema  # built anew on every access
     return {
         c: sorted(frame[c].cast(pl.String).drop_nulls().unique().to_list())
-        for c in features if is_categorical(frame.schema[c])
+        for c in features if is_categorical(schema[c])
     }
 
 
@@ -100,8 +101,9 @@ def feature_matrix(frame: pl.DataFrame, features: Sequence[str], categories: Map
     """The float32 design matrix (rows x features); categoricals encoded with ``categories``."""
     require_columns(frame, [*KEY, *features], table)
     exprs = []
+    schema = frame.schema  # built anew on every access
     for c in features:
-        dtype = frame.schema[c]
+        dtype = schema[c]
         if c in categories:
             if not is_categorical(dtype):
                 raise DatasetError(f"{table}.{c} was categorical at training time but is {dtype} now")
@@ -152,16 +154,18 @@ def training_rows(features_frame: pl.DataFrame, labels_frame: pl.DataFrame, feat
     if not wanted:
         raise DatasetError(f"no {rows} row dates in the training window {start}..{end}")
     want = pl.DataFrame({"date": wanted}, schema={"date": pl.Date})
-    feats = features_frame.select([*KEY, *features]).join(want, on="date", how="semi")
-    missing = want.join(feats.select("date").unique(), on="date", how="anti")
+    # Keys and labels first, the wide feature columns joined once at the end: every join or filter of
+    # the 150-column frame copies it, and at 5,000 tickers a late window is 600,000 rows.
+    keys = features_frame.select(KEY).join(want, on="date", how="semi")
+    missing = want.join(keys.select("date").unique(), on="date", how="anti")
     if missing.height:
         raise MissingHistoryError(f"features has no rows on {missing.height} training dates in {start}..{end}, "
                            f"first {missing['date'].min()}; load history back to the training start")
-    assert_unique_keys(feats, "features")
+    assert_unique_keys(keys, "features")
     own_end = [pl.col(LABEL_END).alias(OWN_LABEL_END)] if LABEL_END in labels_frame.columns else []
     labels = labels_frame.select([*KEY, label, *extra, *own_end]).join(want, on="date", how="semi")
     assert_unique_keys(labels, "feat_targets")
-    out = with_label_end(feats.join(labels, on=list(KEY), how="left"))
+    out = with_label_end(keys.join(labels, on=list(KEY), how="left"))
     late = out.filter(pl.col(LABEL_END) > label_end)
     if late.height:
         raise DatasetError(f"training rows up to {late['date'].max()} have label horizons ending after "
@@ -179,5 +183,7 @@ def training_rows(features_frame: pl.DataFrame, labels_frame: pl.DataFrame, feat
     out = out.filter(pl.col(label).is_not_null()).sort(["date", "ticker"])
     if out.height == 0:
         raise DatasetError(f"no labelled training rows in {start}..{end}")
+    out = out.join(features_frame.select([*KEY, *features]), on=list(KEY), how="left", maintain_order="left")
+    out = out.select([*KEY, *features, label, *extra, LABEL_END])
     return out, {"rows": out.height, "rows_null_label": n_null, "rows_horizon_after_label_end": n_late_own,
                  "dates": out["date"].n_unique()}
