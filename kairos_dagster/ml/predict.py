@@ -36,6 +36,10 @@ from kairos_dagster.ml.tune import TuningInfeasible, tune
 # A retrain point with fewer training dates than this reuses the previous model (a 20% early-stopping
 # tail needs at least one date, and a model of two weeks of rows is noise).
 MIN_TRAIN_DATES = 4
+# Part of every model and tune version: a registry written by an earlier way of fitting or tuning (v1: full
+# quantile sketch, CV fits without early stopping) is not taken for this one's (v2: sampled sketch, CV
+# fits early-stopped on their own tail), even where the parameters are the same.
+FIT_PROCEDURE = 2
 ALPHA_COLUMNS = {"ml_predictions_v2": "alpha_ml_v2_clf", "ml_predictions_v2_tuned": "alpha_ml_v2_tuned_clf"}
 
 
@@ -91,7 +95,7 @@ def walk_forward_predict(
              "embargo_weeks": embargo_weeks, "max_train_weeks": max_train_weeks}
     plans = {w: model_schedule(w, model_name=model_name, **sched) for w in sorted(set(weeks))}
     base_config = {"features": features, "label": label, "rows": rows, "seed": seed, "device": device,
-                   **sched}
+                   "procedure": FIT_PROCEDURE, **sched}
     by_retrain: dict[dt.date, list[dt.date]] = {}
     for w, p in plans.items():
         by_retrain.setdefault(p.retrain_week, []).append(w)

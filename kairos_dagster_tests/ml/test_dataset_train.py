@@ -191,3 +191,22 @@ def test_a_prepared_matrix_boosts_like_a_plain_fit_and_early_stops_on_its_tail(r
         assert (best < 299) == (valid_fraction > 0)  # the tail stops it; without one all rounds are kept
     with pytest.raises(ValueError, match="max_bin 256 differs"):
         boost(matrix, {**params, "max_bin": 256}, seed=3)
+
+
+def test_a_feature_the_sketch_sample_barely_sees_gets_cuts_from_all_rows(rows, monkeypatch):
+    from kairos_dagster.ml import train
+
+    x = feature_matrix(rows, FEATURES, fit_categories(rows, FEATURES)).copy()
+    y = rows[LABEL].to_numpy()
+    monkeypatch.setattr(train, "SKETCH_ROWS", 300)
+    picked = np.sort(np.random.default_rng(5).choice(len(x), 300, replace=False))
+    sparse = np.setdiff1d(np.arange(len(x)), picked)[:40]  # 40 values, none of them in the sample
+    x[:, 0] = np.nan
+    x[sparse, 0] = np.arange(40, dtype=np.float32)
+    full = xgb.QuantileDMatrix(x, max_bin=64, nthread=1, feature_names=FEATURES)
+    got = train.quantized(x, y, FEATURES, 64, seed=5, n_threads=1)
+    assert [c.tobytes() for c in got.get_quantile_cut()] == [c.tobytes() for c in full.get_quantile_cut()]
+    x[picked[:40], 0] = np.arange(40, dtype=np.float32)  # now the sample holds them all: sampled cuts again
+    own = xgb.QuantileDMatrix(x[picked], max_bin=64, nthread=1, feature_names=FEATURES)
+    again = train.quantized(x, y, FEATURES, 64, seed=5, n_threads=1)
+    assert [c.tobytes() for c in again.get_quantile_cut()] == [c.tobytes() for c in own.get_quantile_cut()]
