@@ -53,6 +53,9 @@ STAGES: tuple[Stage, ...] = (
           ("sync",)),
     Stage("features", 3, "single-run backfill of Phases 1-5 (groups phase1_universe .. phase5_composites)",
           180, 12, ("sync",)),
+    Stage("alpha158", 18, "the technical features' pure functions (106) beside Qlib's Alpha158 (158, `D.features`, "
+          "cold, 2 workers) on the same sep_base, per stock·feature·year; K-bar features cross-checked",
+          None, None, ("features",)),
     Stage("reports", 3, "single-run backfill of the reports group (factor_ic)", None, None, ("features",)),
     Stage("features_week", 3, "one incremental week (last partition) of Phases 1-5", 30, None, ("features",)),
     Stage("pandas", 3, "pandas per-ticker baseline vs polars on the same rows (benchmarks/pandas_baseline.py)",
@@ -93,7 +96,8 @@ BY_NAME = {s.name: s for s in STAGES}
 ISSUE_TITLES = {2: "Issue 2 — platform: synthetic market and sync", 3: "Issue 3 — feature graph, Phases 1-5",
                 4: "Issue 4 — ML, Phases 6-7", 5: "Issue 5 — rebalance", 10: "Issue 10 — the first run, the Friday run",
                 11: "Issue 11 — data integrity: restatements", 13: "Issue 13 — backtest and strategy statistics",
-                16: "Issue 16 — scaling out: DuckLake + PostgreSQL"}
+                16: "Issue 16 — scaling out: DuckLake + PostgreSQL",
+                18: "Issue 18 — speed: the features' core beside Qlib"}
 
 
 # ------------------------------------------------------------------------------- machine
@@ -373,6 +377,15 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
                 f"{r['tables']} tables, {r['rows']:,} rows, row counts equal: {r['row_counts_equal']}; copying the "
                 f"{len(r['copied_tables'])} synced tables in: {v['file']['copy_seconds']} s / "
                 f"{v['lake_1']['copy_seconds']} s")
+    if n == "alpha158":
+        q, k, c = r["qlib"], r["kairos"], r["kbar_check"]
+        worst = max(v for v in c["max_abs_diff"].values() if v is not None)
+        return (f"{r['stock_years']:,} stock-years; Kairos {k['features']} features in {k['seconds']} s "
+                f"(**{k['us_per_stock_feature_year']} µs** per stock·feature·year), Qlib {q.get('qlib_version')} "
+                f"Alpha158 {q['features']} features in {q['seconds']:.1f} s (**{q['us_per_stock_feature_year']} µs**), "
+                f"{q['us_per_stock_feature_year'] / k['us_per_stock_feature_year']:.1f}× Kairos's; writing Qlib's "
+                f"binary format {r['qlib_convert_s']} s (not timed in either); K-bar features on "
+                f"{c['rows']:,} sampled rows agree within {worst:.1e} of the open (float32)")
     if n == "demo":
         return (f"fresh clone: {r['with_bootstrap_s']} s with the .venv bootstrap, {r['without_bootstrap_s']} s "
                 f"without (fresh data, outputs and Dagster home)" + (f"; failed: {r['tail']}" if r.get("tail") else ""))

@@ -287,6 +287,22 @@ def feature_reference() -> dict:
     return {"seconds": float(seconds), "features": int(features), "script": str(script)}
 
 
+def stage_alpha158() -> dict:
+    """Kairos's technical features' core beside Qlib's Alpha158 on this warehouse's sep_base
+    (benchmarks/qlib_compare.py)."""
+    from pathlib import Path
+
+    from benchmarks.qlib_compare import compare
+    from kairos_dagster.settings import load_settings
+
+    _require(("sep_base", "daily", "market_returns"), "alpha158")
+    with _con() as con:
+        sep = con.execute("SELECT * FROM sep_base ORDER BY ticker, date").pl()
+        daily = con.execute("SELECT ticker, date, marketcap FROM daily ORDER BY ticker, date").pl()
+        mkt_ret = con.execute("SELECT date, mkt_ret FROM market_returns ORDER BY date").pl()
+    return compare(sep, daily, mkt_ret, Path(load_settings().duckdb_path).parent)
+
+
 def stage_reports() -> dict:
     _require(("alpha_composite_v8", "feat_targets"), "reports")
     return _materialize(_groups("reports"), (first_week(), last_week()))
@@ -753,6 +769,7 @@ STAGES: dict[str, Callable[[], dict]] = {
     "generate": stage_generate,
     "sync": stage_sync,
     "features": stage_features,
+    "alpha158": stage_alpha158,
     "reports": stage_reports,
     "features_week": stage_features_week,
     "pandas": stage_pandas,
