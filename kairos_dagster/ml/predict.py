@@ -37,9 +37,10 @@ from kairos_dagster.ml.tune import TuningInfeasible, tune
 # tail needs at least one date, and a model of two weeks of rows is noise).
 MIN_TRAIN_DATES = 4
 # Part of every model and tune version: a registry written by an earlier way of fitting or tuning (v1: full
-# quantile sketch, CV fits without early stopping) is not taken for this one's (v2: sampled sketch, CV
-# fits early-stopped on their own tail), even where the parameters are the same.
-FIT_PROCEDURE = 2
+# quantile sketch, CV fits without early stopping; v2: sampled sketch, all rows where a feature is sparse
+# in the sample) is not taken for this one's (v3: sampled sketch, a sparse feature's cuts from a sample of
+# its own values; CV fits early-stopped on their own tail), even where the parameters are the same.
+FIT_PROCEDURE = 3
 ALPHA_COLUMNS = {"ml_predictions_v2": "alpha_ml_v2_clf", "ml_predictions_v2_tuned": "alpha_ml_v2_tuned_clf"}
 
 

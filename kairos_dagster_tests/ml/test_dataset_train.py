@@ -193,7 +193,7 @@ def test_a_prepared_matrix_boosts_like_a_plain_fit_and_early_stops_on_its_tail(r
         boost(matrix, {**params, "max_bin": 256}, seed=3)
 
 
-def test_a_feature_the_sketch_sample_barely_sees_gets_cuts_from_all_rows(rows, monkeypatch):
+def test_a_feature_the_sketch_sample_barely_sees_gets_cuts_from_its_own_values(rows, monkeypatch):
     from kairos_dagster.ml import train
 
     x = feature_matrix(rows, FEATURES, fit_categories(rows, FEATURES)).copy()
@@ -203,10 +203,21 @@ def test_a_feature_the_sketch_sample_barely_sees_gets_cuts_from_all_rows(rows, m
     sparse = np.setdiff1d(np.arange(len(x)), picked)[:40]  # 40 values, none of them in the sample
     x[:, 0] = np.nan
     x[sparse, 0] = np.arange(40, dtype=np.float32)
-    full = xgb.QuantileDMatrix(x, max_bin=64, nthread=1, feature_names=FEATURES)
+
+    def cuts(m: xgb.QuantileDMatrix) -> list[bytes]:
+        return [c.tobytes() for c in m.get_quantile_cut()]
+
+    # the other features keep the row sample's cuts; feature 0 is sketched from its 40 values
+    expected = x[picked].copy()
+    expected[:, 0] = np.nan
+    expected[:40, 0] = np.arange(40, dtype=np.float32)
+    want = xgb.QuantileDMatrix(expected, max_bin=64, nthread=1, feature_names=FEATURES)
     got = train.quantized(x, y, FEATURES, 64, seed=5, n_threads=1)
-    assert [c.tobytes() for c in got.get_quantile_cut()] == [c.tobytes() for c in full.get_quantile_cut()]
-    x[picked[:40], 0] = np.arange(40, dtype=np.float32)  # now the sample holds them all: sampled cuts again
+    assert cuts(got) == cuts(want)
+    row_sample_only = xgb.QuantileDMatrix(x[picked], max_bin=64, nthread=1, feature_names=FEATURES)
+    assert cuts(got) != cuts(row_sample_only)  # which would have no cut for feature 0
+    assert got.get_quantile_cut()[1][got.get_quantile_cut()[0][0]:got.get_quantile_cut()[0][1]].size > 10
+    x[picked[:40], 0] = np.arange(40, dtype=np.float32)  # now the sample holds them all: the row sample alone
     own = xgb.QuantileDMatrix(x[picked], max_bin=64, nthread=1, feature_names=FEATURES)
     again = train.quantized(x, y, FEATURES, 64, seed=5, n_threads=1)
-    assert [c.tobytes() for c in again.get_quantile_cut()] == [c.tobytes() for c in own.get_quantile_cut()]
+    assert cuts(again) == cuts(own)
