@@ -60,6 +60,13 @@ class _WarehouseTarget:
         if context.instance is not None:
             refuse_parallel_writers_on_a_file(context.instance, not store.is_lake(self.path))
 
+    @contextmanager
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator:
+        # One checkpoint per run (per process), not one per step's connection: see store.deferred_checkpoints.
+        self.setup_for_execution(context)
+        with store.deferred_checkpoints(self.target):
+            yield self.create_resource(context)
+
 
 class DuckDBWarehouse(_WarehouseTarget, ConfigurableResource):
     """The warehouse every asset reads and writes: the DuckDB file (KAIROS_DUCKDB_PATH) or a DuckLake."""

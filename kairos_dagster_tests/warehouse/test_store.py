@@ -180,3 +180,51 @@ def test_key_order_is_lexicographic_and_strict_when_asked():
     assert in_key_order(df.head(1), ["ticker", "date"])
     assert not in_key_order(df, ["ticker", "date"], strict=True)  # B 2024-01-01 twice
     assert in_key_order(df.head(3), ["ticker", "date"], strict=True)
+
+
+DEFERRED_WRITER = textwrap.dedent("""
+    import datetime as dt, os, sys
+    import polars as pl
+    from kairos_dagster.warehouse import store
+    path = sys.argv[1]
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(5)]
+    with store.deferred_checkpoints(path):
+        with store.connect(path) as con:
+            store.replace_window(con, "prices", pl.DataFrame({"ticker": ["AAA"] * 5, "date": days, "close": [7.0] * 5}),
+                                 "date", dt.date(2024, 1, 1), dt.date(2024, 1, 8))
+        os._exit(9)  # killed before the block's checkpoint
+""")
+
+
+def test_deferred_checkpoints_keep_commits_in_the_log_until_the_block_ends(tmp_path):
+    path = tmp_path / "w.duckdb"
+    wal = tmp_path / "w.duckdb.wal"
+    with store.connect(path) as con:
+        store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 1), D(2024, 1, 8))
+    assert not wal.exists()  # a plain connection checkpoints on close
+    with store.deferred_checkpoints(str(path)):
+        # nested: only the outermost end checkpoints
+        with store.deferred_checkpoints(path), store.connect(path) as con:
+            store.replace_window(con, "prices", _week(D(2024, 1, 8), 2.0), "date", D(2024, 1, 8), D(2024, 1, 15))
+        assert wal.exists()
+        with store.connect(path, read_only=True) as con:  # a reader replays the log: nothing is hidden
+            assert store.read_window(con, "prices", None, None, None).height == 20
+        with store.connect(path) as con:
+            store.replace_window(con, "prices", _week(D(2024, 1, 15), 3.0), "date", D(2024, 1, 15), D(2024, 1, 22))
+        assert wal.exists()
+    assert not wal.exists()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        assert con.execute("SELECT count(*), sum(close) FROM prices").fetchone() == (30, 60.0)
+    finally:
+        con.close()
+
+
+def test_a_process_killed_inside_deferred_checkpoints_loses_no_commit(tmp_path):
+    path = tmp_path / "w.duckdb"
+    proc = subprocess.run([sys.executable, "-c", DEFERRED_WRITER, str(path)], env=os.environ.copy())
+    assert proc.returncode == 9
+    assert (tmp_path / "w.duckdb.wal").exists()
+    with store.connect(path) as con:
+        assert store.read_window(con, "prices", None, None, None).get_column("close").to_list() == [7.0] * 5
+    assert not (tmp_path / "w.duckdb.wal").exists()  # folded in by the next plain connection
