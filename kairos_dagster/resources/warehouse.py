@@ -62,9 +62,9 @@ class _WarehouseTarget:
 
     @contextmanager
     def yield_for_execution(self, context: InitResourceContext) -> Iterator:
-        # One checkpoint per run (per process), not one per step's connection: see store.deferred_checkpoints.
+        # One checkpoint per run (per process), not one per step's connection: see store.held_open.
         self.setup_for_execution(context)
-        with store.deferred_checkpoints(self.target):
+        with store.held_open(self.target):
             yield self.create_resource(context)
 
 

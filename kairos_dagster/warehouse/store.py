@@ -188,48 +188,44 @@ def on_lake(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("SELECT current_database()").fetchone()[0] == LAKE_ALIAS
 
 
-# DuckDB checkpoints a file when its last connection closes; on a multi-GB warehouse that costs about a
-# second whatever was written (it re-reads every table's metadata), so a run that writes 40 tables a week
-# paid 40 s for them. Inside a run (`deferred_checkpoints`) connections close without one: the commits
-# stay in the write-ahead log (`<file>.wal`, fsynced at every commit, replayed by every later connection,
-# read-only ones too), DuckDB still checkpoints on its own whenever the log passes its threshold, and the
-# run's end folds the log into the file once.
-_DEFERRED: dict[Path, int] = {}
-
-
-def _wal(path: Path) -> Path:
-    return path.with_name(path.name + ".wal")
+# DuckDB checkpoints a file when its last connection closes, and on a multi-GB warehouse that costs about a
+# second whatever was written (it re-reads every table's metadata); a run that writes 40 tables a week paid
+# 40 s for it. So a run's process holds one connection open from its start to its end (`held_open`): the
+# steps' connections share that database instance, open and close in milliseconds, and the commits stay
+# in the write-ahead log (fsynced at every commit; DuckDB still checkpoints by itself when it passes its
+# threshold) until the held connection closes and checkpoints once. Keeping the instance is what matters:
+# connections that closed without a checkpoint would make every later one replay the growing log.
+_HELD: dict[Path, list] = {}  # file -> [depth, the held connection]
 
 
 @contextmanager
-def deferred_checkpoints(spec: str | Path | Lake) -> Iterator[None]:
-    """Connections to the DuckDB file `spec` opened inside the block (this process) close without a
-    checkpoint; the block's end checkpoints once (nested blocks: the outermost). A DuckLake has no
-    checkpoint to defer. A process killed inside the block loses nothing: the next connection replays
-    the log."""
+def held_open(spec: str | Path | Lake) -> Iterator[None]:
+    """The DuckDB file `spec` kept open by this process for the block (nested blocks: the outermost), so
+    its connections inside share one instance and the block's end checkpoints once. No-op for a DuckLake,
+    a file that does not exist yet, or one this process cannot open now (its connections then behave as
+    without the block). A process killed inside loses no commit: the next connection replays the log."""
     where = target(spec)
-    if isinstance(where, Lake):
+    if isinstance(where, Lake) or not where.exists():
         yield
         return
-    where = where.resolve()
-    _DEFERRED[where] = _DEFERRED.get(where, 0) + 1
+    path = where.resolve()
+    if path in _HELD:
+        _HELD[path][0] += 1
+    else:
+        try:
+            _HELD[path] = [1, duckdb.connect(str(path))]
+        except duckdb.Error:  # locked by another process, or open here read-only: nothing to hold
+            yield
+            return
     try:
         yield
     finally:
-        _DEFERRED[where] -= 1
-        if not _DEFERRED[where]:
-            del _DEFERRED[where]
-            if _wal(where).exists():
-                # a checkpoint that cannot run now (the file locked by another process) loses nothing:
-                # the log stays, and the next connection to close without deferral folds it in
-                with suppress(duckdb.Error, WarehouseError):
-                    checkpoint(where)
-
-
-def checkpoint(path: str | Path) -> None:
-    """Fold the DuckDB file's write-ahead log into it (a no-op without one)."""
-    with connect(Path(path)) as con:
-        con.execute("CHECKPOINT")
+        _HELD[path][0] -= 1
+        if not _HELD[path][0]:
+            _, con = _HELD.pop(path)
+            # a checkpoint that fails here loses nothing: the log stays and the next close folds it in
+            with suppress(duckdb.Error):
+                con.close()
 
 
 @contextmanager
@@ -249,6 +245,8 @@ def connect(path: str | Path | Lake, *, read_only: bool = False, retries: int = 
     if read_only and not path.exists():
         raise WarehouseError(f"warehouse {path} does not exist yet: run a sync first (`kairos sync` or `make demo`)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if read_only and path.resolve() in _HELD:
+        read_only = False  # DuckDB opens one instance per file and process: the held one, read-write
     last: Exception | None = None
     for _ in range(max(1, retries)):
         try:
@@ -261,8 +259,6 @@ def connect(path: str | Path | Lake, *, read_only: bool = False, retries: int = 
         raise WarehouseError(
             f"warehouse {path} is locked by another process (a run in progress?): {last}"
         ) from last
-    if not read_only and path.resolve() in _DEFERRED:
-        con.execute("PRAGMA disable_checkpoint_on_shutdown")
     try:
         yield con
     finally:

@@ -36,6 +36,7 @@ def second_table(context: AssetExecutionContext, warehouse: DuckDBWarehouse, fir
 
 def test_a_run_leaves_its_commits_in_the_log_until_it_ends_then_checkpoints_once(tmp_path, instance):
     path = str(tmp_path / "w.duckdb")
+    duckdb.connect(path).close()  # an existing warehouse (a first sync's run has no file to hold yet)
     resources = {"warehouse": DuckDBWarehouse(path=path), "warehouse_io": KairosDuckDBIOManager(path=path)}
     SEEN.clear()
     result = materialize([first_table, second_table], resources=resources, partition_key="2024-01-02",

@@ -182,32 +182,32 @@ def test_key_order_is_lexicographic_and_strict_when_asked():
     assert in_key_order(df.head(3), ["ticker", "date"], strict=True)
 
 
-DEFERRED_WRITER = textwrap.dedent("""
+HELD_WRITER = textwrap.dedent("""
     import datetime as dt, os, sys
     import polars as pl
     from kairos_dagster.warehouse import store
     path = sys.argv[1]
     days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(5)]
-    with store.deferred_checkpoints(path):
+    with store.held_open(path):
         with store.connect(path) as con:
             store.replace_window(con, "prices", pl.DataFrame({"ticker": ["AAA"] * 5, "date": days, "close": [7.0] * 5}),
                                  "date", dt.date(2024, 1, 1), dt.date(2024, 1, 8))
-        os._exit(9)  # killed before the block's checkpoint
+        os._exit(9)  # killed before the held connection's checkpoint
 """)
 
 
-def test_deferred_checkpoints_keep_commits_in_the_log_until_the_block_ends(tmp_path):
+def test_a_held_warehouse_keeps_commits_in_the_log_until_the_block_ends(tmp_path):
     path = tmp_path / "w.duckdb"
     wal = tmp_path / "w.duckdb.wal"
     with store.connect(path) as con:
         store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 1), D(2024, 1, 8))
     assert not wal.exists()  # a plain connection checkpoints on close
-    with store.deferred_checkpoints(str(path)):
+    with store.held_open(str(path)):
         # nested: only the outermost end checkpoints
-        with store.deferred_checkpoints(path), store.connect(path) as con:
+        with store.held_open(path), store.connect(path) as con:
             store.replace_window(con, "prices", _week(D(2024, 1, 8), 2.0), "date", D(2024, 1, 8), D(2024, 1, 15))
         assert wal.exists()
-        with store.connect(path, read_only=True) as con:  # a reader replays the log: nothing is hidden
+        with store.connect(path, read_only=True) as con:  # a reader inside shares the held instance
             assert store.read_window(con, "prices", None, None, None).height == 20
         with store.connect(path) as con:
             store.replace_window(con, "prices", _week(D(2024, 1, 15), 3.0), "date", D(2024, 1, 15), D(2024, 1, 22))
@@ -220,9 +220,25 @@ def test_deferred_checkpoints_keep_commits_in_the_log_until_the_block_ends(tmp_p
         con.close()
 
 
-def test_a_process_killed_inside_deferred_checkpoints_loses_no_commit(tmp_path):
+def test_holding_a_missing_or_unopenable_warehouse_holds_nothing(tmp_path):
     path = tmp_path / "w.duckdb"
-    proc = subprocess.run([sys.executable, "-c", DEFERRED_WRITER, str(path)], env=os.environ.copy())
+    with store.held_open(path):  # a first sync's warehouse does not exist yet: not created by holding it
+        assert not path.exists()
+    with store.connect(path) as con:
+        store.replace_window(con, "prices", _week(D(2024, 1, 1), 1.0), "date", D(2024, 1, 1), D(2024, 1, 8))
+    reader = duckdb.connect(str(path), read_only=True)  # this process has it open read-only: cannot be held
+    try:
+        with store.held_open(path):
+            assert reader.execute("SELECT count(*) FROM prices").fetchone() == (10,)
+    finally:
+        reader.close()
+
+
+def test_a_process_killed_while_holding_the_warehouse_loses_no_commit(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with store.connect(path) as con:
+        con.execute("CREATE TABLE seed AS SELECT 1 AS x")
+    proc = subprocess.run([sys.executable, "-c", HELD_WRITER, str(path)], env=os.environ.copy())
     assert proc.returncode == 9
     assert (tmp_path / "w.duckdb.wal").exists()
     with store.connect(path) as con:
