@@ -196,6 +196,25 @@ def on_lake(con: duckdb.DuckDBPyConnection) -> bool:
 # threshold) until the held connection closes and checkpoints once. Keeping the instance is what matters:
 # connections that closed without a checkpoint would make every later one replay the growing log.
 _HELD: dict[Path, list] = {}  # file -> [depth, the held connection]
+# The held instance also keeps what the run wrote in memory until a checkpoint (a 10-year feature backfill
+# grew by 4.8 GB): past this, the connection that closes lets the instance go (one checkpoint, as without
+# holding) and a fresh one is held. Weekly runs never reach it; a backfill's big writes pay as before.
+HELD_MEMORY_BYTES = 1 << 30
+
+
+def _release_if_large(path: Path) -> None:
+    held = _HELD.get(path)
+    if held is None:
+        return
+    used = held[1].execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
+    if used <= HELD_MEMORY_BYTES:
+        return
+    with suppress(duckdb.Error):
+        held[1].close()  # the last connection to close: DuckDB checkpoints and frees the instance
+    try:
+        held[1] = duckdb.connect(str(path))
+    except duckdb.Error:  # taken by another process in between: hold nothing more
+        held[1] = None
 
 
 @contextmanager
@@ -224,8 +243,9 @@ def held_open(spec: str | Path | Lake) -> Iterator[None]:
         if not _HELD[path][0]:
             _, con = _HELD.pop(path)
             # a checkpoint that fails here loses nothing: the log stays and the next close folds it in
-            with suppress(duckdb.Error):
-                con.close()
+            if con is not None:
+                with suppress(duckdb.Error):
+                    con.close()
 
 
 @contextmanager
@@ -263,6 +283,8 @@ def connect(path: str | Path | Lake, *, read_only: bool = False, retries: int = 
         yield con
     finally:
         con.close()
+        if path.resolve() in _HELD:
+            _release_if_large(path.resolve())
 
 
 def table_names(con: duckdb.DuckDBPyConnection) -> list[str]:

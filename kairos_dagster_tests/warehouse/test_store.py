@@ -244,3 +244,28 @@ def test_a_process_killed_while_holding_the_warehouse_loses_no_commit(tmp_path):
     with store.connect(path) as con:
         assert store.read_window(con, "prices", None, None, None).get_column("close").to_list() == [7.0] * 5
     assert not (tmp_path / "w.duckdb.wal").exists()  # folded in by the next plain connection
+
+
+def test_a_held_warehouse_is_let_go_and_held_anew_once_it_holds_much_in_memory(tmp_path, monkeypatch):
+    path = tmp_path / "w.duckdb"
+    with store.connect(path) as con:
+        con.execute("CREATE TABLE wide AS SELECT range AS x, range * 2 AS y FROM range(3000000)")
+    monkeypatch.setattr(store, "HELD_MEMORY_BYTES", 8 << 20)
+
+    def used(con) -> int:
+        return con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
+
+    with store.held_open(path):
+        with store.connect(path) as con:  # a small write: the instance stays held, its commit in the log
+            con.execute("CREATE TABLE small AS SELECT 1 AS n")
+        first = store._HELD[path.resolve()][1]
+        assert (tmp_path / "w.duckdb.wal").exists()
+        with store.connect(path) as con:  # a big delete keeps its versions in memory until a checkpoint
+            con.execute("DELETE FROM wide WHERE x < 2000000")
+            assert used(con) > 16 << 20
+        again = store._HELD[path.resolve()][1]
+        assert again is not first and used(again) <= 8 << 20  # checkpointed, freed, held anew
+        assert not (tmp_path / "w.duckdb.wal").exists()
+        with store.connect(path, read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM wide").fetchone() == (1_000_000,)
+    assert path.resolve() not in store._HELD
