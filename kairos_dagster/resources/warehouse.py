@@ -60,13 +60,6 @@ class _WarehouseTarget:
         if context.instance is not None:
             refuse_parallel_writers_on_a_file(context.instance, not store.is_lake(self.path))
 
-    @contextmanager
-    def yield_for_execution(self, context: InitResourceContext) -> Iterator:
-        # One checkpoint per run (per process), not one per step's connection: see store.held_open.
-        self.setup_for_execution(context)
-        with store.held_open(self.target):
-            yield self.create_resource(context)
-
 
 class DuckDBWarehouse(_WarehouseTarget, ConfigurableResource):
     """The warehouse every asset reads and writes: the DuckDB file (KAIROS_DUCKDB_PATH) or a DuckLake."""
@@ -113,6 +106,15 @@ class KairosDuckDBIOManager(_WarehouseTarget, ConfigurableIOManager):
 
     path: str = Field(description=_PATH)
     lake_data_path: str = Field(default="", description=_LAKE_DATA)
+
+    @contextmanager
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator:
+        # One checkpoint per run (per process), not one per step's connection: see store.held_open. Held by
+        # the IO manager, which every run of warehouse assets opens; not by the warehouse resource, which
+        # sensors also take and which must stay a plain (non-generator) resource for them.
+        self.setup_for_execution(context)
+        with store.held_open(self.target):
+            yield self.create_resource(context)
 
     def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
         if obj is None:
