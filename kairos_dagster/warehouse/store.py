@@ -204,7 +204,7 @@ HELD_MEMORY_BYTES = 1 << 30
 
 def _release_if_large(path: Path) -> None:
     held = _HELD.get(path)
-    if held is None:
+    if held is None or held[1] is None:  # nothing held (any more): connections checkpoint on close again
         return
     used = held[1].execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0]
     if used <= HELD_MEMORY_BYTES:
@@ -265,7 +265,7 @@ def connect(path: str | Path | Lake, *, read_only: bool = False, retries: int = 
     if read_only and not path.exists():
         raise WarehouseError(f"warehouse {path} does not exist yet: run a sync first (`kairos sync` or `make demo`)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if read_only and path.resolve() in _HELD:
+    if read_only and _HELD.get(path.resolve(), [0, None])[1] is not None:
         read_only = False  # DuckDB opens one instance per file and process: the held one, read-write
     last: Exception | None = None
     for _ in range(max(1, retries)):

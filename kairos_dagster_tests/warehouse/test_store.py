@@ -269,3 +269,32 @@ def test_a_held_warehouse_is_let_go_and_held_anew_once_it_holds_much_in_memory(t
         with store.connect(path, read_only=True) as con:
             assert con.execute("SELECT count(*) FROM wide").fetchone() == (1_000_000,)
     assert path.resolve() not in store._HELD
+
+
+def test_a_held_warehouse_that_cannot_be_held_anew_falls_back_to_plain_connections(tmp_path, monkeypatch):
+    path = tmp_path / "w.duckdb"
+    with store.connect(path) as con:
+        con.execute("CREATE TABLE wide AS SELECT range AS x FROM range(3000000)")
+    monkeypatch.setattr(store, "HELD_MEMORY_BYTES", 8 << 20)
+    real_connect = duckdb.connect
+    calls = {"n": 0}
+
+    def connect_once_refused(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the step's connection, then the re-hold: taken by another process meanwhile
+            raise duckdb.IOException("Could not set lock on file")
+        return real_connect(*args, **kwargs)
+
+    with store.held_open(path):
+        monkeypatch.setattr(duckdb, "connect", connect_once_refused)
+        with store.connect(path) as con:
+            con.execute("DELETE FROM wide WHERE x < 2000000")  # past the limit: let go, re-hold refused
+        assert store._HELD[path.resolve()][1] is None
+        with store.connect(path, read_only=True) as con:  # a plain read-only connection now, then a plain close
+            assert con.execute("SELECT count(*) FROM wide").fetchone() == (1_000_000,)
+        with store.connect(path) as con:
+            con.execute("DELETE FROM wide WHERE x < 2500000")
+    assert path.resolve() not in store._HELD
+    assert not (tmp_path / "w.duckdb.wal").exists()
+    with store.connect(path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM wide").fetchone() == (500_000,)
