@@ -144,6 +144,9 @@ class Settings:
     live_sharpe_weeks: int = 26
     max_backtest_gap: float = 0.05
     demo_traded_weeks: int = 8  # KAIROS_DEMO_TRADED_WEEKS: completed rebalances the demo paper-trades
+    # KAIROS_SYNTHETIC_CACHE_DIR: where the synthetic market keeps generated panels of 1,000+ tickers for
+    # later processes ("off": regenerate in every process)
+    synthetic_cache_dir: Path | None = None
     # KAIROS_WAREHOUSE=ducklake:postgres:<libpq params> and KAIROS_LAKE_DATA_PATH: the warehouse on DuckLake;
     # unset: the DuckDB file at duckdb_path
     lake: Lake | None = None
@@ -195,6 +198,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         synthetic_signal=_float(env, "KAIROS_SYNTHETIC_SIGNAL", 1.0, minimum=0.0, maximum=20.0),
         output_dir=_path(env, "KAIROS_OUTPUT_DIR", "outputs"),
         models_dir=_path(env, "KAIROS_MODELS_DIR", str(duckdb_path.parent / "models")),
+        synthetic_cache_dir=(None if env.get("KAIROS_SYNTHETIC_CACHE_DIR", "").strip().lower() == "off" else
+                             _path(env, "KAIROS_SYNTHETIC_CACHE_DIR", str(duckdb_path.parent / "synthetic_cache"))),
         ml_retrain_weeks=_int(env, "KAIROS_ML_RETRAIN_WEEKS", 13, minimum=1, maximum=520),
         ml_retune_weeks=_int(env, "KAIROS_ML_RETUNE_WEEKS", 52, minimum=1, maximum=1040),
         xgb_device=device,

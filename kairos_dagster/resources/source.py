@@ -67,7 +67,8 @@ class SharadarSource(ConfigurableResource):
             return SyntheticSource(
                 s.synthetic_seed if self.synthetic_seed is None else self.synthetic_seed,
                 s.synthetic_tickers if self.synthetic_tickers is None else self.synthetic_tickers,
-                signal=s.synthetic_signal if self.synthetic_signal is None else self.synthetic_signal, now=now)
+                signal=s.synthetic_signal if self.synthetic_signal is None else self.synthetic_signal, now=now,
+                cache_dir=s.synthetic_cache_dir)
         key = self.api_key or os.environ.get(KEY_VAR, "").strip()
         if not key:
             raise SourceConfigError(f"data source 'nasdaq' needs {KEY_VAR} to be set")

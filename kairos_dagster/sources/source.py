@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Protocol
 
 import polars as pl
@@ -48,10 +49,11 @@ class SyntheticSource:
 
     name = "synthetic"
 
-    def __init__(self, seed: int, n_tickers: int, *, signal: float = 1.0, now: dt.datetime | None = None) -> None:
+    def __init__(self, seed: int, n_tickers: int, *, signal: float = 1.0, now: dt.datetime | None = None,
+                 cache_dir: Path | None = None) -> None:
         from kairos_dagster.sources.synthetic import SyntheticMarket
 
-        self.market = SyntheticMarket(seed=seed, n_tickers=n_tickers, signal=signal)
+        self.market = SyntheticMarket(seed=seed, n_tickers=n_tickers, signal=signal, cache_dir=cache_dir)
         self.as_of = last_published_session(now)
 
     def fetch(self, table: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:

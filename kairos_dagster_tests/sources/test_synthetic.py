@@ -390,3 +390,66 @@ def test_a_ticker_change_rekeys_the_whole_history_under_the_new_symbol() -> None
     # What `lastupdated.gte` returns after the change: the whole re-keyed history.
     got = m.updated("SEP", D(2020, 11, 23), D(2020, 11, 24), not_before=lo)
     assert got.filter((pl.col("ticker") == "VCPDZ") & (pl.col("date") <= hi)).height == new.height
+
+
+def test_large_panels_are_kept_on_disk_and_mapped_back_unchanged(tmp_path, monkeypatch) -> None:
+    """A panel stored by one process is what a later process serves, read-only and without regenerating;
+    a stored file of another generator version or a torn one is never used."""
+    monkeypatch.setattr(sp, "DISK_CACHE_MIN_TICKERS", 1)  # the small market stands in for a large one
+    seed, n = SMALL
+    _fresh()
+    plain = SyntheticMarket(seed, n)
+    stored = SyntheticMarket(seed, n, cache_dir=tmp_path)
+    want = {name: plain.table(name, D(2016, 1, 1), D(2016, 3, 31), as_of=D(2016, 6, 30)) for name in RANGED}
+    _fresh()
+    built = sp.panel(seed, n, 2016, cache_dir=tmp_path)  # builds and stores
+    (folder,) = tmp_path.glob("panel-*")
+    assert folder.name.endswith("-through2016") and not isinstance(built.cum, np.memmap)
+
+    _fresh()  # a new process: nothing in memory
+    monkeypatch.setattr(sp, "_build", lambda *a: pytest.fail("regenerated a stored panel"))
+    mapped = sp.panel(seed, n, 2015, cache_dir=tmp_path)  # an earlier year is served by the longer panel
+    assert isinstance(mapped.cum, np.memmap) and mapped.last_year == 2016 and mapped.T == built.T
+    for f in sp._PANEL_ARRAYS:
+        np.testing.assert_array_equal(getattr(mapped, f), getattr(built, f), err_msg=f)
+    for f in sp._INSIDER_ARRAYS:
+        np.testing.assert_array_equal(getattr(mapped.insiders, f), getattr(built.insiders, f), err_msg=f)
+    with pytest.raises(ValueError, match="read-only"):
+        mapped.cum[0, 0] = 1.0
+    for name in RANGED:
+        assert_frame_equal(stored.table(name, D(2016, 1, 1), D(2016, 3, 31), as_of=D(2016, 6, 30)), want[name])
+    monkeypatch.undo()
+    monkeypatch.setattr(sp, "DISK_CACHE_MIN_TICKERS", 1)
+
+    # Another generator version: ignored, then removed once the current one is stored.
+    stale = tmp_path / f"{sp._disk_prefix(seed, n, 1.0)}0000000000000000-through2030"
+    folder.rename(stale)
+    _fresh()
+    again = sp.panel(seed, n, 2016, cache_dir=tmp_path)
+    assert not isinstance(again.cum, np.memmap) and not stale.exists()
+    np.testing.assert_array_equal(again.cum, built.cum)
+    # A torn file (a missing array) is rebuilt and stored anew.
+    (current,) = tmp_path.glob("panel-*")
+    (current / "cum.npy").unlink()
+    _fresh()
+    assert not isinstance(sp.panel(seed, n, 2016, cache_dir=tmp_path).cum, np.memmap)
+    _fresh()
+    assert isinstance(sp.panel(seed, n, 2016, cache_dir=tmp_path).cum, np.memmap)
+    _fresh()
+
+
+def test_small_panels_and_the_off_setting_keep_nothing_on_disk(tmp_path, monkeypatch) -> None:
+    from kairos_dagster.resources.source import SharadarSource
+
+    _fresh()
+    sp.panel(*SMALL, 2016, cache_dir=tmp_path)  # 60 tickers < DISK_CACHE_MIN_TICKERS
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setenv("KAIROS_DATA_SOURCE", "synthetic")
+    monkeypatch.setenv("KAIROS_SYNTHETIC_CACHE_DIR", str(tmp_path / "panels"))
+    assert SharadarSource().build().market.cache_dir == tmp_path / "panels"
+    monkeypatch.setenv("KAIROS_SYNTHETIC_CACHE_DIR", "off")
+    assert SharadarSource().build().market.cache_dir is None
+    monkeypatch.delenv("KAIROS_SYNTHETIC_CACHE_DIR")
+    monkeypatch.setenv("KAIROS_DUCKDB_PATH", str(tmp_path / "w" / "k.duckdb"))
+    assert SharadarSource().build().market.cache_dir == tmp_path / "w" / "synthetic_cache"
+    _fresh()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -96,7 +97,8 @@ class SyntheticMarket:
     EPOCH = sp.EPOCH
     HORIZON = sp.HORIZON
 
-    def __init__(self, seed: int = 7, n_tickers: int = 500, signal: float = 1.0) -> None:
+    def __init__(self, seed: int = 7, n_tickers: int = 500, signal: float = 1.0, *,
+                 cache_dir: Path | None = None) -> None:
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"{SOURCE}: seed must be a non-negative int, got {seed!r}")
         if not isinstance(n_tickers, int) or not 1 <= n_tickers <= 20_000:
@@ -106,6 +108,7 @@ class SyntheticMarket:
         self.seed = seed
         self.n_tickers = n_tickers
         self.signal = float(signal)
+        self.cache_dir = cache_dir  # where large panels are kept between processes (None: memory only)
 
     @property
     def identity(self) -> str:
@@ -131,7 +134,7 @@ class SyntheticMarket:
         return None if lo > hi else (lo, hi)
 
     def _panel_for(self, end: dt.date) -> sp.Panel:
-        return sp.panel(self.seed, self.n_tickers, end.year, self.signal)
+        return sp.panel(self.seed, self.n_tickers, end.year, self.signal, cache_dir=self.cache_dir)
 
     @staticmethod
     def _idx(lo: dt.date, hi: dt.date) -> tuple[int, int]:
