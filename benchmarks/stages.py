@@ -535,6 +535,8 @@ def stage_friday() -> dict:
     _require(("feat_matrix_v2", "ml_predictions_v2", "ml_predictions_v2_tuned"), "friday")
     monday = _env_date("BENCH_LAST_WEEK")
     friday = dt.datetime.combine(monday + dt.timedelta(days=4), dt.time(21, 0), tzinfo=dt.UTC)
+    cache = load_settings().synthetic_cache_dir
+    panel_cache = "warm" if cache is not None and any(cache.glob("panel-*")) else "cold"  # before the runs
     friday_weekly_schedule = build_definitions().get_schedule_def("friday_weekly_schedule")
     requests = friday_weekly_schedule(build_schedule_context(scheduled_execution_time=friday))
     runs, total = [], 0.0
@@ -554,7 +556,7 @@ def stage_friday() -> dict:
                           retune_weeks=settings.ml_retune_weeks)
     kind = ("retune" if plan.tune_week == monday else "retrain" if plan.retrain_week == monday else "score only")
     return {"seconds": total, "success": all(r["success"] for r in runs), "week": monday.isoformat(),
-            "week_kind": kind, "runs": runs,
+            "week_kind": kind, "synthetic_panel_cache": panel_cache, "runs": runs,
             "assets": {k: v for r in runs for k, v in r["assets"].items()},
             "step_seconds": {k: v for r in runs for k, v in r["step_seconds"].items()}}
 
