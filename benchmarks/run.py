@@ -79,6 +79,10 @@ STAGES: tuple[Stage, ...] = (
           None, ("matrix",)),
     Stage("friday", 10, "the Friday schedule's runs for the last week: targets refresh + weekly_pipeline_job", 60,
           None, ("matrix",)),
+    Stage("friday_retrain", 10, "the Friday schedule's runs for the latest retrain week (both models refitted)",
+          None, None, ("matrix",)),
+    Stage("friday_retune", 10, "the Friday schedule's runs for the latest retune week (Optuna, then both fits)",
+          None, None, ("matrix",)),
     Stage("features_lake", 16, "Phases 1-5 single-run backfill (`kairos backfill`) from the same synced tables: "
           "DuckDB file + SQLite, DuckLake + PostgreSQL in 1 process, and in 2 (measured: the 2-process run)",
           None, None, ("sync",)),
@@ -389,7 +393,7 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
     if n == "demo":
         return (f"fresh clone: {r['with_bootstrap_s']} s with the .venv bootstrap, {r['without_bootstrap_s']} s "
                 f"without (fresh data, outputs and Dagster home)" + (f"; failed: {r['tail']}" if r.get("tail") else ""))
-    if n == "friday":
+    if n.startswith("friday"):
         runs = "; ".join(f"{x['run_key']} {_fmt_s(x['seconds'])}" for x in r["runs"])
         steps = sorted(r["step_seconds"].items(), key=lambda kv: -kv[1])[:4]
         return (f"week {r['week']} ({r['week_kind']}): {runs}; slowest steps: "

@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -525,6 +526,59 @@ def stage_friday() -> dict:
     refresh of the previous weeks, then weekly_pipeline_job (sync + feature graph + ML + matrix).
     Reports whether the week is a retrain or retune point (those weeks fit models; the 60 s target is
     for a week that only scores)."""
+    return _friday(_env_date("BENCH_LAST_WEEK"))
+
+
+def _latest_model_week(kind: str) -> dt.date:
+    """The latest week on or before the last one that is a retune point ("retune") or a retrain point
+    that is not one ("retrain")."""
+    from kairos_dagster.ml.schedule import model_schedule
+    from kairos_dagster.ml.walk_forward import default_anchor
+    from kairos_dagster.settings import load_settings
+
+    settings = load_settings()
+    week = _env_date("BENCH_LAST_WEEK")
+    for _ in range(2 * settings.ml_retune_weeks + 1):
+        plan = model_schedule(week, anchor=default_anchor(settings), retrain_weeks=settings.ml_retrain_weeks,
+                              retune_weeks=settings.ml_retune_weeks)
+        if (plan.tune_week == week) if kind == "retune" else (plan.retrain_week == week != plan.tune_week):
+            return week
+        week -= dt.timedelta(weeks=1)
+    raise RuntimeError(f"no {kind} week in the two years before {_env_date('BENCH_LAST_WEEK')}")
+
+
+def _without_stored_models(kind: str, *, keep_tuning: bool) -> None:
+    """Point this stage's process at empty model and Optuna folders (kept in the bench's work folder, as
+    the registry rows the run writes name them): the run fits what a retrain or retune week fits, where
+    the stored models of the ML backfills would otherwise be reused. `keep_tuning` copies the stored
+    tune results (a retrain week reuses its tune point's parameters)."""
+    from kairos_dagster.settings import load_settings
+
+    stored = load_settings().models_dir
+    work = os.path.dirname(os.environ["KAIROS_DUCKDB_PATH"])
+    for var, name in (("KAIROS_MODELS_DIR", "models"), ("KAIROS_OPTUNA_STORAGE", "optuna")):
+        folder = os.path.join(work, f"friday_{kind}_{name}")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        os.environ[var] = folder
+    if keep_tuning:
+        for tuning in stored.glob("*/tuning"):
+            shutil.copytree(tuning, os.path.join(os.environ["KAIROS_MODELS_DIR"], tuning.parent.name, "tuning"))
+
+
+def stage_friday_retrain() -> dict:
+    """The Friday runs of the latest retrain week (two models fitted on the full window, then scored)."""
+    _without_stored_models("retrain", keep_tuning=True)
+    return _friday(_latest_model_week("retrain"))
+
+
+def stage_friday_retune() -> dict:
+    """The Friday runs of the latest retune week (Optuna tuning, then both models fitted and scored)."""
+    _without_stored_models("retune", keep_tuning=False)
+    return _friday(_latest_model_week("retune"))
+
+
+def _friday(monday: dt.date) -> dict:
     from dagster import build_schedule_context
 
     from kairos_dagster.definitions import build_definitions
@@ -533,7 +587,6 @@ def stage_friday() -> dict:
     from kairos_dagster.settings import load_settings
 
     _require(("feat_matrix_v2", "ml_predictions_v2", "ml_predictions_v2_tuned"), "friday")
-    monday = _env_date("BENCH_LAST_WEEK")
     friday = dt.datetime.combine(monday + dt.timedelta(days=4), dt.time(21, 0), tzinfo=dt.UTC)
     cache = load_settings().synthetic_cache_dir
     panel_cache = "warm" if cache is not None and any(cache.glob("panel-*")) else "cold"  # before the runs
@@ -785,6 +838,8 @@ STAGES: dict[str, Callable[[], dict]] = {
     "rebalance_core": stage_rebalance_core,
     "rebalance_asset": stage_rebalance_asset,
     "friday": stage_friday,
+    "friday_retrain": stage_friday_retrain,
+    "friday_retune": stage_friday_retune,
     "sync_week": stage_sync_week,
     "demo": stage_demo,
     "features_lake": stage_features_lake,
