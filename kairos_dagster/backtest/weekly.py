@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -58,6 +59,7 @@ class BacktestSettings:
     costs: CostModel = field(default_factory=CostModel)
     cash_rate: float = 0.0
     config_id: str = tables.DEFAULT_CONFIG_ID
+    synthetic_cache_dir: Path | None = None  # the synthetic market's stored panels (the oracle's truth)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -83,9 +85,10 @@ def unavailable(con: duckdb.DuckDBPyConnection, strategies: Sequence[str]) -> di
     return {}
 
 
-def oracle_rows(con: duckdb.DuckDBPyConnection, signal_dates: Sequence[dt.date]) -> pl.DataFrame:
+def oracle_rows(con: duckdb.DuckDBPyConnection, signal_dates: Sequence[dt.date], cache_dir: Path | None = None
+                ) -> pl.DataFrame:
     """ticker, date, ORACLE_COLUMN at the signal dates, from the warehouse's own synthetic market."""
-    market = SyntheticMarket.from_identity(store.read_meta(con, "data_source"))
+    market = SyntheticMarket.from_identity(store.read_meta(con, "data_source"), cache_dir=cache_dir)
     if market is None or not signal_dates:
         return pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, ORACLE_COLUMN: pl.Float64})
     truth = market.oracle(min(signal_dates), max(signal_dates)).filter(pl.col("date").is_in(list(signal_dates)))
@@ -110,7 +113,7 @@ def run_window(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, set
                                                          cfg.sector_column, cfg.price_column)}
     matrix = tables.load_matrix(con, sigs, sorted(cols - {ORACLE_COLUMN}))
     if "oracle" in names and matrix.height:
-        matrix = matrix.join(oracle_rows(con, sigs), on=["ticker", "date"], how="left")
+        matrix = matrix.join(oracle_rows(con, sigs, settings.synthetic_cache_dir), on=["ticker", "date"], how="left")
     known = tables.matrix_dates(con, min(sigs) - dt.timedelta(days=14), max(sigs))
     window = max(cfg.cov_window for cfg in configs + [ML_CONFIG])
     returns = tables.load_returns(con, min(sigs), max(sigs), window)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 from dagster import ConfigurableResource
 
@@ -34,6 +35,7 @@ class SharadarSource(ConfigurableResource):
     synthetic_seed: int | None = None
     synthetic_tickers: int | None = None
     synthetic_signal: float | None = None  # strength of the synthetic market's planted signal (1: as documented)
+    synthetic_cache_dir: str = ""  # "": KAIROS_SYNTHETIC_CACHE_DIR; "off": generate in every process
     # KAIROS_AS_OF (synthetic only): serve the market as published on the morning of this ISO day
     # (through the session before it), as if it were today; "" means the settings' (or today).
     as_of: str = ""
@@ -58,6 +60,12 @@ class SharadarSource(ConfigurableResource):
             s.synthetic_tickers if self.synthetic_tickers is None else self.synthetic_tickers,
             s.synthetic_signal if self.synthetic_signal is None else self.synthetic_signal).identity
 
+    def panel_cache_dir(self) -> Path | None:
+        """Where the synthetic market keeps its large generated panels for later processes (None: nowhere)."""
+        if self.synthetic_cache_dir.strip():
+            return None if self.synthetic_cache_dir.strip().lower() == "off" else Path(self.synthetic_cache_dir)
+        return load_settings().synthetic_cache_dir
+
     def build(self) -> MarketSource:
         s = load_settings()
         kind = self.resolved_kind()
@@ -68,7 +76,7 @@ class SharadarSource(ConfigurableResource):
                 s.synthetic_seed if self.synthetic_seed is None else self.synthetic_seed,
                 s.synthetic_tickers if self.synthetic_tickers is None else self.synthetic_tickers,
                 signal=s.synthetic_signal if self.synthetic_signal is None else self.synthetic_signal, now=now,
-                cache_dir=s.synthetic_cache_dir)
+                cache_dir=self.panel_cache_dir())
         key = self.api_key or os.environ.get(KEY_VAR, "").strip()
         if not key:
             raise SourceConfigError(f"data source 'nasdaq' needs {KEY_VAR} to be set")
@@ -86,7 +94,8 @@ def source_resource(settings: Settings):
     defaults = {
         "kind": settings.data_source, "base_url": settings.nasdaq_base_url,
         "synthetic_seed": settings.synthetic_seed, "synthetic_tickers": settings.synthetic_tickers,
-        "synthetic_signal": settings.synthetic_signal, "as_of": settings.as_of.isoformat() if settings.as_of else "",
+        "synthetic_signal": settings.synthetic_signal,
+        "synthetic_cache_dir": str(settings.synthetic_cache_dir) if settings.synthetic_cache_dir else "off", "as_of": settings.as_of.isoformat() if settings.as_of else "",
         "timeout_s": 30.0, "backoff_base_s": 0.5, "backoff_max_s": 30.0,
     }
     schema = {k: Field(type(v), is_required=False, description=f"default from the settings: {v!r}")

@@ -447,6 +447,10 @@ def test_small_panels_and_the_off_setting_keep_nothing_on_disk(tmp_path, monkeyp
     monkeypatch.setenv("KAIROS_DATA_SOURCE", "synthetic")
     monkeypatch.setenv("KAIROS_SYNTHETIC_CACHE_DIR", str(tmp_path / "panels"))
     assert SharadarSource().build().market.cache_dir == tmp_path / "panels"
+    # Run config may name the folder or turn it off, whatever the settings say.
+    assert SharadarSource(synthetic_cache_dir=str(tmp_path / "rc")).build().market.cache_dir == tmp_path / "rc"
+    assert SharadarSource(synthetic_cache_dir="off").panel_cache_dir() is None
+    assert SyntheticMarket.from_identity(SyntheticMarket(*SMALL).identity, cache_dir=tmp_path).cache_dir == tmp_path
     monkeypatch.setenv("KAIROS_SYNTHETIC_CACHE_DIR", "off")
     assert SharadarSource().build().market.cache_dir is None
     monkeypatch.delenv("KAIROS_SYNTHETIC_CACHE_DIR")

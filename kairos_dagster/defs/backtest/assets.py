@@ -7,6 +7,7 @@ recomputes the metrics of all stored history through its week.
 """
 
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ from kairos_dagster.defs.metadata import column_schema
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.tags import BACKTEST_OP
 from kairos_dagster.resources.backtest_outputs import BacktestOutputs
+from kairos_dagster.resources.source import SharadarSource
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import store
 from kairos_dagster.warehouse.summary import markdown_table, readable
@@ -99,10 +101,11 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
         backfill_policy=SINGLE_RUN,
         pool="duckdb",
     )
-    def backtest(context: AssetExecutionContext, config: BacktestRunConfig, warehouse: DuckDBWarehouse) -> Iterator:
+    def backtest(context: AssetExecutionContext, config: BacktestRunConfig, warehouse: DuckDBWarehouse,
+                 source: SharadarSource) -> Iterator:
         """Replay every strategy over the window's weeks, continuing each one's stored book."""
         start, end = window_dates(context.partition_time_window)
-        settings = config.settings()
+        settings = dataclasses.replace(config.settings(), synthetic_cache_dir=source.panel_cache_dir())
         try:
             with warehouse.connect() as con:
                 skipped = weekly.unavailable(con, settings.strategies)

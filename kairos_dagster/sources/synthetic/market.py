@@ -116,12 +116,12 @@ class SyntheticMarket:
         return f"{SOURCE} seed={self.seed} tickers={self.n_tickers} signal={self.signal:g}"
 
     @classmethod
-    def from_identity(cls, identity: str | None) -> SyntheticMarket | None:
+    def from_identity(cls, identity: str | None, *, cache_dir: Path | None = None) -> SyntheticMarket | None:
         """The market a recorded `identity` names, or None when it names another source (or nothing)."""
         m = _IDENTITY.fullmatch((identity or "").strip())
         if m is None:
             return None
-        return cls(int(m["seed"]), int(m["tickers"]), float(m["signal"]))
+        return cls(int(m["seed"]), int(m["tickers"]), float(m["signal"]), cache_dir=cache_dir)
 
     # ------------------------------------------------------------------ range helpers
     def _range(self, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.date] | None:
