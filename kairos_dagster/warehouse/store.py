@@ -200,11 +200,6 @@ _HELD: dict[Path, list] = {}  # file -> [depth, the held connection]
 # grew by 4.8 GB): past this, the connection that closes lets the instance go (one checkpoint, as without
 # holding) and a fresh one is held. Weekly runs never reach it; a backfill's big writes pay as before.
 HELD_MEMORY_BYTES = 1 << 30
-# At the held block's end a small log is left for the next connection instead of paying the checkpoint
-# (a week's run of the backtest: 1.1 s of checkpoint after a 1 s step). DuckDB writes large inserts into the
-# file directly, so the log holds little; the next connection replays it in milliseconds, and the next
-# plain read-write close, or DuckDB's own threshold, folds it in. Past this size the block checkpoints.
-HELD_LOG_KEPT_BYTES = 4 << 20
 
 
 def _release_if_large(path: Path) -> None:
@@ -225,8 +220,7 @@ def _release_if_large(path: Path) -> None:
 @contextmanager
 def held_open(spec: str | Path | Lake) -> Iterator[None]:
     """The DuckDB file `spec` kept open by this process for the block (nested blocks: the outermost), so
-    its connections inside share one instance and the block's end checkpoints once (or leaves a log under
-    HELD_LOG_KEPT_BYTES to the next connection). No-op for a DuckLake,
+    its connections inside share one instance and the block's end checkpoints once. No-op for a DuckLake,
     a file that does not exist yet, or one this process cannot open now (its connections then behave as
     without the block). A process killed inside loses no commit: the next connection replays the log."""
     where = target(spec)
@@ -251,9 +245,6 @@ def held_open(spec: str | Path | Lake) -> Iterator[None]:
             # a checkpoint that fails here loses nothing: the log stays and the next close folds it in
             if con is not None:
                 with suppress(duckdb.Error):
-                    log = path.with_name(path.name + ".wal")
-                    if log.exists() and log.stat().st_size < HELD_LOG_KEPT_BYTES:
-                        con.execute("PRAGMA disable_checkpoint_on_shutdown")
                     con.close()
 
 

@@ -9,7 +9,6 @@ import polars as pl
 from dagster import AssetExecutionContext, DailyPartitionsDefinition, asset, materialize
 
 from kairos_dagster.resources.warehouse import DuckDBWarehouse, KairosDuckDBIOManager
-from kairos_dagster.warehouse import store
 
 DAYS = DailyPartitionsDefinition(start_date="2024-01-01")
 SEEN: dict[str, bool] = {}
@@ -35,8 +34,7 @@ def second_table(context: AssetExecutionContext, warehouse: DuckDBWarehouse, fir
     return first_table.with_columns(pl.col("close") * 2)
 
 
-def test_a_run_leaves_its_commits_in_the_log_until_it_ends_then_checkpoints_once(tmp_path, instance, monkeypatch):
-    monkeypatch.setattr(store, "HELD_LOG_KEPT_BYTES", 0)  # a small log would be left to the next connection
+def test_a_run_leaves_its_commits_in_the_log_until_it_ends_then_checkpoints_once(tmp_path, instance):
     path = str(tmp_path / "w.duckdb")
     duckdb.connect(path).close()  # an existing warehouse (a first sync's run has no file to hold yet)
     resources = {"warehouse": DuckDBWarehouse(path=path), "warehouse_io": KairosDuckDBIOManager(path=path)}
