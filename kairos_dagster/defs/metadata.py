@@ -77,20 +77,26 @@ def weekly_output(context: AssetExecutionContext, value: Any, metadata: dict[str
     (markdown, JSON, tables: the null-rate table, the preview of the newest rows) go on the last week's
     event, the one the UI opens on, with the whole run's totals as `run_*`. A one-week run is unchanged.
     """
+    return Output(value, metadata=weekly_metadata(context, value, metadata, date_col=_partition_column(context)))
+
+
+def weekly_metadata(context: AssetExecutionContext, value: Any, metadata: dict[str, Any], *, date_col: str,
+                    asset_key: str | None = None, exclude: tuple[str, ...] = ("ticker", "date")) -> dict[str, Any]:
+    """`weekly_output`'s split of `metadata` for any step (a multi-asset names its `asset_key`): each week's
+    own entries are added to that week's event; what is returned goes on the step's output for every week."""
     keys = context.partition_keys if context.has_partition_key_range else []
     if len(keys) <= 1:
         if isinstance(value, pl.DataFrame) and "rows" in metadata:
             metadata = {**metadata, "dagster/row_count": MetadataValue.int(value.height)}
-        return Output(value, metadata=metadata)
+        return metadata
     rich = {k: v for k, v in metadata.items() if isinstance(v, RICH_METADATA)}
     scalar = {k: v for k, v in metadata.items() if k not in rich and k not in PER_WEEK_KEYS}
     run_totals = {f"run_{k}": v for k, v in metadata.items() if k in PER_WEEK_KEYS and k != "dagster/row_count"}
     scalar["rich_metadata_on"] = MetadataValue.text(f"week {keys[-1]} (the last of this run's {len(keys)})")
-    date_col = _partition_column(context)
     per_week: dict[str, dict[str, Any]] = {k: {"rows": MetadataValue.int(0), "dagster/row_count": MetadataValue.int(0)}
                                            for k in keys}
     if isinstance(value, pl.DataFrame) and date_col in value.columns and "rows" in metadata:
-        for row in weekly_stats(value, date_col).iter_rows(named=True):
+        for row in weekly_stats(value, date_col, exclude=exclude).iter_rows(named=True):
             key = row["week"].isoformat()
             if key not in per_week:
                 continue
@@ -103,8 +109,8 @@ def weekly_output(context: AssetExecutionContext, value: Any, metadata: dict[str
             per_week[key] = week
     for key in keys:
         context.add_asset_metadata({**per_week[key], **(rich | run_totals if key == keys[-1] else {})},
-                                   partition_key=key)
-    return Output(value, metadata=scalar)
+                                   asset_key=asset_key, partition_key=key)
+    return scalar
 
 
 def _partition_column(context: AssetExecutionContext) -> str:

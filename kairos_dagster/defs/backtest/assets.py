@@ -37,7 +37,7 @@ from kairos_dagster.backtest.engine import BacktestInputError
 from kairos_dagster.backtest.stats import strategy_stats as compute_stats
 from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.defs import checks
-from kairos_dagster.defs.metadata import column_schema
+from kairos_dagster.defs.metadata import column_schema, weekly_metadata
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.tags import BACKTEST_OP
 from kairos_dagster.resources.backtest_outputs import BacktestOutputs
@@ -48,6 +48,8 @@ from kairos_dagster.warehouse.summary import markdown_table, readable
 
 GROUP = "backtest"
 TABLES = ("backtest_daily", "backtest_trades", "backtest_positions", "backtest_book")
+# Keys and text, not measurements: left out of the per-week null rate (most trades have no `reason`).
+PER_WEEK_EXCLUDED = ("strategy", "config_id", "ticker", "date", "reason", "side")
 SHOWN = ("annual_return", "annual_volatility", "sharpe", "max_drawdown", "avg_weekly_turnover", "annual_cost_drag",
          "beta", "information_ratio", "avg_positions")
 
@@ -120,24 +122,22 @@ def _backtest_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                   "strategies": MetadataValue.text(", ".join(sorted(set(daily["strategy"].to_list()))))}
         if skipped:
             common["not_replayed"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in skipped.items()))
-        yield MaterializeResult(asset_key="backtest_daily", metadata={
-            **common, "rows": MetadataValue.int(daily.height), "dagster/column_schema": column_schema(daily),
-            "latest": MetadataValue.md(markdown_table(last.select("strategy", "date", "equity", "ret_net", "cost",
-                                                                  "n_positions") if last.height else last)),
-        })
         trades = frames["backtest_trades"]
-        yield MaterializeResult(asset_key="backtest_trades", metadata={
-            **common, "rows": MetadataValue.int(trades.height), "dagster/column_schema": column_schema(trades),
-            "unfilled_orders": MetadataValue.int(trades.filter(pl.col("unfilled_value").abs() > 1e-9).height),
-            "orders_on_assumed_liquidity": MetadataValue.int(
-                trades.filter(pl.col("reason").str.starts_with("no ADV or vol")).height),
-            "cost": MetadataValue.float(round(float(trades["cost"].sum()), 2) if trades.height else 0.0)})
-        yield MaterializeResult(asset_key="backtest_positions", metadata={
-            **common, "rows": MetadataValue.int(frames["backtest_positions"].height),
-            "dagster/column_schema": column_schema(frames["backtest_positions"])})
-        yield MaterializeResult(asset_key="backtest_book", metadata={
-            **common, "rows": MetadataValue.int(frames["backtest_book"].height),
-            "dagster/column_schema": column_schema(frames["backtest_book"])})
+        extra = {
+            "backtest_daily": {"latest": MetadataValue.md(markdown_table(last.select(
+                "strategy", "date", "equity", "ret_net", "cost", "n_positions") if last.height else last))},
+            "backtest_trades": {
+                "unfilled_orders": MetadataValue.int(trades.filter(pl.col("unfilled_value").abs() > 1e-9).height),
+                "orders_on_assumed_liquidity": MetadataValue.int(
+                    trades.filter(pl.col("reason").str.starts_with("no ADV or vol")).height),
+                "cost": MetadataValue.float(round(float(trades["cost"].sum()), 2) if trades.height else 0.0)},
+        }
+        for name in TABLES:  # in a range run, each week's event carries that week's own rows and dates
+            frame = frames[name]
+            md = {**common, "rows": MetadataValue.int(frame.height), "dagster/column_schema": column_schema(frame),
+                  **extra.get(name, {})}
+            yield MaterializeResult(asset_key=name, metadata=weekly_metadata(
+                context, frame, md, date_col="date", asset_key=name, exclude=PER_WEEK_EXCLUDED))
         bad = daily.filter(~(pl.col("equity") > 0))
         yield AssetCheckResult(asset_key="backtest_daily", check_name="equity_positive", passed=bad.height == 0,
                                metadata={"sessions_with_equity_le_0": bad.height})

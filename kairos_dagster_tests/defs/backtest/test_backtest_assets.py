@@ -86,6 +86,31 @@ def test_a_span_backfill_writes_every_strategy(span):
     assert text.count('<img alt="') == len(PICTURES) and 'id="capacity_table"' in text
 
 
+def test_each_week_of_a_span_backfill_has_its_own_metadata(span):
+    """A range run records one event per week and table; each tells that week's rows and dates, the rich
+    entries (the latest equity table) sit on the last week's, and the run's totals beside them."""
+    result, settings = span
+    t = _tables(settings)
+    for table in SELECTION[:4]:
+        mats = [m for m in result.get_asset_materialization_events()
+                if m.step_materialization_data.materialization.asset_key.to_user_string() == table]
+        mats = [m.step_materialization_data.materialization for m in mats]
+        assert [m.partition for m in mats] == WEEKS, table
+        week = pl.col("date").dt.truncate("1w").dt.to_string("%Y-%m-%d")
+        own = t[table].filter(pl.col("config_id") == "default")  # the capacity sweep's chains are its own
+        truth = dict(own.group_by(week.alias("week")).len().iter_rows())
+        for m in mats:
+            assert m.metadata["rows"].value == truth.get(m.partition, 0), (table, m.partition)
+            assert m.metadata["dagster/row_count"].value == truth.get(m.partition, 0)
+            if truth.get(m.partition):
+                assert m.metadata["first_date"].value >= m.partition and m.metadata["config_id"].value == "default"
+        assert mats[-1].metadata["run_rows"].value == own.height
+        assert "run_rows" not in mats[0].metadata
+    daily = [m.step_materialization_data.materialization for m in result.get_asset_materialization_events()
+             if m.step_materialization_data.materialization.asset_key.to_user_string() == "backtest_daily"]
+    assert "latest" in daily[-1].metadata and "latest" not in daily[0].metadata
+
+
 def test_the_capacity_sweep_has_its_own_chains_and_the_default_as_its_smallest(span):
     _, settings = span
     t = _tables(settings)
