@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import multiprocessing
 import os
-import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,13 +44,8 @@ RISK4_STRATEGIES: dict[str, Risk4Config] = {
 STRATEGIES: tuple[str, ...] = (*RISK4_STRATEGIES, "universe_ew", "market")
 
 
-# Strategies replayed at once (the machine has 2 cores; more only contend).
+# Strategies replayed at once (the machine has 2 cores; more threads only contend).
 STRATEGY_THREADS = max(1, min(2, os.cpu_count() or 1))
-# A window of this many weeks or more replays its strategies in worker processes: a week of Risk4 is a few
-# hundred small polars calls, and between them Python holds the GIL, so two threads gave ~1.1 cores (the
-# 10-year backfill of every strategy: 188 s). Shorter windows (the weekly run, a week) use threads: a
-# worker's start (a fresh interpreter importing polars and the calendar) would cost more than it saves.
-PROCESS_MIN_WEEKS = 52
 
 
 class BacktestConfigError(ValueError):
@@ -127,65 +120,26 @@ def run_window(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, set
     sep = tables.load_prices(con, start, end)
     liquidity = liquidity_frame(matrix, ML_CONFIG) if matrix.height else pl.DataFrame(
         schema={"ticker": pl.String, "date": pl.Date, "adv": pl.Float64, "daily_vol": pl.Float64})
+    # Sliced and validated once, read by every strategy.
+    inputs = SignalInputs.build(matrix, known, returns)
     panel = price_panel(sep)
     traded = [n for n in names if n != "market"]
     books = {n: tables.load_book(con, n, settings.config_id, start) for n in traded}  # one connection: in turn
-    workers = max(1, min(len(traded), STRATEGY_THREADS))
-    if workers > 1 and len(plans) >= PROCESS_MIN_WEEKS:
-        shared = {"matrix": matrix, "returns": returns, "panel": panel, "liquidity": liquidity}
-        out = _replay_in_processes(traded, plans, shared, known, books, settings, last_session, workers)
-    else:
-        inputs = SignalInputs.build(matrix, known, returns)  # sliced once, read by every strategy
 
-        def one(name: str) -> BacktestResult:
-            return _replay_one(name, plans, inputs, panel, liquidity, books[name], settings, last_session)
+    def one(name: str) -> BacktestResult:
+        target = (risk4_targets(inputs, RISK4_STRATEGIES[name]) if name in RISK4_STRATEGIES
+                  else equal_weight_targets(inputs, ML_CONFIG))
+        return replay(plans, None, target, liquidity=liquidity, end=last_session, costs=settings.costs,
+                      book=books[name], portfolio_value=settings.portfolio_value, cash_rate=settings.cash_rate,
+                      panel=panel)
 
-        # The strategies are independent chains over shared read-only frames, each exactly as it would be alone.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            out = dict(zip(traded, pool.map(one, traded), strict=True))
+    # The strategies are independent chains over shared read-only frames: replayed side by side (polars
+    # releases the GIL in its kernels), each exactly as it would be alone.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(traded), STRATEGY_THREADS))) as pool:
+        out: dict[str, BacktestResult] = dict(zip(traded, pool.map(one, traded), strict=True))
     if "market" in names:
         out["market"] = _market(con, start, end, settings)
     return out
-
-
-def _replay_one(name: str, plans: Sequence, inputs: SignalInputs, panel: pl.DataFrame, liquidity: pl.DataFrame,
-                book: Book | None, settings: BacktestSettings, last_session: dt.date) -> BacktestResult:
-    target = (risk4_targets(inputs, RISK4_STRATEGIES[name]) if name in RISK4_STRATEGIES
-              else equal_weight_targets(inputs, ML_CONFIG))
-    return replay(plans, None, target, liquidity=liquidity, end=last_session, costs=settings.costs, book=book,
-                  portfolio_value=settings.portfolio_value, cash_rate=settings.cash_rate, panel=panel)
-
-
-def _replay_in_processes(traded: Sequence[str], plans: Sequence, shared: dict[str, pl.DataFrame], known: list,
-                         books: dict[str, Book | None], settings: BacktestSettings, last_session: dt.date,
-                         workers: int) -> dict[str, BacktestResult]:
-    """The strategies replayed by `workers` fresh processes: the shared frames go to them once, as Arrow
-    files they read; each strategy's result comes back whole. The same function as in threads."""
-    order = sorted(traded, key=lambda n: n not in RISK4_STRATEGIES)  # the long Risk4 chains first
-    with tempfile.TemporaryDirectory(prefix="kairos-backtest-") as tmp:
-        paths = {}
-        for key, frame in shared.items():
-            paths[key] = str(Path(tmp) / f"{key}.arrow")
-            frame.write_ipc(paths[key])
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_start, initargs=(paths, known)) as pool:
-            futures = {n: pool.submit(_worker_replay, n, plans, books[n], settings, last_session) for n in order}
-            return {n: futures[n].result() for n in traded}
-
-
-_WORKER: dict[str, object] = {}  # a worker process's shared inputs, read once at its start
-
-
-def _worker_start(paths: dict[str, str], known: list) -> None:
-    frames = {k: pl.read_ipc(p) for k, p in paths.items()}
-    _WORKER.update(inputs=SignalInputs.build(frames["matrix"], known, frames["returns"]), panel=frames["panel"],
-                   liquidity=frames["liquidity"])
-
-
-def _worker_replay(name: str, plans: Sequence, book: Book | None, settings: BacktestSettings,
-                   last_session: dt.date) -> BacktestResult:
-    return _replay_one(name, plans, _WORKER["inputs"], _WORKER["panel"], _WORKER["liquidity"], book, settings,
-                       last_session)
 
 
 def _market(con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date, settings: BacktestSettings) -> BacktestResult:

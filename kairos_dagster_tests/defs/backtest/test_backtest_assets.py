@@ -236,25 +236,3 @@ def test_each_weeks_target_is_the_live_rebalance_given_the_backtests_own_prior(s
             assert_frame_equal(picks, bought, check_exact=False, rtol=1e-9, atol=1e-12)
             checked += 1
     assert checked >= 3 and blocked == 1
-
-
-def test_strategies_replayed_in_worker_processes_equal_the_threads(base_db, monkeypatch):
-    """A long window replays its strategies in spawned processes; the rows are those of the threads."""
-    from kairos_dagster.backtest import weekly
-
-    start, end = dt.date.fromisoformat(FIRST), dt.date.fromisoformat(LAST) + dt.timedelta(days=7)
-    with store.connect(base_db, read_only=True) as con:
-        threads = weekly.run_window(con, start, end, weekly.BacktestSettings())
-        monkeypatch.setattr(weekly, "PROCESS_MIN_WEEKS", 1)
-        calls = []
-        real = weekly._replay_in_processes
-        monkeypatch.setattr(weekly, "_replay_in_processes", lambda *a: calls.append(a[0]) or real(*a))
-        processes = weekly.run_window(con, start, end, weekly.BacktestSettings())
-    assert calls == [["ml", "ml_fixed", "v8", "universe_ew"]]
-    assert set(processes) == set(threads) == {"ml", "ml_fixed", "v8", "universe_ew", "market"}
-    for name, a in threads.items():
-        b = processes[name]
-        for part in ("daily", "trades", "positions"):
-            assert_frame_equal(getattr(a, part), getattr(b, part), check_exact=False, rel_tol=1e-12, abs_tol=1e-12)
-        assert [(x.date, x.cash) for x in a.weekly_books] == [(x.date, x.cash) for x in b.weekly_books]
-        assert_frame_equal(a.book.units, b.book.units, check_exact=False, rel_tol=1e-12, abs_tol=1e-12)
