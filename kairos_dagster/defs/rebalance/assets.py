@@ -32,7 +32,7 @@ from kairos_dagster import calendar as cal
 from kairos_dagster.broker.approval import picks_content_hash
 from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.constants import NEW_YORK
-from kairos_dagster.defs.metadata import add_images, frame_metadata
+from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_metadata
 from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
 from kairos_dagster.defs.rebalance.checks import gate_check_events, rebalance_gate_specs
 from kairos_dagster.defs.side_tables import report_side_tables
@@ -200,17 +200,43 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                     last.result.sector_weights_vs_caps, f"Sector weights against their caps, {week}"),
                     weight_distribution_chart=plots.weight_distribution_png(
                         rw.picks_rows(last)["weight"], cap=risk.max_position_pct, title=f"Position weights, {week}"))
-            for key in ("n_positions", "top_5_weight", "estimated_vol", "turnover"):
-                v = rw.summary_line(last).get(key)
-                if v is not None:
-                    md[key] = MetadataValue.int(v) if isinstance(v, int) else MetadataValue.float(significant(float(v)))
-        yield Output(picks, output_name="rebalance_picks", metadata=md)
+        if context.has_partition_key_range and len(context.partition_keys) > 1:
+            # A range run's events each tell their own week: rows and dates, and the week's book numbers;
+            # what describes the last week only (its alpha's skill, its files) goes on that week's event.
+            last_only = {k: md.pop(k) for k in LAST_WEEK_ONLY if k in md}
+            for w in weeks:
+                week_md = _summary_metadata(w) | (last_only if w is weeks[-1] else {})
+                if week_md:
+                    context.add_asset_metadata(week_md, asset_key="rebalance_picks",
+                                               partition_key=_week_key(w.plan.rebalance_date))
+        elif weeks:
+            md.update(_summary_metadata(weeks[-1]))
+        yield Output(picks, output_name="rebalance_picks",
+                     metadata=weekly_metadata(context, picks, md, date_col="date", asset_key="rebalance_picks"))
         tmd = frame_metadata(trades, nulls=False)
         tmd["buys"] = MetadataValue.int(trades.filter(pl.col("action") == "BUY").height)
         tmd["sells"] = MetadataValue.int(trades.filter(pl.col("action") == "SELL").height)
-        yield Output(trades, output_name="rebalance_trades", metadata=tmd)
+        yield Output(trades, output_name="rebalance_trades",
+                     metadata=weekly_metadata(context, trades, tmd, date_col="date", asset_key="rebalance_trades"))
 
     return rebalance
+
+
+LAST_WEEK_ONLY = ("alpha_skill", "alpha_trailing_rank_ic", "prior_source", "picks_csv", "output_folder")
+
+
+def _week_key(day: dt.date) -> str:
+    return (day - dt.timedelta(days=day.weekday())).isoformat()
+
+
+def _summary_metadata(week: rw.WeekRebalance) -> dict[str, MetadataValue]:
+    """The week's book in numbers (positions, top-5 weight, estimated vol, turnover)."""
+    md = {}
+    for key in ("n_positions", "top_5_weight", "estimated_vol", "turnover"):
+        v = rw.summary_line(week).get(key)
+        if v is not None:
+            md[key] = MetadataValue.int(v) if isinstance(v, int) else MetadataValue.float(significant(float(v)))
+    return md
 
 
 def _alpha_skill(warehouse: DuckDBWarehouse, alpha: str, rebalance_date: dt.date,

@@ -124,6 +124,18 @@ def test_backfill_chains_weeks_and_equals_week_by_week(env, instance, tmp_path, 
     assert sorted({(e.check_name, e.partition) for e in evals}) == sorted(
         (name, week) for name, _, _ in GATES for week in ("2026-01-05", "2026-01-12", "2026-01-19"))
     assert len(evals) == 3 * len(GATES)
+    # One event per week and table, each telling its own week: 75 picks, its dates, its book's numbers.
+    mats = materializations(result, "rebalance_picks")
+    assert [m.partition for m in mats] == ["2026-01-05", "2026-01-12", "2026-01-19"]
+    for m, d, s in zip(mats, dates, summaries, strict=True):
+        assert m.metadata["rows"].value == picks.filter(pl.col("date") == d).height == s["portfolio"]["n_positions"]
+        assert m.metadata["first_date"].value == m.metadata["last_date"].value == d.isoformat()
+        assert m.metadata["n_positions"].value == s["portfolio"]["n_positions"]
+    assert "picks_csv" in mats[-1].metadata and "picks_csv" not in mats[0].metadata
+    assert "gates" in mats[-1].metadata and "gates" not in mats[0].metadata
+    tmats = materializations(result, "rebalance_trades")
+    all_trades = _table(settings, "rebalance_trades")
+    assert [m.metadata["rows"].value for m in tmats] == [all_trades.filter(pl.col("date") == d).height for d in dates]
     for s in summaries[1:]:
         # Each later week starts from the week before: smoothing caps the one-way turnover at 30%.
         assert s["metrics"]["fresh_start"] is False
