@@ -588,8 +588,11 @@ def _friday(monday: dt.date) -> dict:
 
     _require(("feat_matrix_v2", "ml_predictions_v2", "ml_predictions_v2_tuned"), "friday")
     friday = dt.datetime.combine(monday + dt.timedelta(days=4), dt.time(21, 0), tzinfo=dt.UTC)
+    from kairos_dagster.sources.synthetic import panel as sp
+
     cache = load_settings().synthetic_cache_dir
-    panel_cache = "warm" if cache is not None and any(cache.glob("panel-*")) else "cold"  # before the runs
+    current = f"panel-*-{sp._generator_version()}-through*"  # a panel of this generator, before the runs
+    panel_cache = "warm" if cache is not None and any(cache.glob(current)) else "cold"
     friday_weekly_schedule = build_definitions().get_schedule_def("friday_weekly_schedule")
     requests = friday_weekly_schedule(build_schedule_context(scheduled_execution_time=friday))
     runs, total = [], 0.0

@@ -95,7 +95,8 @@ def source_resource(settings: Settings):
         "kind": settings.data_source, "base_url": settings.nasdaq_base_url,
         "synthetic_seed": settings.synthetic_seed, "synthetic_tickers": settings.synthetic_tickers,
         "synthetic_signal": settings.synthetic_signal,
-        "synthetic_cache_dir": str(settings.synthetic_cache_dir) if settings.synthetic_cache_dir else "off", "as_of": settings.as_of.isoformat() if settings.as_of else "",
+        "synthetic_cache_dir": str(settings.synthetic_cache_dir) if settings.synthetic_cache_dir else "off",
+        "as_of": settings.as_of.isoformat() if settings.as_of else "",
         "timeout_s": 30.0, "backoff_base_s": 0.5, "backoff_max_s": 30.0,
     }
     schema = {k: Field(type(v), is_required=False, description=f"default from the settings: {v!r}")

@@ -4,6 +4,7 @@ and the planted signal, all on small real markets (no mocks)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import numpy as np
 import polars as pl
@@ -435,6 +436,23 @@ def test_large_panels_are_kept_on_disk_and_mapped_back_unchanged(tmp_path, monke
     assert not isinstance(sp.panel(seed, n, 2016, cache_dir=tmp_path).cum, np.memmap)
     _fresh()
     assert isinstance(sp.panel(seed, n, 2016, cache_dir=tmp_path).cum, np.memmap)
+    _fresh()
+
+
+def test_a_panel_that_cannot_be_stored_is_still_served_and_said(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(sp, "DISK_CACHE_MIN_TICKERS", 1)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("x")  # the cache folder's path is a file: storing fails
+    torn = tmp_path / "cache" / ".panel-seed11-n60-old"
+    torn.mkdir(parents=True)
+    os.utime(torn, (0, 0))  # a private folder a killed writer left long ago
+    _fresh()
+    with caplog.at_level("WARNING"):
+        p = sp.panel(*SMALL, 2016, cache_dir=blocked)
+    assert p.T > 0 and "panel not kept" in caplog.text and str(blocked) in caplog.text
+    _fresh()
+    sp.panel(*SMALL, 2016, cache_dir=tmp_path / "cache")
+    assert not torn.exists() and len(list((tmp_path / "cache").glob("panel-*"))) == 1
     _fresh()
 
 

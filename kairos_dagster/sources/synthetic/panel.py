@@ -14,10 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
+from contextlib import suppress
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -578,6 +581,7 @@ def _splits(st: Static, cum: np.ndarray, divcum: np.ndarray, T: int) -> tuple[np
 
 
 _CACHE: dict[tuple[int, int, float], Panel] = {}
+_LOG = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 
 # Panels of at least this many tickers are also kept on disk (when the caller names a folder): building
@@ -595,6 +599,7 @@ def _generator_version() -> str:
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(np.__version__.encode())
     h.update(all_sessions().tobytes())
+    h.update("|".join(SECTORS).encode())  # the one input defined outside this module
     return h.hexdigest()[:16]
 
 
@@ -630,11 +635,15 @@ def _load_from_disk(folder: Path, seed: int, n: int, signal: float, last_year: i
 def _store_on_disk(folder: Path, p: Panel, signal: float) -> None:
     """Write the panel to a private folder, then rename it into place (another process may race: the
     first rename wins, both hold the same numbers). Earlier versions and shorter panels of this market
-    are removed: the new one serves them."""
+    are removed: the new one serves them, and so are private folders a killed writer left an hour ago."""
     final = folder / _disk_name(p.seed, p.n, signal, p.last_year)
     if final.exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
+    for torn in folder.glob(".panel-*"):
+        with suppress(OSError):
+            if time.time() - torn.stat().st_mtime > 3600:
+                shutil.rmtree(torn, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
     try:
         for k in _PANEL_ARRAYS:
@@ -671,7 +680,11 @@ def panel(seed: int, n: int, last_year: int, signal: float = 1.0, *, cache_dir: 
         if built is None:
             built = _build(seed, n, last_year, float(signal))
             if on_disk:
-                _store_on_disk(Path(cache_dir), built, float(signal))
+                try:
+                    _store_on_disk(Path(cache_dir), built, float(signal))
+                except OSError as exc:  # the cache is an optimization: the run goes on, and says so
+                    _LOG.warning("synthetic market: panel not kept in %s (%s); later processes regenerate it",
+                                 cache_dir, exc)
         _CACHE[key] = built
         # Bound memory (a 5,000-ticker panel is ~2 GB): keep the two most recent markets.
         while len(_CACHE) > 2:
