@@ -33,7 +33,7 @@ from kairos_dagster.broker.approval import picks_content_hash
 from kairos_dagster.calendar import weeks_for_sessions
 from kairos_dagster.constants import NEW_YORK
 from kairos_dagster.defs.metadata import add_images, frame_metadata, weekly_metadata
-from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, window_dates
+from kairos_dagster.defs.partitions import SINGLE_RUN, lookback_mapping, week_key, window_dates
 from kairos_dagster.defs.rebalance.checks import gate_check_events, rebalance_gate_specs
 from kairos_dagster.defs.side_tables import report_side_tables
 from kairos_dagster.defs.tags import REBALANCE_OP
@@ -208,7 +208,7 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
                 week_md = _summary_metadata(w) | (last_only if w is weeks[-1] else {})
                 if week_md:
                     context.add_asset_metadata(week_md, asset_key="rebalance_picks",
-                                               partition_key=_week_key(w.plan.rebalance_date))
+                                               partition_key=week_key(w.plan.rebalance_date))
         elif weeks:
             md.update(_summary_metadata(weeks[-1]))
         yield Output(picks, output_name="rebalance_picks",
@@ -223,10 +223,6 @@ def _rebalance_asset(partitions: PartitionsDefinition) -> AssetsDefinition:
 
 
 LAST_WEEK_ONLY = ("alpha_skill", "alpha_trailing_rank_ic", "prior_source", "picks_csv", "output_folder")
-
-
-def _week_key(day: dt.date) -> str:
-    return (day - dt.timedelta(days=day.weekday())).isoformat()
 
 
 def _summary_metadata(week: rw.WeekRebalance) -> dict[str, MetadataValue]:
