@@ -628,6 +628,7 @@ def _load_from_disk(folder: Path, seed: int, n: int, signal: float, last_year: i
         except (OSError, ValueError, KeyError):
             pass
         # Folders appear whole (renamed into place), so this one was damaged afterwards: drop it.
+        _LOG.warning("synthetic market: stored panel %s is unreadable or inconsistent; removed, regenerated", d)
         shutil.rmtree(d, ignore_errors=True)
     return None
 
