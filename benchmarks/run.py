@@ -83,6 +83,8 @@ STAGES: tuple[Stage, ...] = (
           None, None, ("matrix",)),
     Stage("friday_retune", 10, "the Friday schedule's runs for the latest retune week (Optuna, then both fits)",
           None, None, ("matrix",)),
+    Stage("rebuild", 18, "the full rebuild in one command from an empty warehouse: `kairos backfill` of every group "
+          "from sync to the matrix (both ML walk-forwards), with its progress line per asset", 1200),
     Stage("features_lake", 16, "Phases 1-5 single-run backfill (`kairos backfill`) from the same synced tables: "
           "DuckDB file + SQLite, DuckLake + PostgreSQL in 1 process, and in 2 (measured: the 2-process run)",
           None, None, ("sync",)),

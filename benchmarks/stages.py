@@ -722,6 +722,50 @@ def stage_features_lake() -> dict:
             "row_counts_equal": same, "copied_tables": tables}
 
 
+REBUILD_GROUPS = ("sync", *FEATURE_GROUPS, "phase6_ml", "phase7_matrix")
+
+
+def stage_rebuild() -> dict:
+    """Issue 18 item 4: the full rebuild as an operator runs it, one `kairos backfill` of every group from
+    the sync to the matrix (both ML walk-forwards included) over the whole span, from an empty warehouse
+    and model registry. It builds the bench warehouse the later stages use; the CLI's progress lines are
+    kept, and the run's per-step split is read from its event log."""
+    import subprocess
+    from pathlib import Path
+
+    from dagster import DagsterEventType, DagsterInstance, RunsFilter
+
+    warehouse, models = Path(os.environ["KAIROS_DUCKDB_PATH"]), Path(os.environ["KAIROS_MODELS_DIR"])
+    if warehouse.exists() or (models.exists() and any(models.iterdir())):
+        raise SystemExit(f"stage rebuild starts from nothing: remove {warehouse} (and its .wal) and {models} first")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "kairos"), "backfill", first_week(), last_week(),
+           "--select", ",".join(REBUILD_GROUPS)]
+    t0 = time.perf_counter()
+    env = os.environ | {"KAIROS_LOG_LEVEL": "INFO"}  # as an operator runs it: the progress lines shown
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seconds = time.perf_counter() - t0
+    (Path(os.environ["BENCH_WORK"]) / "rebuild.cli.log").write_text(out.stdout)
+    if out.returncode != 0:
+        raise RuntimeError(f"kairos backfill failed (exit {out.returncode}): {out.stdout[-1500:]}")
+    with DagsterInstance.get() as instance:
+        run = instance.get_run_records(RunsFilter(tags={"kairos/trigger": "cli_backfill"}), limit=1)[0].dagster_run
+        timing = _step_seconds(instance, run.run_id)
+        failed = sorted({f"{e.asset_key.to_user_string()}.{e.check_name}" for e in
+                         (r.dagster_event.event_specific_data for r in instance.all_logs(
+                             run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)) if not e.passed})
+    with _con() as con:
+        from kairos_dagster.warehouse import store
+
+        counts = {t: con.execute(f"SELECT count(*) FROM {store.ident(t)}").fetchone()[0]
+                  for t in store.table_names(con)}
+    progress = [line for line in out.stdout.splitlines() if "elapsed" in line]
+    return {"seconds": seconds, "success": True, "groups": list(REBUILD_GROUPS), "tables": len(counts),
+            "rows": sum(counts.values()), "assets": counts, "step_seconds": timing["steps"],
+            "dagster_events": timing["events"], "step_phases": timing["phases"],
+            "phase_totals": timing["phase_totals"], "before_first_step_s": timing["before_first_step_s"],
+            "failed_checks": failed, "progress_lines": progress}
+
+
 def stage_demo() -> dict:
     """`make demo` from a fresh `git clone` of this checkout's HEAD, environment bootstrap included,
     then a second `make demo` timing without the bootstrap (fresh data, the .venv kept)."""
@@ -846,6 +890,7 @@ STAGES: dict[str, Callable[[], dict]] = {
     "sync_week": stage_sync_week,
     "demo": stage_demo,
     "features_lake": stage_features_lake,
+    "rebuild": stage_rebuild,
     "backtest_ml": stage_backtest_ml,
     "backtest": stage_backtest,
     "backtest_week": stage_backtest_week,
