@@ -20,6 +20,7 @@ from dagster import (
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
+    JobDefinition,
 )
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.utils import make_new_run_id
@@ -103,9 +104,9 @@ def run_selection(
             return _execute_in_processes(job.name, keys, config, run_tags, partition_key, run_id, instance,
                                          raise_on_error)
         with _recorded_origin(instance, job.name):
-            return job.execute_in_process(run_config=config, asset_selection=keys, instance=instance,
-                                          partition_key=partition_key, tags=run_tags, raise_on_error=raise_on_error,
-                                          run_id=run_id)
+            return _execute_in_process(job, run_config=config, asset_selection=keys, instance=instance,
+                                       partition_key=partition_key, tags=run_tags, raise_on_error=raise_on_error,
+                                       run_id=run_id)
 
     progress = None
     if _level_shows_info(config):
@@ -165,6 +166,40 @@ def _execute_in_processes(job_name: str, keys: Sequence[AssetKey], config: Mappi
                                       tags=run_tags, asset_selection=frozenset(keys),
                                       job_code_origin=job.get_python_origin(), remote_job_origin=job_origin(job_name))
     return execute_run(job, run, instance, raise_on_error=raise_on_error)
+
+
+def _execute_in_process(job: JobDefinition, *, run_config: Mapping[str, Any], asset_selection: Sequence[AssetKey],
+                        instance: DagsterInstance, partition_key: str | None, tags: Mapping[str, str],
+                        raise_on_error: bool, run_id: str) -> ExecuteInProcessResult:
+    """`JobDefinition.execute_in_process` without its output capture. That API keeps every step's output
+    value in memory until the run ends (for `output_for_node`); our outputs are warehouse tables the IO
+    manager has written, and a full rebuild held all 36 of them: 24 GB, killed for memory at 5,000 x 10.
+    Here a step's frame is freed once it is written. Mirrors dagster 1.13's method otherwise (the pin)."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.execution.execute_in_process import (
+        core_execute_in_process,
+        merge_run_tags,
+        type_check_and_normalize_args,
+    )
+
+    run_config, op_selection, selection, resource_defs, partition_key, input_values = type_check_and_normalize_args(
+        run_config=run_config, partition_key=partition_key, op_selection=None, asset_selection=asset_selection,
+        input_values=None, resources=None)
+    ephemeral = job.as_ephemeral_job(resource_defs=resource_defs, input_values=input_values,
+                                     op_selection=op_selection, asset_selection=selection)
+    if partition_key and ephemeral.partitions_def:
+        with partition_loading_context(dynamic_partitions_store=instance) as ctx:
+            ephemeral.validate_partition_key(partition_key=partition_key, selected_asset_keys=set(selection),
+                                             context=ctx)
+    if not run_config and ephemeral.partitioned_config and partition_key:
+        run_config = ephemeral.partitioned_config.get_run_config_for_partition_key(partition_key)
+    return core_execute_in_process(
+        job=InMemoryJob(job_def=ephemeral), run_config=run_config, instance=instance,
+        output_capturing_enabled=False, raise_on_error=raise_on_error,
+        run_tags=merge_run_tags(job_def=job, partition_key=partition_key, tags=tags, asset_selection=selection,
+                                instance=instance, run_config=run_config),
+        run_id=run_id, asset_selection=frozenset(selection))
 
 
 @contextlib.contextmanager
