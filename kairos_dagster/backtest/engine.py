@@ -110,9 +110,16 @@ def price_panel(sep: pl.DataFrame) -> pl.DataFrame:
     ).sort("date", "ticker")
 
 
+def _on_date(by_date: pl.DataFrame, dates: pl.Series, day: dt.date) -> pl.DataFrame:
+    """The rows of `day` in a frame sorted by date (`dates` its date column): a binary search, not a scan."""
+    a, b = int(dates.search_sorted(day, side="left")), int(dates.search_sorted(day, side="right"))
+    return by_date.slice(a, b - a)
+
+
 def _liquidity_at(liquidity: pl.DataFrame, signal_date: dt.date) -> tuple[pl.DataFrame, float, float]:
-    """ticker, adv, daily_vol at the signal date, and the cross-section's medians (for names it lacks)."""
-    rows = liquidity.filter(pl.col("date") == signal_date).select("ticker", "adv", "daily_vol")
+    """ticker, adv, daily_vol at the signal date (`liquidity` sorted by date), and the cross-section's
+    medians (for names it lacks)."""
+    rows = _on_date(liquidity, liquidity.get_column("date"), signal_date).select("ticker", "adv", "daily_vol")
     adv, vol = rows["adv"].median() if rows.height else None, rows["daily_vol"].median() if rows.height else None
     # No liquidity known at all (the first weeks of a history): no cap and no impact, the spread still paid.
     return rows, math.inf if adv is None else float(adv), 0.0 if vol is None else float(vol)
@@ -178,20 +185,23 @@ def _rebalance(book: Book, day: pl.DataFrame, target: pl.DataFrame | None, plan:
 
 
 def _drift(units: pl.DataFrame, prices: pl.DataFrame, sessions: Sequence[dt.date], last_marks: pl.DataFrame
-           ) -> pl.DataFrame:
-    """date, value, n_positions of the fixed `units` over `sessions` (a name without a row keeps its last mark)."""
+           ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(date, value, n_positions) of the fixed `units` over `sessions`, and each name's mark at the last
+    session (ticker, mark): a name without a row keeps its last mark."""
     days = pl.DataFrame({"date": list(sessions)}, schema={"date": pl.Date})
     if units.height == 0:
-        return days.with_columns(pl.lit(0.0).alias("value"), pl.lit(0, pl.Int64).alias("n_positions"))
+        return (days.with_columns(pl.lit(0.0).alias("value"), pl.lit(0, pl.Int64).alias("n_positions")),
+                pl.DataFrame(schema={"ticker": pl.String, "mark": pl.Float64}))
     grid = (units.join(days, how="cross")
             .join(prices.select("ticker", "date", "mark"), on=["ticker", "date"], how="left")
             .join(last_marks.select("ticker", pl.col("mark").alias("seed")), on="ticker", how="left")
             .sort("ticker", "date")
             .with_columns(pl.col("mark").forward_fill().over("ticker"))
             .with_columns(pl.col("mark").fill_null(pl.col("seed"))))
-    return (grid.group_by("date").agg((pl.col("units") * pl.col("mark")).sum().alias("value"),
-                                      (pl.col("units") * pl.col("mark") > DUST).sum().cast(pl.Int64).alias("n_positions"))
-            .sort("date"))
+    values = (grid.group_by("date").agg((pl.col("units") * pl.col("mark")).sum().alias("value"),
+                                        (pl.col("units") * pl.col("mark") > DUST).sum().cast(pl.Int64).alias("n_positions"))
+              .sort("date"))
+    return values, grid.filter(pl.col("date") == sessions[-1]).select("ticker", "mark")
 
 
 def rebase(book: Book, prices: pl.DataFrame) -> Book:
@@ -232,6 +242,8 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: Targe
     prices = price_panel(sep) if panel is None else panel
     prices_by_date = prices  # price_panel sorts by date, then ticker
     price_dates = prices_by_date.get_column("date")
+    if not liquidity.get_column("date").is_sorted():  # each rebalance reads its signal date's rows by search
+        liquidity = liquidity.sort("date")
     plans = sorted(plans, key=lambda p: p.rebalance_date)
     if book.date is not None:
         plans = [p for p in plans if p.rebalance_date > book.date]
@@ -262,7 +274,7 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: Targe
         if plan is not None and days[0] == plan.rebalance_date:
             prior = Book(book.date, cash, units.join(marks, on="ticker", how="left")).holdings()
             target = target_fn(plan, prior)
-            today = window.filter(pl.col("date") == plan.rebalance_date)
+            today = _on_date(window, window.get_column("date"), plan.rebalance_date)
             cash, units, week_trades, cost_today, turnover_today, eq_open = _rebalance(
                 Book(None, cash, units.join(marks, on="ticker", how="left")), today, target, plan, liquidity, costs)
             trades.append(week_trades)
@@ -270,7 +282,7 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: Targe
             positions.append(pos.select(pl.lit(plan.rebalance_date).alias("date"), "ticker",
                                         (pl.col("units") * pl.col("open_adj") / eq_open).alias("weight"), "units")
                              .cast(POSITIONS_SCHEMA))
-        values = _drift(units, window, days, marks)
+        values, marks = _drift(units, window, days, marks)
         cash_path = [cash * growth ** (k + 1) for k in range(len(days))]
         seg = values.with_columns(pl.Series("cash", cash_path)).with_columns(
             (pl.col("cash") + pl.col("value")).alias("equity"))
@@ -284,11 +296,6 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: Targe
             (pl.col("value") / pl.col("equity")).alias("gross_exposure"))
         daily.append(seg.select(list(DAILY_SCHEMA)).cast(DAILY_SCHEMA))
         prev_equity, cash = equity[-1], cash_path[-1]
-        last = (units.join(window.group_by("ticker").agg(
-            pl.col("mark").sort_by("date").last()), on="ticker", how="left")
-            .join(marks.rename({"mark": "old"}), on="ticker", how="left")
-            .select("ticker", pl.col("mark").fill_null(pl.col("old")).alias("mark")))
-        marks = last
         book = Book(days[-1], cash, units.join(marks, on="ticker", how="left").select("ticker", "units", "mark"))
         if (len(segments) == k + 1 or segments[k + 1][1][0] - dt.timedelta(days=segments[k + 1][1][0].weekday())
                 != days[-1] - dt.timedelta(days=days[-1].weekday())):

@@ -61,7 +61,8 @@ def risk4_targets(inputs: SignalInputs, config: Risk4Config) -> TargetFn:
     def target(plan: WeekPlan, prior: pl.DataFrame) -> pl.DataFrame | None:
         sig = plan.signal_date
         rets = inputs.return_rows(cal.sessions_offset(sig, -(config.cov_window + 5)), sig)
-        week = rebalance_week(plan, inputs.matrix_rows(sig, sig), inputs.dates, rets, prior, config, "backtest book")
+        week = rebalance_week(plan, inputs.matrix_rows(sig, sig), inputs.dates, rets, prior, config, "backtest book",
+                              with_trades=False)
         if week.result is None or week.blocked:
             return None
         return week.result.picks.select("ticker", "weight")

@@ -95,12 +95,15 @@ def empty_holdings() -> pl.DataFrame:
 
 
 def rebalance_week(plan: WeekPlan, matrix: pl.DataFrame, matrix_dates: Iterable[dt.date], returns: pl.DataFrame,
-                   prior: pl.DataFrame, config: Risk4Config, prior_source: str = "none") -> WeekRebalance:
+                   prior: pl.DataFrame, config: Risk4Config, prior_source: str = "none", *,
+                   with_trades: bool = True) -> WeekRebalance:
     """Risk4 for one week: the portfolio at the signal date, the trades from `prior`, and the gates.
 
     `matrix`: feat_matrix_v2 rows (any dates; only the signal date's are used). `matrix_dates`: the dates
     feat_matrix_v2 holds (only those up to the signal date count: no look-ahead). `returns`: ticker,
     date, ret (later dates are cut here). `prior`: HOLDINGS_SCHEMA rows, empty for a fresh start.
+    `with_trades=False` leaves the share orders out (`trades` None): the backtest trades weights at the
+    open itself, and the portfolio and gates are the same either way.
     """
     sig = plan.signal_date
     known = [d for d in matrix_dates if d <= sig]
@@ -110,9 +113,11 @@ def rebalance_week(plan: WeekPlan, matrix: pl.DataFrame, matrix_dates: Iterable[
         return WeekRebalance(plan, None, None, gates, prior, prior_source)
     result = build_portfolio(rows, prior.select("ticker", "weight", "sector") if prior.height else None,
                              returns.filter(pl.col("date") <= sig), config, sig)
-    prices = rows.select(pl.col("ticker").cast(pl.String), pl.col(config.price_column).cast(pl.Float64).alias("price"))
-    prices = prices.filter(pl.col("price").is_finite() & (pl.col("price") > 0))
-    trades = plan_trades(result.picks, prior.select("ticker", "shares", "price") if prior.height else None, prices)
+    trades = None
+    if with_trades:
+        prices = rows.select(pl.col("ticker").cast(pl.String), pl.col(config.price_column).cast(pl.Float64).alias("price"))
+        prices = prices.filter(pl.col("price").is_finite() & (pl.col("price") > 0))
+        trades = plan_trades(result.picks, prior.select("ticker", "shares", "price") if prior.height else None, prices)
     return WeekRebalance(plan, result, trades, evaluate_gates(sig, known, result, config), prior, prior_source)
 
 

@@ -45,7 +45,11 @@ def signal_rows(frame: pl.DataFrame, config: Risk4Config,
     a name with no sector cannot be sector-capped, no positive vol cannot be risk-weighted, no positive
     price cannot be sized. Missing alpha and ADV are handled later (they feed the coverage gate).
     """
-    rows = _rows_at_date(frame, config, signal_date)
+    return _canonical(_rows_at_date(frame, config, signal_date), config)
+
+
+def _canonical(rows: pl.DataFrame, config: Risk4Config) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """signal_rows of rows already checked by _rows_at_date."""
     canon = rows.select(
         pl.col("ticker").cast(pl.String),
         pl.col(config.sector_column).cast(pl.String).alias("sector"),
@@ -79,20 +83,21 @@ def _rows_at_date(frame: pl.DataFrame, config: Risk4Config, signal_date: dt.date
         raise PortfolioInputError(f"feat_matrix_v2 rows at the signal date lack column(s) {', '.join(missing)}")
     rows = frame
     if "date" in frame.columns:
-        dates = frame.get_column("date").unique().sort()
         if signal_date is not None:
             rows = frame.filter(pl.col("date") == signal_date)
             if rows.height == 0:
+                dates = frame.get_column("date").unique().sort()
                 raise PortfolioInputError(f"feat_matrix_v2 has no rows at signal date {signal_date}; "
                                           f"dates present: {dates.head(5).to_list()}")
-        elif dates.len() > 1:
-            raise PortfolioInputError(f"feat_matrix_v2 frame holds {dates.len()} dates; pass signal_date")
+        elif (n_dates := frame.get_column("date").n_unique()) > 1:
+            raise PortfolioInputError(f"feat_matrix_v2 frame holds {n_dates} dates; pass signal_date")
     if rows.height == 0:
         raise PortfolioInputError("feat_matrix_v2 frame at the signal date is empty")
-    if rows.get_column("ticker").null_count():
+    tickers = rows.get_column("ticker")
+    if tickers.null_count():
         raise PortfolioInputError("feat_matrix_v2 has rows with a null ticker at the signal date")
-    dup = rows.group_by("ticker").len().filter(pl.col("len") > 1).get_column("ticker").sort()
-    if dup.len():
+    if tickers.n_unique() < rows.height:  # the names only on failure: the check runs every week
+        dup = tickers.filter(tickers.is_duplicated()).unique().sort()
         raise PortfolioInputError(f"feat_matrix_v2 has duplicate tickers at the signal date: {dup.head(10).to_list()}")
     return rows
 
@@ -267,8 +272,9 @@ def validate_prior(prior: pl.DataFrame | None) -> pl.DataFrame:
     if bad.height:
         t, w = bad.row(0)[:2]
         raise PortfolioInputError(f"prior weight for {t} is {w}; weights must be finite and >= 0 (long only)")
-    dup = p.group_by("ticker").len().filter(pl.col("len") > 1).get_column("ticker").sort()
-    if dup.len():
+    tickers = p.get_column("ticker")
+    if tickers.n_unique() < p.height:
+        dup = tickers.filter(tickers.is_duplicated()).unique().sort()
         raise PortfolioInputError(f"prior weights have duplicate tickers: {dup.head(10).to_list()}")
     total = p.get_column("weight").sum()
     if total > 1.0 + 1e-6:
@@ -523,7 +529,7 @@ def build_portfolio(frame_at_signal_date: pl.DataFrame, prior_weights: pl.DataFr
     if signal_date is None:
         raise PortfolioInputError("build_portfolio needs a signal_date (or a `date` column in the frame)")
     notes: list[str] = []
-    kept, dropped = signal_rows(rows, config, signal_date)
+    kept, dropped = _canonical(rows, config)
     adv_ok, n_below = filter_adv(kept, config.min_adv)
     n_adv = adv_ok.height
     eligible = adv_ok.filter(pl.col("alpha").is_not_null())
