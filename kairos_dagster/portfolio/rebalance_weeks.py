@@ -111,8 +111,11 @@ def rebalance_week(plan: WeekPlan, matrix: pl.DataFrame, matrix_dates: Iterable[
     if sig not in set(known) or rows.height == 0:
         gates = evaluate_gates(sig, known, None, config)
         return WeekRebalance(plan, None, None, gates, prior, prior_source)
+    latest = returns.get_column("date").max() if returns.height else None
+    if latest is not None and latest > sig:  # most callers hand no later rows: no copy of the window
+        returns = returns.filter(pl.col("date") <= sig)
     result = build_portfolio(rows, prior.select("ticker", "weight", "sector") if prior.height else None,
-                             returns.filter(pl.col("date") <= sig), config, sig)
+                             returns, config, sig)
     trades = None
     if with_trades:
         prices = rows.select(pl.col("ticker").cast(pl.String), pl.col(config.price_column).cast(pl.Float64).alias("price"))

@@ -424,9 +424,9 @@ def _validate_returns(returns: pl.DataFrame, signal_date: dt.date, tickers: pl.S
         raise PortfolioInputError(f"returns frame lacks column(s) {', '.join(missing)}")
     if returns.height == 0:
         return returns
-    late = returns.filter(pl.col("date") > signal_date)
-    if late.height:
-        t, d = late.sort("date").select("ticker", "date").row(0)
+    latest = returns.get_column("date").max()  # a max, not a filter: the window is checked every week
+    if latest is not None and latest > signal_date:
+        t, d = returns.filter(pl.col("date") > signal_date).sort("date").select("ticker", "date").row(0)
         raise PortfolioInputError(f"returns hold data after the signal date {signal_date} "
                                   f"(look-ahead), e.g. {t} on {d}")
     returns = returns.filter(pl.col("ticker").is_in(tickers.implode()))
