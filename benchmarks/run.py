@@ -392,6 +392,12 @@ def details(stage: Stage, rec: dict[str, Any]) -> str:
                 f"{q['us_per_stock_feature_year'] / k['us_per_stock_feature_year']:.1f}× Kairos's; writing Qlib's "
                 f"binary format {r['qlib_convert_s']} s (not timed in either); K-bar features on "
                 f"{c['rows']:,} sampled rows agree within {worst:.1e} of the open (float32)")
+    if n == "backtest_vectorbt":
+        return (f"the `ml` chain's weights, {r['rebalances']} rebalances over {r['sessions']:,} sessions and "
+                f"{r['tickers']:,} tickers, no costs: Kairos {r['kairos_s']} s, vectorbt {r['vectorbt_s']} s cold "
+                f"(numba's compilation included) / {r['vectorbt_warm_s']} s warm; gross curves within "
+                f"{r['max_rel_diff']:.1e} (relative; final equity {r['final_kairos']:,.2f} vs "
+                f"{r['final_vectorbt']:,.2f}), sessions on one side only: {r['sessions_only_one_side']}")
     if n == "demo":
         return (f"fresh clone: {r['with_bootstrap_s']} s with the .venv bootstrap, {r['without_bootstrap_s']} s "
                 f"without (fresh data, outputs and Dagster home)" + (f"; failed: {r['tail']}" if r.get("tail") else ""))
