@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,29 @@ def _recorded_origin(instance: DagsterInstance, job_name: str) -> Iterator[None]
         del instance.create_run_for_job
 
 
+# How often a waiting CLI run gives the C heap's free pages back (a few ms each time).
+TRIM_EVERY_S = 15.0
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+def return_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`). XGBoost's and numpy's
+    buffers come from that heap, and glibc keeps what a step freed: after the two ML walk-forwards a
+    one-command rebuild at 5,000 x 10 stayed 12 GB resident, and the matrix step after them peaked at
+    21.5 GB (11.5 GB alone). Polars' own allocator returns its pages by itself; DuckDB frees its buffers
+    when the warehouse closes. Safe from any thread."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class RunInterrupted(RuntimeError):
     """SIGINT/SIGTERM stopped a run: the step in progress was rolled back or finished, no later step ran."""
 
@@ -265,10 +290,15 @@ def _interruptible(execute: Callable[[], ExecuteInProcessResult], instance: Dags
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         worker.start()
+        next_trim = time.monotonic() + TRIM_EVERY_S
         while worker.is_alive():
             worker.join(0.2)
             if progress is not None:
                 progress.poll()
+            if time.monotonic() >= next_trim:
+                return_freed_memory()
+                next_trim = time.monotonic() + TRIM_EVERY_S
+        return_freed_memory()
         if progress is not None:
             progress.poll(force=True)
     finally:

@@ -50,3 +50,25 @@ def test_a_steps_output_is_freed_once_written_not_held_until_the_run_ends():
     assert refs["upstream_alive_in_next_step"] is False
     # The run's result still tells what it materialized (the CLI, the bench and the tests read it).
     assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {"upstream", "downstream"}
+
+
+def test_a_waiting_run_gives_the_c_heaps_free_pages_back_while_and_after_it_runs(monkeypatch):
+    from kairos_dagster.instance import runner
+
+    calls: list[float] = []
+    monkeypatch.setattr(runner, "TRIM_EVERY_S", 0.05)
+    monkeypatch.setattr(runner, "return_freed_memory", lambda: calls.append(1.0))
+
+    @asset
+    def slow() -> Table:
+        import time
+
+        time.sleep(0.6)  # a step long enough for the waiting thread to trim during it
+        return Table(1)
+
+    with instance_for_test() as instance:
+        assert run_selection(Definitions(assets=[slow], resources={"io_manager": Written()}), ["slow"],
+                             instance=instance).success
+    assert len(calls) >= 3  # during the step, and once when the run ends
+    monkeypatch.undo()
+    runner.return_freed_memory()  # the real call (glibc here) runs and returns
