@@ -191,6 +191,10 @@ def test_the_risk4_target_is_the_live_rebalance_given_the_same_prior():
     live = rebalance_week(plan, frame, [SIGNAL_DATE], returns, prior, ML_CONFIG)
     assert target(plan, prior).equals(live.result.picks.select("ticker", "weight"))
     assert not target(plan, prior).equals(fresh.result.picks.select("ticker", "weight"))
+    # The backtest asks for no share orders: the portfolio and the gates are the live ones all the same.
+    bare = rebalance_week(plan, frame, [SIGNAL_DATE], returns, prior, ML_CONFIG, with_trades=False)
+    assert bare.trades is None and live.trades is not None and live.trades.height
+    assert bare.result.picks.equals(live.result.picks) and bare.gates == live.gates
 
 
 def test_equal_weight_targets_hold_the_eligible_universe():
