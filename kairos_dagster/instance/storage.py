@@ -41,13 +41,19 @@ import sqlalchemy.exc as db_exc
 from dagster import AssetKey, DagsterInvariantViolationError
 from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import AssetEventTagsTable, AssetKeyTable, SqlEventLogStorageTable
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetEventTagsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
-from dagster._serdes import ConfigurableClassData, deserialize_value
+from dagster._serdes import ConfigurableClassData, deserialize_value, serialize_value
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.storage import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
@@ -65,7 +71,23 @@ os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
 
 
 class RangeRunPartitionStatus:
-    """Partition status that reads range-run planned events (module docstring); for any SQL event log."""
+    """Partition status that reads range-run planned events (module docstring); for any SQL event log.
+
+    Also the planned rows of a partitioned check in a range run: one row per week, as Dagster writes them,
+    but the event serialized once and the rows inserted as one executemany. Dagster serializes the event
+    (with its 523-week subset) again for every week and compiles a 523-row VALUES statement: a 10-year
+    rebuild's 100-odd checks took 8 s before its first step started."""
+
+    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        planned = event.dagster_event.event_specific_data
+        weeks = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        common = {"asset_key": planned.asset_key.to_string(), "check_name": planned.check_name,
+                  "run_id": event.run_id, "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+                  "evaluation_event": serialize_value(event),
+                  "evaluation_event_timestamp": self._event_insert_timestamp(event),
+                  "evaluation_event_storage_id": event_id}
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), [{**common, "partition": week} for week in weeks])
 
     def get_latest_asset_partition_materialization_attempts_without_materializations(
         self, asset_key: AssetKey, after_storage_id: int | None = None

@@ -3,7 +3,18 @@
 import shutil
 
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, asset
+import sqlalchemy as db
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    MaterializeResult,
+    asset,
+)
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 
 from kairos_dagster.defs.partitions import SINGLE_RUN, settings_partitions
 from kairos_dagster.instance.runner import run_selection
@@ -211,3 +222,41 @@ def test_a_batch_that_one_file_refuses_is_stored_once_by_the_fallback(tmp_path, 
         assert in_run == keys
         indexed = instance.fetch_materializations(AssetKey("weekly_probe"), limit=100).records
         assert sorted(r.partition_key for r in indexed) == keys
+
+
+@asset(partitions_def=WEEKLY, backfill_policy=SINGLE_RUN,
+       check_specs=[AssetCheckSpec("weekly_ok", asset="weekly_checked", partitions_def=WEEKLY)])
+def weekly_checked(context):
+    from kairos_dagster.defs.checks import week_check_events
+
+    yield MaterializeResult()
+    yield from week_check_events(context, "weekly_checked", "weekly_ok",
+                                 [(week, AssetCheckResult(passed=True)) for week in context.partition_keys])
+
+
+def test_a_range_runs_planned_check_rows_are_dagsters_own_and_each_week_gets_its_result(home, tmp_path, monkeypatch):
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    keys = WEEKLY.get_partition_keys()[-5:]
+    check = AssetCheckKey(AssetKey("weekly_checked"), "weekly_ok")
+    with DagsterInstance.get() as instance:
+        result = run_selection(Definitions(assets=[weekly_checked]), ["weekly_checked"],
+                               partition_range=(keys[0], keys[-1]), instance=instance)
+        assert result.success
+        (planned,) = [e for e in instance.all_logs(result.run_id)
+                      if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION_PLANNED"]
+        records = instance.event_log_storage.get_asset_check_execution_history(check, limit=20)
+        assert sorted(r.partition for r in records) == keys  # one row per week, each with its result
+        assert {r.status.value for r in records} == {"SUCCEEDED"}
+    # The rows Kairos writes for a planned event are the rows Dagster's own storage writes for it.
+    ours, theirs = PooledSqliteEventLogStorage(str(tmp_path / "ours")), SqliteEventLogStorage(str(tmp_path / "theirs"))
+
+    def rows(storage):
+        storage._store_asset_check_evaluation_planned(planned, 42)
+        with storage.index_connection() as conn:
+            return conn.execute(db.select(*[c for c in AssetCheckExecutionsTable.c if c.name != "id"])
+                                .order_by(AssetCheckExecutionsTable.c.partition)).fetchall()
+
+    mine = rows(ours)
+    assert len(mine) == 5 and mine == rows(theirs)

@@ -62,3 +62,34 @@ def test_a_cli_backfill_prints_one_line_per_asset_not_one_per_week(tmp_path):
         assert lines[-1][4] == ""  # nothing left: no estimate
     # The first run has no earlier run to go by until its first asset is done; the second knows both.
     assert "left" in runs[0][0][4] and "left" in runs[1][0][4]
+
+
+def test_the_estimate_reads_each_assets_step_time_in_the_run_of_its_latest_materialization():
+    from dagster import AssetKey, Definitions, asset
+    from dagster._core.test_utils import instance_for_test
+
+    from kairos_dagster.instance.progress import prior_step_seconds
+    from kairos_dagster.instance.runner import run_selection
+    from kairos_dagster_tests.instance.test_runner_memory import Table, Written
+
+    @asset
+    def first() -> Table:
+        return Table(10)
+
+    @asset(deps=[first])
+    def second() -> Table:
+        return Table(20)
+
+    defs = Definitions(assets=[first, second], resources={"io_manager": Written()})
+    with instance_for_test() as instance:
+        run_selection(defs, ["first", "second"], instance=instance)
+        later = run_selection(defs, ["second"], instance=instance)  # second's latest run is this one
+        keys = [AssetKey("first"), AssetKey("second"), AssetKey("never")]
+        got = prior_step_seconds(instance, keys, weeks=4)
+        assert set(got) == {"first", "second"}  # nothing to go by for an asset never materialized
+        for name in ("first", "second"):
+            run_id = instance.get_latest_materialization_event(AssetKey(name)).run_id
+            assert (run_id == later.run_id) == (name == "second")
+            (stats,) = instance.get_run_step_stats(run_id, step_keys=[name])
+            # an unpartitioned run counts as one week: scaled to 4
+            assert got[name] == pytest.approx((stats.end_time - stats.start_time) * 4, rel=1e-6)
