@@ -110,16 +110,18 @@ def price_panel(sep: pl.DataFrame) -> pl.DataFrame:
     ).sort("date", "ticker")
 
 
-def _on_date(by_date: pl.DataFrame, dates: pl.Series, day: dt.date) -> pl.DataFrame:
-    """The rows of `day` in a frame sorted by date (`dates` its date column): a binary search, not a scan."""
-    a, b = int(dates.search_sorted(day, side="left")), int(dates.search_sorted(day, side="right"))
+def rows_between(by_date: pl.DataFrame, dates: pl.Series, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+    """The rows dated [lo, hi] (inclusive) of a frame sorted by date (`dates` its date column): a binary
+    search and a zero-copy slice, not a scan. Every weekly lookup of the backtest goes through here."""
+    a, b = int(dates.search_sorted(lo, side="left")), int(dates.search_sorted(hi, side="right"))
     return by_date.slice(a, b - a)
 
 
 def _liquidity_at(liquidity: pl.DataFrame, signal_date: dt.date) -> tuple[pl.DataFrame, float, float]:
     """ticker, adv, daily_vol at the signal date (`liquidity` sorted by date), and the cross-section's
     medians (for names it lacks)."""
-    rows = _on_date(liquidity, liquidity.get_column("date"), signal_date).select("ticker", "adv", "daily_vol")
+    rows = rows_between(liquidity, liquidity.get_column("date"), signal_date, signal_date).select(
+        "ticker", "adv", "daily_vol")
     adv, vol = rows["adv"].median() if rows.height else None, rows["daily_vol"].median() if rows.height else None
     # No liquidity known at all (the first weeks of a history): no cap and no impact, the spread still paid.
     return rows, math.inf if adv is None else float(adv), 0.0 if vol is None else float(vol)
@@ -269,12 +271,11 @@ def replay(plans: Sequence[WeekPlan], sep: pl.DataFrame | None, target_fn: Targe
     cash, units, marks = book.cash, book.units.select("ticker", "units"), book.units.select("ticker", "mark")
     for k, (plan, days) in enumerate(segments):
         cost_today, turnover_today = 0.0, 0.0
-        a, b = int(price_dates.search_sorted(days[0], side="left")), int(price_dates.search_sorted(days[-1], side="right"))
-        window = prices_by_date.slice(a, b - a)
+        window = rows_between(prices_by_date, price_dates, days[0], days[-1])
         if plan is not None and days[0] == plan.rebalance_date:
             prior = Book(book.date, cash, units.join(marks, on="ticker", how="left")).holdings()
             target = target_fn(plan, prior)
-            today = _on_date(window, window.get_column("date"), plan.rebalance_date)
+            today = rows_between(window, window.get_column("date"), plan.rebalance_date, plan.rebalance_date)
             cash, units, week_trades, cost_today, turnover_today, eq_open = _rebalance(
                 Book(None, cash, units.join(marks, on="ticker", how="left")), today, target, plan, liquidity, costs)
             trades.append(week_trades)

@@ -19,7 +19,7 @@ import polars as pl
 
 from kairos_dagster import calendar as cal
 from kairos_dagster.backtest.costs import TRADING_DAYS
-from kairos_dagster.backtest.engine import DAILY_SCHEMA, TargetFn
+from kairos_dagster.backtest.engine import DAILY_SCHEMA, TargetFn, rows_between
 from kairos_dagster.portfolio.config import Risk4Config
 from kairos_dagster.portfolio.rebalance_weeks import WeekPlan, rebalance_week
 
@@ -29,13 +29,7 @@ def date_slicer(frame: pl.DataFrame) -> Callable[[dt.date, dt.date], pl.DataFram
     days without scanning the span's rows again."""
     by_date = frame.sort("date", "ticker")
     dates = by_date.get_column("date")
-
-    def rows(lo: dt.date, hi: dt.date) -> pl.DataFrame:
-        a = int(dates.search_sorted(lo, side="left"))
-        b = int(dates.search_sorted(hi, side="right"))
-        return by_date.slice(a, b - a)
-
-    return rows
+    return lambda lo, hi: rows_between(by_date, dates, lo, hi)
 
 
 @dataclass(frozen=True)
