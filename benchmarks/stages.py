@@ -753,9 +753,9 @@ def stage_rebuild() -> dict:
         failed = sorted({f"{e.asset_key.to_user_string()}.{e.check_name}" for e in
                          (r.dagster_event.event_specific_data for r in instance.all_logs(
                              run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)) if not e.passed})
-    with _con() as con:
-        from kairos_dagster.warehouse import store
+    from kairos_dagster.warehouse import store
 
+    with _con() as con:
         counts = {t: con.execute(f"SELECT count(*) FROM {store.ident(t)}").fetchone()[0]
                   for t in store.table_names(con)}
     progress = [line for line in out.stdout.splitlines() if "elapsed" in line]
