@@ -221,6 +221,7 @@ def _upsert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, *, keep_existing
                         f"ON CONFLICT (client_order_id) DO UPDATE SET {sets}{where}")
         finally:
             con.unregister("_exec_rows")
+            store.written(["execution_orders"])  # outside store.transaction: tell the run's read cache
         return
     # DuckLake: the same upsert as an UPDATE of the ids held and an INSERT of the others, in one transaction
     sets = ", ".join(f"{c} = s.{c}" for c in cols if c != "client_order_id")
@@ -232,7 +233,8 @@ def _upsert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, *, keep_existing
         con.execute(f"INSERT INTO execution_orders ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _exec_rows s "
                     "WHERE NOT EXISTS (SELECT 1 FROM execution_orders t WHERE t.client_order_id = s.client_order_id)")
 
-    store.atomic(con, "execution_orders: upsert failed", write, {"_exec_rows": rows.select(cols)})
+    store.atomic(con, "execution_orders: upsert failed", write, {"_exec_rows": rows.select(cols)},
+                 tables=["execution_orders"])
 
 
 def _row(plan: ExecutionPlan, o: dict[str, Any], state: OrderState | None, status: str, reason: str | None,

@@ -61,6 +61,7 @@ def record_verification(con: duckdb.DuckDBPyConnection, summary: dict[str, Any],
         dt.date.fromisoformat(summary["rebalance_date"]), verified_at, summary["orders"], summary["filled"],
         summary["partial"], summary["rejected"], summary["unfilled"], summary["open"], summary["fill_rate"],
         summary["slippage_bps"], summary["high_alerts"], summary["medium_alerts"]])
+    store.written([VERIFICATIONS_TABLE])  # outside store.transaction: tell the run's read cache
 
 
 def unverified_rebalance_dates(con: duckdb.DuckDBPyConnection, since: dt.date, until: dt.date) -> list[dt.date]:

@@ -31,6 +31,7 @@ from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.instance import run_guard
 from kairos_dagster.instance.progress import RunProgress, run_weeks
 from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT
+from kairos_dagster.warehouse import store
 
 
 def dagster_home() -> Path:
@@ -296,6 +297,7 @@ def _interruptible(execute: Callable[[], ExecuteInProcessResult], instance: Dags
             if progress is not None:
                 progress.poll()
             if time.monotonic() >= next_trim:
+                store.prune_read_caches()  # the run's idle cached inputs, before the trim gives their pages back
                 return_freed_memory()
                 next_trim = time.monotonic() + TRIM_EVERY_S
         return_freed_memory()

@@ -140,7 +140,7 @@ class KairosDuckDBIOManager(_WarehouseTarget, ConfigurableIOManager):
         if context.has_asset_partitions:
             start, end = _window_dates(context.asset_partitions_time_window)
         with store.connect(self.target) as con:
-            return store.read_window(con, table, column if start else None, start, end, columns=columns)
+            return store.cached_read(self.target, con, table, column if start else None, start, end, columns=columns)
 
 
 def _window_dates(window) -> tuple[dt.date, dt.date]:

@@ -23,3 +23,8 @@ def in_key_order(df: pl.DataFrame, columns: Sequence[str], *, strict: bool = Fal
         prev = pl.col(c).shift(1)
         later = (pl.col(c) > prev) | ((pl.col(c) == prev) & later)
     return bool(df.select(later.slice(1).all()).item())
+
+
+def sorted_by(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """`df` sorted by `columns`; checked first, so a frame read back in storage order is not sorted again."""
+    return df if in_key_order(df, columns) else df.sort(columns, maintain_order=True)

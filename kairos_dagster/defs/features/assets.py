@@ -40,6 +40,7 @@ from kairos_dagster.features.ops import TableSpec
 from kairos_dagster.features.targets import RISK_COLUMNS
 from kairos_dagster.resources.warehouse import DuckDBWarehouse
 from kairos_dagster.warehouse import plots
+from kairos_dagster.warehouse.ordering import sorted_by
 
 KEY = list(KEYS)
 
@@ -59,7 +60,7 @@ def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
 
 
 def _universe_rows(universe: pl.DataFrame, start: dt.date, end: dt.date) -> pl.DataFrame:
-    return assemble.in_window(universe, start, end).select(KEY).sort(KEY)
+    return sorted_by(assemble.in_window(universe, start, end).select(KEY), KEY)
 
 
 def _first_dates(warehouse: DuckDBWarehouse) -> pl.DataFrame:
@@ -324,7 +325,7 @@ def _composite_asset(name: str, spec: composites.CompositeSpec, common: dict) ->
            **common)
     def _composite(context: AssetExecutionContext, **inputs: pl.DataFrame) -> Iterator:
         start, end = _window(context)
-        history_rows = inputs["universe"].select(KEY).sort(KEY)
+        history_rows = sorted_by(inputs["universe"].select(KEY), KEY)
         frame = assemble.join_inputs(history_rows, inputs, needed, tickers=inputs["tickers"])
         scored = composites.compute_composite(frame, name, spec)
         rows = _universe_rows(inputs["universe"], start, end)
