@@ -154,6 +154,29 @@ def prior_step_seconds(instance: DagsterInstance, keys: Iterable[AssetKey], week
     return out
 
 
+class StepEnds:
+    """Counts a run's ended steps from its event log (at most every ``every`` s): what the runner watches for
+    when no progress is printed."""
+
+    def __init__(self, instance: DagsterInstance, run_id: str, every: float = 2.0) -> None:
+        self.instance, self.run_id, self.every = instance, run_id, every
+        self.cursor: str | None = None
+        self.last_poll = 0.0
+        self.steps_ended = 0
+
+    def poll(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last_poll < self.every:
+            return
+        self.last_poll = time.monotonic()
+        try:
+            conn = self.instance.get_records_for_run(self.run_id, cursor=self.cursor, of_type={
+                DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}, limit=5000)
+        except Exception:  # the run's own storage errors surface through the run
+            return
+        self.steps_ended += len(conn.records)
+        self.cursor = conn.cursor
+
+
 class RunProgress:
     """Polls a run's event log and prints the book's lines through ``echo`` (at most every ``every`` s)."""
 
@@ -167,6 +190,7 @@ class RunProgress:
         self.book = ProgressBook(assets=frozenset(k.to_user_string() for k in keys), weeks=weeks, prior_seconds=prior)
         self.cursor: str | None = None
         self.last_poll = 0.0
+        self.steps_ended = 0  # steps seen to succeed or fail so far (the runner frees memory after each)
 
     def poll(self, force: bool = False) -> None:
         if not force and time.monotonic() - self.last_poll < self.every:
@@ -177,6 +201,9 @@ class RunProgress:
                 conn = self.instance.get_records_for_run(self.run_id, cursor=self.cursor, of_type=POLLED,
                                                          limit=5000)
                 for record in conn.records:
+                    if record.event_log_entry.dagster_event_type in (DagsterEventType.STEP_SUCCESS,
+                                                                     DagsterEventType.STEP_FAILURE):
+                        self.steps_ended += 1
                     for line in self._lines(record.event_log_entry):
                         self.echo(line)
                 self.cursor = conn.cursor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from dagster._core.utils import make_new_run_id
 
 from kairos_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from kairos_dagster.instance import run_guard
-from kairos_dagster.instance.progress import RunProgress, run_weeks
+from kairos_dagster.instance.progress import RunProgress, StepEnds, run_weeks
 from kairos_dagster.settings import INSTANCE_YAML, PROJECT_ROOT
 from kairos_dagster.warehouse import store
 
@@ -247,6 +248,30 @@ def return_freed_memory() -> None:
         trim(0)
 
 
+# After a step ends, a process this large collects its cyclic garbage and trims the heap (see `after_step`).
+COLLECT_ABOVE_BYTES = 4 << 30
+STEP_POLL_S = 2.0  # how often a run without printed progress reads its event log for ended steps
+
+
+def resident_bytes() -> int:
+    """This process's resident set (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def after_step() -> None:
+    """A step has ended: when the process is large, free what the step left. Arrays held in reference cycles
+    (boosters, matrices, frames in tracebacks) go only at a full garbage collection, which CPython starts by
+    the count of objects made, not by their size; then the C heap's free pages go back (`return_freed_memory`).
+    A collection costs a fraction of a second in a big process, so small ones skip it."""
+    if resident_bytes() > COLLECT_ABOVE_BYTES:
+        gc.collect()
+        return_freed_memory()
+
+
 class RunInterrupted(RuntimeError):
     """SIGINT/SIGTERM stopped a run: the step in progress was rolled back or finished, no later step ran."""
 
@@ -289,13 +314,16 @@ def _interruptible(execute: Callable[[], ExecuteInProcessResult], instance: Dags
                                                    ctypes.py_object(DagsterExecutionInterruptedError))
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    watcher: RunProgress | StepEnds = progress if progress is not None else StepEnds(instance, run_id, STEP_POLL_S)
     try:
         worker.start()
         next_trim = time.monotonic() + TRIM_EVERY_S
         while worker.is_alive():
             worker.join(0.2)
-            if progress is not None:
-                progress.poll()
+            ended = watcher.steps_ended
+            watcher.poll()
+            if watcher.steps_ended != ended:
+                after_step()
             if time.monotonic() >= next_trim:
                 store.prune_read_caches()  # the run's idle cached inputs, before the trim gives their pages back
                 return_freed_memory()

@@ -72,3 +72,47 @@ def test_a_waiting_run_gives_the_c_heaps_free_pages_back_while_and_after_it_runs
     assert len(calls) >= 3  # during the step, and once when the run ends
     monkeypatch.undo()
     runner.return_freed_memory()  # the real call (glibc here) runs and returns
+
+
+def _cycle_run(monkeypatch, collect_above: int, wait_s: float) -> bool:
+    """Run a step that leaves a reference cycle, then one that waits for it to go (automatic collection off);
+    whether the cycle was collected during the second step."""
+    import time
+
+    from kairos_dagster.instance import runner
+
+    monkeypatch.setattr(runner, "COLLECT_ABOVE_BYTES", collect_above)
+    monkeypatch.setattr(runner, "STEP_POLL_S", 0.05)
+    refs: dict[str, object] = {}
+
+    @asset
+    def leaves_a_cycle() -> Table:
+        table = Table(1000)
+        table.me = table  # freed only by a garbage collection (a booster, a matrix held in a traceback)
+        refs["cycle"] = weakref.ref(table)
+        return Table(1)
+
+    @asset(deps=[leaves_a_cycle])
+    def next_step() -> Table:
+        deadline = time.monotonic() + wait_s
+        while refs["cycle"]() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refs["collected"] = refs["cycle"]() is None
+        return Table(1)
+
+    defs = Definitions(assets=[leaves_a_cycle, next_step], resources={"io_manager": Written()})
+    gc.disable()
+    try:
+        with instance_for_test() as instance:
+            assert run_selection(defs, ["leaves_a_cycle", "next_step"], instance=instance).success
+    finally:
+        gc.enable()
+    return bool(refs["collected"])
+
+
+def test_after_a_step_ends_a_large_process_collects_the_cycles_it_left(monkeypatch):
+    assert _cycle_run(monkeypatch, collect_above=0, wait_s=20.0)
+
+
+def test_a_small_process_skips_the_collection(monkeypatch):
+    assert not _cycle_run(monkeypatch, collect_above=1 << 50, wait_s=1.0)
