@@ -8,7 +8,9 @@ window, narrowed to the columns) instead of DuckDB.
 Never stale: every write through the store (`store.transaction`: window replaces, table replaces, upserts,
 re-keying) calls `written` with the tables it writes, or with none when it cannot say (then every table
 counts as written). An entry remembers the write generation before its read; it is served only while no
-write of its table came after it. Frames are immutable, so sharing one between steps is safe.
+write of its table came after it. Other processes cannot write meanwhile: the held connection keeps the
+file's lock, and when the store lets the instance go (`store.HELD_MEMORY_BYTES`) the cache is emptied. Frames
+are immutable, so sharing one between steps is safe.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ def written(tables: Sequence[str] | None = None) -> None:
 class _Entry:
     table: str
     column: str | None
-    where: str | None
     start: dt.date | None  # None: from the table's first row
     end: dt.date | None  # None: through its last
     columns: tuple[str, ...]
@@ -81,13 +82,13 @@ class ReadCache:
         self.misses = 0
         self._lock = threading.Lock()  # `prune` comes from another thread than the run's loads
 
-    def get(self, table: str, column: str | None, where: str | None, start: dt.date | None, end: dt.date | None,
+    def get(self, table: str, column: str | None, start: dt.date | None, end: dt.date | None,
             columns: Sequence[str]) -> pl.DataFrame | None:
         """The rows of `table` with `column` in [start, end) and these columns, as a read now would return
         them, if a fresh entry holds them; else None."""
         with self._lock:
             self.entries = [e for e in self.entries if e.fresh()]
-            e = next((e for e in self.entries if (e.table, e.column, e.where) == (table, column, where)
+            e = next((e for e in self.entries if (e.table, e.column) == (table, column)
                       and e.covers(start, end, columns)), None)
             if e is None:
                 self.misses += 1
@@ -104,14 +105,14 @@ class ReadCache:
                 out = out.filter(pl.col(column) < end)
         return out if tuple(columns) == e.columns else out.select(columns)
 
-    def put(self, table: str, column: str | None, where: str | None, start: dt.date | None, end: dt.date | None,
+    def put(self, table: str, column: str | None, start: dt.date | None, end: dt.date | None,
             frame: pl.DataFrame, gen: int) -> None:
         """Keep `frame` (read at generation `gen`), evicting the least recently used beyond the limit."""
         nbytes = frame.estimated_size()
         if nbytes > self.limit // 2:
             return
         with self._lock:
-            self.entries.append(_Entry(table, column, where, start, end, tuple(frame.columns), frame, gen, nbytes,
+            self.entries.append(_Entry(table, column, start, end, tuple(frame.columns), frame, gen, nbytes,
                                        time.monotonic()))
             while sum(e.nbytes for e in self.entries) > self.limit:
                 self.entries.pop(0)
@@ -122,6 +123,7 @@ class ReadCache:
         with self._lock:
             self.entries = [e for e in self.entries if now - e.used_at < idle_s]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(e.nbytes for e in self.entries)
+    def clear(self) -> None:
+        """Let go of every entry (the warehouse was let go: another process may have written since)."""
+        with self._lock:
+            self.entries = []

@@ -213,6 +213,8 @@ def _release_if_large(path: Path) -> None:
         return
     with suppress(duckdb.Error):
         held[1].close()  # the last connection to close: DuckDB checkpoints and frees the instance
+    if path in _CACHES:  # the file's lock is free until it is held anew: another process may write in between
+        _CACHES[path].clear()
     try:
         held[1] = duckdb.connect(str(path))
     except duckdb.Error:  # taken by another process in between: hold nothing more
@@ -552,19 +554,20 @@ def cached_read(spec: str | Path | Lake, con: duckdb.DuckDBPyConnection, table: 
     existing = table_columns(con, table)
     cols = list(columns) if columns else list(existing)
     if column is not None and column in existing and (start is not None or end is not None):
-        # A window reaching past the stored rows is the same read as an open one: lookbacks of different
-        # lengths from the first week then share one entry.
+        # A window reaching past the stored rows reads the same rows as the stored range: lookbacks of
+        # different lengths from the first week then share one entry. Bounds stay bounds (a read with a
+        # window never returns a null-dated row); only DATE columns are clamped.
         lo, hi = con.execute(f"SELECT min({ident(column)}), max({ident(column)}) FROM {ident(table)}").fetchone()
-        if lo is not None and start is not None and start <= lo:
-            start = None
-        if hi is not None and end is not None and end > hi:
-            end = None
-    hit = cache.get(table, column, None, start, end, cols)
+        if type(lo) is dt.date and start is not None and start <= lo:
+            start = lo
+        if type(hi) is dt.date and end is not None and end > hi:
+            end = hi + dt.timedelta(days=1)
+    hit = cache.get(table, column, start, end, cols)
     if hit is not None:
         return hit
     gen = generation()
     out = read_window(con, table, column, start, end, columns=cols)
-    cache.put(table, column, None, start, end, out, gen)
+    cache.put(table, column, start, end, out, gen)
     return out
 
 

@@ -126,15 +126,15 @@ def test_idle_entries_are_let_go_and_the_limit_evicts_the_least_recently_used(he
     _read(path, D(2024, 1, 1), D(2024, 1, 8))  # used again: the most recent
     _read(path, D(2024, 1, 15), D(2024, 1, 22))  # evicts the week of the 8th
     windows = [(e.start, e.end) for e in cache.entries]
-    assert windows == [(None, D(2024, 1, 8)), (D(2024, 1, 15), D(2024, 1, 22))]
+    assert windows == [(D(2024, 1, 1), D(2024, 1, 8)), (D(2024, 1, 15), D(2024, 1, 22))]
 
 
 def test_the_generation_orders_a_read_before_a_later_write():
     gen = read_cache.generation()
     read_cache.written(["t"])
-    entry = read_cache._Entry("t", None, None, None, None, ("x",), pl.DataFrame({"x": [1]}), gen, 8, 0.0)
+    entry = read_cache._Entry("t", None, None, None, ("x",), pl.DataFrame({"x": [1]}), gen, 8, 0.0)
     assert not entry.fresh()
-    assert read_cache._Entry("t", None, None, None, None, ("x",), entry.frame, read_cache.generation(), 8, 0.0).fresh()
+    assert read_cache._Entry("t", None, None, None, ("x",), entry.frame, read_cache.generation(), 8, 0.0).fresh()
 
 
 def test_frames_are_registered_as_aligned_batches_in_order():
@@ -150,3 +150,26 @@ def test_frames_are_registered_as_aligned_batches_in_order():
     assert all(len(b) <= store.BATCH_ROWS for b in batched.to_arrow().to_batches())
     small = df.head(10)
     assert store.in_batches(small) is small
+
+
+def test_a_window_clamped_to_the_stored_dates_still_leaves_out_null_dated_rows(held):
+    path, cache = held
+    with store.connect(path) as con:
+        con.execute("INSERT INTO prices VALUES ('CCC', NULL, 1.0, 1.0)")
+    got = _read(path, D(2023, 1, 1), D(2030, 1, 1))
+    again = _read(path, D(2022, 1, 1), D(2031, 1, 1))
+    assert cache.hits == 1
+    assert got.get_column("date").null_count() == 0 and again.equals(got)
+    assert got.equals(_plain(path, D(2023, 1, 1), D(2030, 1, 1)))
+
+
+def test_letting_the_held_warehouse_go_empties_the_cache(held, monkeypatch):
+    path, cache = held
+    _read(path)
+    assert len(cache.entries) == 1
+    monkeypatch.setattr(store, "HELD_MEMORY_BYTES", -1)  # the next connection's close lets the instance go
+    with store.connect(path):
+        pass
+    assert cache.entries == []  # between the close and the new hold another process could have written
+    _read(path)
+    assert cache.misses == 2
